@@ -1,0 +1,493 @@
+"""Daemon: composes membership, schedule, transport, mixing, worker and metrics for one peer.
+
+Runs on a uvloop event loop (the loop thread owns every network object); the worker thread
+trains. Lifecycle: start metrics, build the task, serve gRPC, join the DHT, sync state from the
+swarm if it already trained, start the worker, then run heartbeat and round loops until a
+signal, a fatal error, or (with ``exit_when_done``) the common final rounds after every peer
+reached ``train.max_steps``. Shutdown is bounded at every step and always writes the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from peerd import schedule as sch
+from peerd.bridge import Bridge
+from peerd.config import PeerdConfig
+from peerd.diloco import Diloco
+from peerd.fragments import FragmentLayout, state_hash
+from peerd.log import get_logger
+from peerd.membership import DhtError, Membership, PeerRecord
+from peerd.metrics import Metrics
+from peerd.state import OuterState
+from peerd.sync import SyncError, request_for, serve_state, verify_state
+from peerd.tasks.base import Task, TaskContext, load_task_factory
+from peerd.transport import Transport
+from peerd.worker import Worker
+
+log = get_logger("peerd.daemon")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NETWORK = 0, 1, 2, 3
+
+
+class FatalError(RuntimeError):
+    """Stops the daemon with an exit code and a one-line operator message."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        """Remember the exit code."""
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Counters:
+    """Run totals for the summary."""
+
+    rounds_committed: int = 0
+    rounds_aborted: int = 0
+    tx_bytes: int = 0
+    rx_bytes: int = 0
+    final_fragments: set[int] = field(default_factory=set)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` trains on CUDA when present, CPU otherwise."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise FatalError(f"device: {spec} requested but CUDA is not available", EXIT_CONFIG)
+    return torch.device(spec)
+
+
+def detect_host(bind_host: str) -> str:
+    """Address to announce for a bind host; a wildcard bind announces the outbound interface."""
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP sends nothing
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+class Daemon:
+    """One peer."""
+
+    def __init__(self, cfg: PeerdConfig, bootstrap: list[str], ready_file: str | None = None,
+                 summary_path: str | None = None, exit_when_done: bool = False) -> None:
+        """Nothing starts until :meth:`run`."""
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.ready_file = ready_file
+        self.summary_path = summary_path
+        self.exit_when_done = exit_when_done
+        self.metrics = Metrics()
+        self.bridge = Bridge()
+        self.counters = Counters()
+        self.stop_event = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self.exit_reason = "ok"
+        self.peer_id = ""
+        self.endpoint = ""
+        self.incarnation = time.time_ns()
+        self.view: dict[str, PeerRecord] = {}
+        self.ready = False
+        self.started_at = time.monotonic()
+        self.last_round: dict[str, Any] = {}
+        self.membership: Membership | None = None
+        self.transport: Transport | None = None
+        self.worker: Worker | None = None
+        self.state: OuterState | None = None
+        self.diloco: Diloco | None = None
+        self.metrics_port = 0
+
+    # ---- hooks for lower layers ----
+
+    def _on_bytes(self, direction: str, n: int) -> None:
+        self.metrics.fragment_bytes.labels(direction=direction).inc(n)
+        if direction == "tx":
+            self.counters.tx_bytes += n
+        else:
+            self.counters.rx_bytes += n
+
+    def _on_step(self, dt: float, loss: float, samples: int) -> None:
+        self.metrics.train_steps.inc()
+        self.metrics.train_samples.inc(samples)
+        self.metrics.train_loss.set(loss)
+        self.metrics.step_duration.observe(dt)
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Ask for a graceful leave (signal handlers call this)."""
+        if not self.stop_event.is_set():
+            self.exit_reason = reason
+            self.stop_event.set()
+
+    # ---- lifecycle ----
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        try:
+            await self._start()
+            await self._serve()
+        except FatalError as exc:
+            log.error("fatal", error=str(exc))
+            self.exit_code, self.exit_reason = exc.code, str(exc)
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        if cfg.metrics.enabled:
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            except OSError as exc:
+                raise FatalError(f"metrics: cannot bind {cfg.metrics.host}:{cfg.metrics.port} ({exc.strerror}); "
+                                 "pick another metrics.port or 0", EXIT_NETWORK) from exc
+        self.membership = Membership(cfg.dht, cfg.run_id, self._on_dht_op)
+        try:
+            await self.membership.start(self.bootstrap)
+        except DhtError as exc:
+            raise FatalError(f"{exc}; check --bootstrap addresses and dht.port", EXIT_NETWORK) from exc
+        assert self.membership.node is not None
+        self.peer_id = self.membership.node.peer_id.to_base58()
+        task = await asyncio.to_thread(self._build_task)
+        layout = FragmentLayout.build(
+            [(n, tuple(p.shape)) for n, p in task.model.named_parameters()], cfg.mixing.num_fragments
+        )
+        params = dict(task.model.named_parameters())
+        self.state = OuterState(layout, [layout.flatten(params, f) for f in range(layout.num_fragments)])
+        self.diloco = Diloco(cfg, self.peer_id, self.state, self.bridge)
+        self.transport = Transport(cfg.transport, self.diloco, self, self._on_bytes, self._on_rejected)
+        try:
+            port = await self.transport.start()
+        except OSError as exc:
+            raise FatalError(f"{exc}; pick another transport.port or 0", EXIT_NETWORK) from exc
+        self.diloco.transport = self.transport
+        self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
+        self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step)
+        await self._initial_sync(task, layout)
+        self.worker.start()
+        await asyncio.to_thread(self.worker.started.wait, 600)
+        if self.worker.error is not None:
+            raise FatalError(f"worker failed at start: {self.worker.error!r}")
+        self.metrics.eval_loss.set(self.worker.initial_eval_loss)
+        self.ready = True
+        await self._announce()
+
+    def _build_task(self) -> Task:
+        cfg = self.cfg
+        try:
+            factory = load_task_factory(cfg.task)
+        except ValueError as exc:
+            raise FatalError(f"task: {exc}", EXIT_CONFIG) from exc
+        shard = cfg.data.shard
+        if shard is None:
+            shard = int.from_bytes(self.peer_id.encode()[-4:], "big") % cfg.data.num_shards
+        ctx = TaskContext(seed=cfg.seed, shard=shard % cfg.data.num_shards, num_shards=cfg.data.num_shards,
+                          device=resolve_device(cfg.device), data_path=cfg.data.path,
+                          options={**cfg.task_options, "max_corpus_bytes": cfg.data.max_corpus_bytes,
+                                   "heldout_fraction": cfg.data.heldout_fraction})
+        try:
+            return factory(ctx)
+        except ValueError as exc:
+            raise FatalError(f"task {cfg.task}: {exc}", EXIT_CONFIG) from exc
+
+    async def _announce(self) -> None:
+        assert self.membership is not None
+        maddrs = await self.membership.visible_maddrs()
+        await self._heartbeat_once()
+        hint = "peerd join " + " ".join(f"--bootstrap {m}" for m in maddrs[:2])
+        if self.cfg.run_id != "peerd":
+            hint += f" --set run_id={self.cfg.run_id}"
+        log.info("joined", peer_id=self.peer_id, grpc=self.endpoint, metrics_port=self.metrics_port,
+                 revision=self.state.revision if self.state else 0)
+        print(f"To add a peer to this swarm, run:\n  {hint}", flush=True)
+        if self.ready_file:
+            info = {"peer_id": self.peer_id, "dht_maddrs": maddrs, "grpc": self.endpoint,
+                    "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}"}
+            tmp = Path(self.ready_file + ".tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, self.ready_file)
+
+    async def _initial_sync(self, task: Task, layout: FragmentLayout) -> None:
+        """A joiner adopts the swarm's outer state before it trains (never mixes a fresh init)."""
+        for _ in range(3):
+            await self._refresh_view()
+            if await self._sync_if_needed(install_into_model=True):
+                return
+        raise FatalError("could not sync state from any donor", EXIT_NETWORK)
+
+    def state_for(self, request: Any) -> Any:
+        """StateSource for the transport (runs in a thread)."""
+        assert self.state is not None
+        return serve_state(self.state, self.cfg.run_id, request)
+
+    def _on_rejected(self, reason: str) -> None:
+        self.metrics.rejected.labels(reason=reason).inc()
+
+    def _on_dht_op(self, op: str, outcome: str) -> None:
+        self.metrics.dht_ops.labels(op=op, outcome=outcome).inc()
+
+    # ---- loops ----
+
+    async def _serve(self) -> None:
+        tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                 asyncio.create_task(self._round_loop(), name="rounds"),
+                 asyncio.create_task(self._status_loop(), name="status")]
+        stop = asyncio.create_task(self.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop and t.exception() is not None:
+                    exc = t.exception()
+                    raise exc if isinstance(exc, FatalError) else FatalError(f"{t.get_name()} failed: {exc!r}")
+        finally:
+            for t in [*tasks, stop]:
+                t.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+
+    def _my_record(self, ready: bool | None = None) -> PeerRecord:
+        assert self.state is not None
+        stats = self.bridge.stats
+        return PeerRecord(
+            peer_id=self.peer_id, endpoint=self.endpoint, incarnation=self.incarnation,
+            revision=self.state.revision, state_hash=self.state.state_hash(),
+            fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
+            ready=self.ready if ready is None else ready, done=stats.done,
+        )
+
+    async def _heartbeat_once(self) -> None:
+        assert self.membership is not None
+        await self.membership.heartbeat(self._my_record())
+
+    async def _refresh_view(self) -> dict[str, PeerRecord]:
+        assert self.membership is not None
+        records = await self.membership.live_records()
+        if records is not None:
+            records.pop(self.peer_id, None)
+            gone = [r.endpoint for pid, r in self.view.items() if pid not in records]
+            self.view = records
+            if gone and self.transport is not None:
+                await self.transport.forget(gone)
+        self.metrics.peers_live.set(len(self.view) + 1)
+        self.metrics.invalid_records.inc(self.membership.invalid_records - getattr(self, "_invalid_seen", 0))
+        self._invalid_seen = self.membership.invalid_records
+        return self.view
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.membership is not None and self.worker is not None
+        while True:
+            if not self.membership.p2pd_alive():
+                raise FatalError("the p2pd daemon died; the DHT is unusable", EXIT_NETWORK)
+            if self.worker.error is not None:
+                raise FatalError(f"worker failed: {self.worker.error!r}")
+            await self._heartbeat_once()
+            await self._refresh_view()
+            wall = time.monotonic() - self.started_at
+            self.metrics.utilization.set(min(1.0, self.bridge.stats.busy_s / max(wall, 1e-9)))
+            await asyncio.sleep(self.cfg.dht.heartbeat_s)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.train.log_every_s)
+            s = self.bridge.stats
+            log.info("status", step=s.step, loss=round(s.loss, 4), peers=len(self.view) + 1,
+                     revision=self.state.revision if self.state else 0,
+                     committed=self.counters.rounds_committed, aborted=self.counters.rounds_aborted,
+                     tx_bytes=self.counters.tx_bytes, rx_bytes=self.counters.rx_bytes,
+                     last_round=self.last_round.get("outcome"))
+
+    async def _round_loop(self) -> None:
+        round_s = self.cfg.round.round_s
+        last = sch.round_index(time.time(), round_s)
+        while True:
+            r = max(last + 1, sch.round_index(time.time(), round_s))
+            await asyncio.sleep(max(0.0, sch.round_start(r, round_s) - time.time()))
+            last = r
+            await self._round(r)
+
+    def _count(self, outcome: str, reason: str) -> None:
+        self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
+        self.last_round = {"outcome": outcome, "reason": reason, "at": time.time()}
+
+    async def _round(self, r: int) -> None:
+        cfg, state = self.cfg, self.state
+        assert state is not None and self.membership is not None and self.diloco is not None
+        # Publish this peer's post-commit revision first, then read everyone's after a short
+        # settle time, so the plan is built from this round's records rather than last round's.
+        await self._heartbeat_once()
+        await asyncio.sleep(max(0.0, sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s - time.time()))
+        await self._refresh_view()
+        await self._sync_if_needed(install_into_model=False)
+        me = self._my_record().candidate()
+        candidates = [rec.candidate() for rec in self.view.values()] + [me]
+        elig = sch.eligible(candidates)
+        if me not in elig:
+            self._count("skipped", "not_in_sync")
+            return
+        if len(elig) < cfg.round.min_members:
+            self._count("skipped", "too_few_peers")
+            if self.exit_when_done and me.done and not self.view:
+                self.request_stop("done")
+            return
+        plan = await self._obtain_plan(r, elig)
+        if plan is None:
+            self._count("skipped", "no_plan")
+            return
+        if plan.index_of(self.peer_id) < 0:
+            self._count("skipped", "not_in_plan")
+            return
+        if plan.revision != state.revision or plan.state_hash != state.state_hash():
+            self._count("skipped", "not_in_sync")
+            return
+        t0 = time.monotonic()
+        outcome = await self.diloco.run(plan)
+        self.metrics.transfer_duration.observe(time.monotonic() - t0)
+        self.metrics.revision.set(state.revision)
+        if outcome.committed:
+            self.counters.rounds_committed += 1
+            self._count("committed", "ok")
+            if plan.final:
+                self.counters.final_fragments.add(plan.fragment)
+                if self.exit_when_done and len(self.counters.final_fragments) == state.layout.num_fragments:
+                    self.request_stop("done")
+        else:
+            self.counters.rounds_aborted += 1
+            self._count("aborted", outcome.reason)
+            log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members))
+
+    async def _obtain_plan(self, r: int, elig: list[sch.Candidate]) -> sch.RoundPlan | None:
+        cfg = self.cfg
+        assert self.membership is not None
+        order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
+        rank = order.index(self.peer_id)
+        start = sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s
+        give_up = start + cfg.round.plan_slot_s * (cfg.round.plan_candidates + 1)
+        published = False
+        while time.time() < give_up:
+            plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
+            chosen = sch.choose_plan(plans)
+            if chosen is not None:
+                return chosen
+            if (not published and rank < cfg.round.plan_candidates
+                    and time.time() >= sch.publish_time(r, rank, cfg.round.round_s, cfg.round.plan_slot_s,
+                                                       cfg.round.settle_s)):
+                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, elig,
+                                     cfg.round.round_s, cfg.round.deadline_fraction, time.time())
+                if plan is None or len(plan.members) < cfg.round.min_members:
+                    return None
+                published = await self.membership.publish_plan(plan, ttl_s=4 * cfg.round.round_s)
+                if published:
+                    continue  # read back: another candidate may have published first
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _sync_if_needed(self, install_into_model: bool) -> bool:
+        """Resync from a donor when the swarm is ahead or this peer's hash is off the majority.
+
+        Returns True when this peer is in sync afterwards (or nobody is ahead of it).
+        """
+        state, transport = self.state, self.transport
+        assert state is not None and transport is not None and self.worker is not None
+        me = self._my_record(ready=True).candidate()
+        others = [rec.candidate() for rec in self.view.values() if rec.ready]
+        elig = sch.eligible(others + [me])
+        if not others or me in elig:
+            return True
+        if elig and elig[0].revision == me.revision:
+            self.metrics.hash_mismatches.inc()
+        donors = [c for c in elig if c.peer_id != self.peer_id]
+        t0 = time.monotonic()
+        for donor in donors:
+            try:
+                header, payload = await transport.fetch_state(
+                    donor.endpoint, request_for(state, self.cfg.run_id, self.peer_id),
+                    max_bytes=8 * sum(state.layout.numels) + 1024)
+                synced = await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0)
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError, ValueError, SyncError) as exc:
+                self.metrics.resyncs.labels(outcome="failed").inc()
+                log.warning("sync_failed", donor=donor.peer_id, error=repr(exc)[:200])
+                continue
+            state.install(synced.revision, synced.theta, synced.momentum)
+            assert self.diloco is not None
+            for f in synced.theta:
+                self.diloco.residuals[f].zero_()
+            if install_into_model:
+                # The worker thread has not started yet: write its parameters directly.
+                params = dict(self.worker.task.model.named_parameters())
+                for f, t in synced.theta.items():
+                    self.worker.layout.unflatten_into(params, f, t)
+            else:
+                await self.bridge.call("install", self.cfg.transport.rpc_timeout_s, fragments=synced.theta)
+            self.metrics.resyncs.labels(outcome="ok").inc()
+            self.metrics.sync_seconds.set(synced.seconds)
+            self.metrics.sync_bytes.inc(synced.nbytes)
+            self.metrics.revision.set(state.revision)
+            log.info("synced", donor=donor.peer_id, revision=synced.revision, fragments=len(synced.theta),
+                     bytes=synced.nbytes, seconds=round(synced.seconds, 3),
+                     bytes_per_s=round(synced.nbytes / max(synced.seconds, 1e-9)))
+            return True
+        return False
+
+    # ---- shutdown ----
+
+    async def _shutdown(self) -> None:
+        final_loss = float("nan")
+        if self.membership is not None and self.membership.node is not None and self.state is not None and self.peer_id:
+            # Announce departure: a record that is not ready and expires almost at once.
+            await self.membership.heartbeat(self._my_record(ready=False), ttl_s=0.5)
+        if self.worker is not None and self.worker.alive and self.state is not None:
+            try:
+                if self.state.revision > 0:
+                    snap = self.state.snapshot()
+                    final_loss = await self.bridge.call("finalize", 300, fragments=dict(snap.theta))
+                else:
+                    final_loss = await self.bridge.call("evaluate", 300)
+                self.metrics.eval_loss.set(final_loss)
+            except Exception as exc:  # noqa: BLE001 - summary still gets written
+                log.warning("final_eval_failed", error=repr(exc))
+            if not await asyncio.to_thread(self.worker.stop, 30):
+                log.warning("worker_stop_timeout")
+        self._write_summary(final_loss)
+        if self.transport is not None:
+            await self.transport.stop(grace_s=1.0)
+        if self.membership is not None:
+            await self.membership.shutdown()
+        self.metrics.stop()
+        log.info("stopped", reason=self.exit_reason, exit_code=self.exit_code)
+
+    def summary(self, final_loss: float) -> dict[str, Any]:
+        """This peer's entry of the run summary (DESIGN section 5); NaN losses become null."""
+        stats = self.bridge.stats
+        initial = self.worker.initial_eval_loss if self.worker else float("nan")
+        return {
+            "peer_id": self.peer_id, "steps": stats.step, "samples": stats.samples,
+            "initial_eval_loss": initial if math.isfinite(initial) else None,
+            "final_eval_loss": final_loss if math.isfinite(final_loss) else None, "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
+            "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
+            "revision": self.state.revision if self.state else 0,
+            "state_hash": self.state.state_hash() if self.state else state_hash(0, []),
+            "exit": self.exit_reason if self.exit_code == EXIT_OK else f"error: {self.exit_reason}",
+        }
+
+    def _write_summary(self, final_loss: float) -> None:
+        if not self.summary_path:
+            return
+        doc = {"run_id": self.cfg.run_id, "mode": self.cfg.mixing.mode,
+               "wall_s": round(time.monotonic() - self.started_at, 3), "peers": [self.summary(final_loss)]}
+        tmp = Path(self.summary_path + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, self.summary_path)

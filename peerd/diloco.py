@@ -1,0 +1,290 @@
+"""Streaming DiLoCo mixing: one round's exchange, reduce, outer step and merge.
+
+Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
+
+1. Every member snapshots its worker's fragment and computes the outer gradient
+   ``delta = theta_outer - theta_worker`` plus its error-feedback residual, splits it into ``n``
+   block-aligned shards and quantizes each; shard ``i`` goes to its owner ``m_i``.
+2. Owner ``m_i`` waits for contributions until the plan's collect deadline, reduces the ones it
+   has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
+   to every member (itself included: it uses the decoded bytes too).
+3. A member that holds all ``n`` reduced shards by the plan's deadline commits: the identical
+   outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
+   Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
+   fragment's progress is simply sent again at its next turn.
+
+Received data is validated against the local plan before a byte of payload is read (header) and
+before it is stored (decode, finiteness), so a refused stream never reaches state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from peerd import codec
+from peerd.bridge import Bridge, Snapshot
+from peerd.config import PeerdConfig
+from peerd.fragments import shard_bounds
+from peerd.proto.v1 import peer_pb2
+from peerd.schedule import RoundPlan, round_start
+from peerd.state import OuterState
+from peerd.transport import Rejected, Transport
+
+MAX_WEIGHT = 1e15
+CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
+REDUCED = peer_pb2.PAYLOAD_KIND_REDUCED
+
+
+@dataclass
+class _Shard:
+    weight: float
+    values: torch.Tensor
+    payload: bytes = b""
+    contributors: tuple[str, ...] = ()
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    me: int
+    bounds: list[tuple[int, int]]
+    contributions: dict[str, _Shard] = field(default_factory=dict)  # for the shard I own
+    reduced: dict[int, _Shard] = field(default_factory=dict)
+    collecting: bool = True
+    open: bool = True
+    all_contributed: asyncio.Event = field(default_factory=asyncio.Event)
+    all_reduced: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """How a round ended for this peer."""
+
+    committed: bool
+    reason: str  # "ok" or why it aborted
+    contributors: int = 0
+
+
+class Diloco:
+    """Runs rounds for one daemon and receives its shard pushes (a transport ShardSink)."""
+
+    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge) -> None:
+        """The transport is attached later (it needs this object as its sink)."""
+        self.cfg = cfg
+        self.mix = cfg.mixing
+        self.peer_id = peer_id
+        self.state = state
+        self.bridge = bridge
+        self.transport: Transport | None = None
+        self.residuals = [torch.zeros(n) for n in state.layout.numels]
+        self._rounds: dict[int, _Round] = {}
+        self._plan_ready: dict[int, asyncio.Event] = {}
+
+    # ---- receiving side (gRPC handlers) ----
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        """Check a shard header against the local plan of its round."""
+        if header.run_id != self.cfg.run_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        rs = await self._wait_round(header.round)
+        plan = rs.plan
+        if header.plan_id != plan.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "sender follows another plan")
+        if header.fragment != plan.fragment or header.revision != plan.revision:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or revision for this round")
+        sender = plan.index_of(header.sender)
+        if sender < 0 or header.sender == self.peer_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender is not a member of this round")
+        if header.codec != self.mix.codec or header.block_size != self.mix.block_size:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {self.mix.codec}/{self.mix.block_size}")
+        if header.kind == CONTRIB:
+            shard, deadline = rs.me, plan.collect_deadline
+            if header.sender in rs.contributions or not rs.collecting:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution duplicated or too late")
+        elif header.kind == REDUCED:
+            shard, deadline = sender, plan.deadline
+            if shard in rs.reduced or not rs.open:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard duplicated or too late")
+        else:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "unknown payload kind")
+        start, end = rs.bounds[shard]
+        if header.shard != shard or header.numel != end - start:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong shard index or shape")
+        if header.payload_bytes != codec.encoded_size(self.mix.codec, end - start, self.mix.block_size):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload size does not match codec and shape")
+        if not (math.isfinite(header.weight) and 0 <= header.weight <= MAX_WEIGHT):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "weight out of range")
+        return deadline
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        """Decode, check and store a complete shard payload."""
+        rs = self._rounds.get(header.round)
+        if rs is None or rs.plan.plan_id != header.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
+        try:
+            values = await asyncio.to_thread(codec.decode, payload, header.codec, header.numel, header.block_size)
+        except codec.CodecError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
+        if not bool(torch.isfinite(values).all()):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
+        shard = _Shard(header.weight, values, payload, tuple(header.contributors))
+        if header.kind == CONTRIB:
+            if not rs.collecting or header.sender in rs.contributions:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution too late")
+            rs.contributions[header.sender] = shard
+            if len(rs.contributions) == len(rs.plan.members):
+                rs.all_contributed.set()
+        else:
+            if not rs.open or header.shard in rs.reduced:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard too late")
+            rs.reduced[header.shard] = shard
+            if len(rs.reduced) == len(rs.plan.members):
+                rs.all_reduced.set()
+
+    async def _wait_round(self, r: int) -> _Round:
+        rs = self._rounds.get(r)
+        if rs is not None:
+            return rs
+        # A fast member may push before this peer has read the plan from the DHT: wait for it,
+        # but never past the round's deadline, and only for rounds near the current one.
+        rs_deadline = round_start(r, self.cfg.round.round_s) + self.cfg.round.round_s * self.cfg.round.deadline_fraction
+        if not time.time() - self.cfg.round.round_s <= round_start(r, self.cfg.round.round_s) <= time.time() + 1.0:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
+        event = self._plan_ready.setdefault(r, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - time.time()))
+        except asyncio.TimeoutError:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
+        finally:
+            if not event.is_set():
+                self._plan_ready.pop(r, None)
+        return self._rounds[r]
+
+    # ---- sending side ----
+
+    def _header(self, plan: RoundPlan, kind: int, shard: int, numel: int, weight: float,
+                contributors: tuple[str, ...] = ()) -> peer_pb2.ShardHeader:
+        return peer_pb2.ShardHeader(
+            run_id=self.cfg.run_id, round=plan.round, fragment=plan.fragment, revision=plan.revision,
+            sender=self.peer_id, plan_id=plan.plan_id, kind=kind, shard=shard, numel=numel,
+            codec=self.mix.codec, block_size=self.mix.block_size, weight=weight,
+            contributors=list(contributors),
+        )
+
+    async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
+                        deadline: float) -> int:
+        assert self.transport is not None
+
+        async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
+            try:
+                await self.transport.push_shard(plan.endpoints[idx], header, payload, deadline - time.time())
+                return True
+            except (grpc.aio.AioRpcError, OSError):
+                return False
+
+        results = await asyncio.gather(*(one(*it) for it in items))
+        return sum(results)
+
+    async def run(self, plan: RoundPlan) -> RoundOutcome:
+        """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
+        me = plan.index_of(self.peer_id)
+        n = len(plan.members)
+        p = plan.fragment
+        bounds = shard_bounds(self.state.layout.numels[p], n, self.mix.block_size)
+        rs = _Round(plan=plan, me=me, bounds=bounds)
+        self._rounds[plan.round] = rs
+        self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
+        snap: Snapshot | None = None
+        try:
+            if self.state.revision != plan.revision:
+                return RoundOutcome(False, "revision_moved")
+            snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()), fragment=p)
+            payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
+            own = payloads[me]
+            rs.contributions[self.peer_id] = _Shard(
+                float(snap.samples), await asyncio.to_thread(codec.decode, own, self.mix.codec,
+                                                             bounds[me][1] - bounds[me][0], self.mix.block_size))
+            if len(rs.contributions) == n:
+                rs.all_contributed.set()
+            sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], float(snap.samples)), payloads[i])
+                     for i in range(n) if i != me]
+            send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
+            await _wait_until(rs.all_contributed, plan.collect_deadline)
+            rs.collecting = False
+            reduced = await asyncio.to_thread(self._reduce, rs)
+            rs.reduced[me] = reduced
+            if len(rs.reduced) == n:
+                rs.all_reduced.set()
+            out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
+                                    reduced.contributors), reduced.payload) for i in range(n) if i != me]
+            await self._push_all(plan, out, plan.deadline)
+            await send_task
+            await _wait_until(rs.all_reduced, plan.deadline)
+            rs.open = False
+            if len(rs.reduced) < n:
+                return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors))
+            await asyncio.to_thread(self._commit, rs, pending)
+            theta_new = self.state.theta(p)
+            try:
+                await self.bridge.call("merge", self.cfg.transport.rpc_timeout_s, token=snap.token, theta=theta_new)
+            finally:
+                snap = None
+            return RoundOutcome(True, "ok", len(reduced.contributors))
+        finally:
+            rs.open = rs.collecting = False
+            if snap is not None:
+                self.bridge.submit("discard", token=snap.token)
+            for old in [k for k in self._rounds if k < plan.round - 2]:
+                self._rounds.pop(old, None)
+                self._plan_ready.pop(old, None)
+
+    def _encode_contribution(self, p: int, snap: Snapshot, bounds: list[tuple[int, int]]) -> tuple[list[bytes], torch.Tensor]:
+        delta = self.state.theta(p) - snap.theta
+        residual = self.residuals[p] if self.mix.error_feedback else None
+        payloads, pending = [], torch.zeros_like(delta)
+        for start, end in bounds:
+            res = residual[start:end] if residual is not None else None
+            payload, new_res = codec.encode_with_feedback(delta[start:end], res, self.mix.codec, self.mix.block_size)
+            payloads.append(payload)
+            pending[start:end] = new_res
+        return payloads, pending
+
+    def _reduce(self, rs: _Round) -> _Shard:
+        start, end = rs.bounds[rs.me]
+        acc = torch.zeros(end - start, dtype=torch.float32)
+        total = 0.0
+        names = tuple(m for m in rs.plan.members if m in rs.contributions)
+        for name in names:  # plan order: the same arithmetic on every machine
+            c = rs.contributions[name]
+            if c.weight > 0:
+                acc.add_(c.values * c.weight)
+                total += c.weight
+        if total > 0:
+            acc.div_(total)
+        payload = codec.encode(acc, self.mix.codec, self.mix.block_size)
+        values = codec.decode(payload, self.mix.codec, end - start, self.mix.block_size)
+        return _Shard(total, values, payload, names)
+
+    def _commit(self, rs: _Round, pending_residual: torch.Tensor) -> None:
+        plan = rs.plan
+        mean = torch.cat([rs.reduced[i].values for i in range(len(plan.members))])
+        if sum(rs.reduced[i].weight for i in range(len(plan.members))) > 0:
+            self.state.apply_outer_step(plan.fragment, mean, self.mix.outer_lr, self.mix.outer_momentum,
+                                        self.mix.nesterov, plan.revision)
+        else:
+            self.state.bump_revision(plan.revision)
+        if self.mix.error_feedback:
+            self.residuals[plan.fragment] = pending_residual
+
+
+async def _wait_until(event: asyncio.Event, deadline: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
+    except asyncio.TimeoutError:
+        pass

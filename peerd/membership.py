@@ -1,0 +1,222 @@
+"""Membership: an in-process hivemind ``DHTNode`` with heartbeat records, live view and plans.
+
+Runs on the daemon's loop thread. Every DHT call is bounded by ``dht.op_timeout_s`` and so is
+shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died first (group
+SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
+answers every ``get`` with ``None`` silently and the peer would believe it is alone.
+
+Records are plain msgpack values (hivemind's serializer; no pickle) and are validated on read:
+wrong shape, wrong types or oversized records are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hivemind.dht.node import DHTNode
+from hivemind.utils import get_dht_time
+
+from peerd.config import DhtConfig
+from peerd.schedule import Candidate, PlanError, RoundPlan, plan_from_record
+
+T = TypeVar("T")
+_FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
+RECORD_VERSION = 1
+MAX_RECORD_FIELD_CHARS = 512
+
+
+class DhtError(RuntimeError):
+    """The DHT could not be started or its p2pd daemon died."""
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """One peer's heartbeat, as published under the run's peers key."""
+
+    peer_id: str
+    endpoint: str  # gRPC host:port
+    incarnation: int  # start time in ns; a restart gets a new one
+    revision: int
+    state_hash: str
+    fragment_hashes: tuple[str, ...]
+    samples_per_s: float
+    step: int
+    ready: bool  # synced and willing to join rounds
+    done: bool  # reached train.max_steps
+
+    def to_value(self) -> dict[str, Any]:
+        """msgpack-able dict."""
+        return {
+            "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
+            "incarnation": self.incarnation, "revision": self.revision,
+            "state_hash": self.state_hash, "fragment_hashes": list(self.fragment_hashes),
+            "samples_per_s": self.samples_per_s, "step": self.step, "ready": self.ready,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_value(cls, subkey: Any, value: Any) -> PeerRecord:
+        """Validate a record read from the DHT.
+
+        Raises:
+            ValueError: any schema violation, or a record stored under another peer's subkey.
+        """
+        if not isinstance(value, dict) or value.get("v") != RECORD_VERSION:
+            raise ValueError("not a peerd v1 record")
+        want = {"peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
+                "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
+                "step": int, "ready": bool, "done": bool}
+        if set(value) != set(want) | {"v"}:
+            raise ValueError("record has wrong fields")
+        for key, typ in want.items():
+            if not isinstance(value[key], typ):
+                raise ValueError(f"record field {key} has wrong type")
+        if value["peer_id"] != subkey:
+            raise ValueError("record stored under another peer's subkey")
+        strings = [value["peer_id"], value["endpoint"], value["state_hash"], *value["fragment_hashes"]]
+        if len(value["fragment_hashes"]) > 4096 or not all(
+            isinstance(s, str) and len(s) <= MAX_RECORD_FIELD_CHARS for s in strings
+        ):
+            raise ValueError("record oversized")
+        if value["revision"] < 0 or value["step"] < 0:
+            raise ValueError("record has negative counters")
+        fields = {k: value[k] for k in want}
+        fields["fragment_hashes"] = tuple(value["fragment_hashes"])
+        fields["samples_per_s"] = float(value["samples_per_s"])
+        return cls(**fields)
+
+    def candidate(self) -> Candidate:
+        """The schedule's view of this record."""
+        return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done)
+
+
+class Membership:
+    """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
+
+    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None]) -> None:
+        """``on_op(op, outcome)`` is called for every DHT operation (metrics)."""
+        self.cfg = cfg
+        self.run_id = run_id
+        self._on_op = on_op
+        self.node: DHTNode | None = None
+        self.invalid_records = 0
+        self._peers_key = f"peerd/v1/{run_id}/peers"
+
+    async def start(self, initial_peers: list[str]) -> None:
+        """Start p2pd and join the DHT (bounded by ``dht.startup_timeout_s``).
+
+        Raises:
+            DhtError: startup failed or timed out (bad bootstrap address, port in use, ...).
+        """
+        host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
+        kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s}
+        if self.cfg.announce_host:
+            if self.cfg.port == 0:
+                raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
+            kwargs["announce_maddrs"] = [f"/ip4/{self.cfg.announce_host}/tcp/{self.cfg.port}"]
+        try:
+            self.node = await asyncio.wait_for(
+                DHTNode.create(initial_peers=initial_peers or None, client_mode=False, **kwargs),
+                self.cfg.startup_timeout_s,
+            )
+        except (asyncio.TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
+            raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
+
+    async def visible_maddrs(self) -> list[str]:
+        """Multiaddrs other peers can bootstrap from."""
+        assert self.node is not None
+        maddrs = await self._bounded("maddrs", self.node.get_visible_maddrs(latest=True))
+        return [] if maddrs is _FAILED else [str(m) for m in maddrs]
+
+    def p2pd_alive(self) -> bool:
+        """False once the p2pd child has exited (the DHT is then silently useless)."""
+        child = getattr(getattr(self.node, "p2p", None), "_child", None)
+        return child is not None and child.returncode is None
+
+    async def _bounded(self, op: str, coro: Awaitable[T]) -> T:
+        try:
+            result = await asyncio.wait_for(coro, self.cfg.op_timeout_s)
+        except asyncio.TimeoutError:
+            self._on_op(op, "timeout")
+            return _FAILED
+        except Exception:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
+            self._on_op(op, "error")
+            return _FAILED
+        self._on_op(op, "ok")
+        return result
+
+    async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
+        """Publish this peer's record with a TTL (a short TTL announces departure)."""
+        assert self.node is not None
+        expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
+        ok = await self._bounded(
+            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id)
+        )
+        return ok is True
+
+    async def live_records(self) -> dict[str, PeerRecord] | None:
+        """Unexpired, valid records by peer id; None when the lookup itself failed."""
+        assert self.node is not None
+        found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
+        if found is _FAILED:
+            return None
+        out: dict[str, PeerRecord] = {}
+        if found is None:
+            return out
+        if not isinstance(found.value, dict):
+            self.invalid_records += 1
+            return out
+        for subkey, item in found.value.items():
+            try:
+                rec = PeerRecord.from_value(subkey, item.value)
+            except ValueError:
+                self.invalid_records += 1
+                continue
+            out[rec.peer_id] = rec
+        return out
+
+    async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
+        """Store a plan under the round's key with the publisher as subkey."""
+        assert self.node is not None
+        key = f"peerd/v1/{self.run_id}/plan.{plan.round}"
+        ok = await self._bounded(
+            "store", self.node.store(key, plan.to_record(), get_dht_time() + ttl_s, subkey=plan.publisher)
+        )
+        return ok is True
+
+    async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
+        """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
+        assert self.node is not None
+        found = await self._bounded("get", self.node.get(f"peerd/v1/{self.run_id}/plan.{r}", latest=True))
+        if found is None or found is _FAILED or not isinstance(found.value, dict):
+            return []
+        plans = []
+        for subkey, item in found.value.items():
+            try:
+                plan = plan_from_record(item.value, self.run_id, num_fragments)
+            except PlanError:
+                self.invalid_records += 1
+                continue
+            if plan.publisher != subkey or plan.round != r:
+                self.invalid_records += 1
+                continue
+            plans.append(plan)
+        return plans
+
+    async def shutdown(self) -> None:
+        """Stop the node; bounded because it can hang forever under uvloop."""
+        if self.node is None:
+            return
+        node, self.node = self.node, None
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(node.shutdown(), self.cfg.shutdown_timeout_s)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+            child = getattr(getattr(node, "p2p", None), "_child", None)
+            if child is not None and child.returncode is None:
+                child.kill()
+        self._on_op("shutdown", "ok" if time.monotonic() - t0 < self.cfg.shutdown_timeout_s else "timeout")

@@ -1,0 +1,132 @@
+"""``peerd swarm``: N ``peerd join`` processes on 127.0.0.1, one merged summary, a result table.
+
+Each peer is a real process with its own DHT node, gRPC server and worker, exactly as on
+separate machines; only the addresses are loopback. Peer 0 starts the swarm and the others
+bootstrap from the multiaddrs in its ready file. Every wait is bounded; on timeout or Ctrl-C the
+children get SIGTERM (graceful leave), then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer exited with code {proc.returncode} before it was ready")
+        time.sleep(0.1)
+    raise TimeoutError(f"peer not ready after {timeout_s:.0f}s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def run_swarm(
+    peers: int,
+    config: str | None,
+    overrides: list[str],
+    max_steps: int,
+    summary_path: str | None,
+    workdir: str | None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run the swarm to completion and return the merged summary (also written to summary_path)."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="peerd-swarm-"))
+    work.mkdir(parents=True, exist_ok=True)
+    timeout_s = timeout_s or 600.0 + 2.0 * max_steps
+    base = [sys.executable, "-m", "peerd", "join", "--exit-when-done"]
+    if config:
+        base += ["--config", config]
+    for item in overrides:
+        base += ["--set", item]
+    base += ["--set", "transport.host=127.0.0.1", "--set", "dht.host=127.0.0.1",
+             "--set", f"data.num_shards={peers}", "--set", f"train.max_steps={max_steps}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs: list[subprocess.Popen[bytes]] = []
+    t0 = time.monotonic()
+    console = Console(stderr=True)
+    try:
+        bootstrap: list[str] = []
+        for i in range(peers):
+            ready, summ = work / f"peer-{i}.ready.json", work / f"peer-{i}.summary.json"
+            for stale in (ready, summ):
+                stale.unlink(missing_ok=True)
+            cmd = base + ["--set", f"data.shard={i}", "--ready-file", str(ready), "--summary", str(summ)]
+            cmd += [a for m in bootstrap for a in ("--bootstrap", m)]
+            log = open(work / f"peer-{i}.log", "wb")  # noqa: SIM115 - closed with the process
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True))
+            if i == 0:
+                info = _wait_file(ready, procs[0], 180)
+                bootstrap = list(info["dht_maddrs"])[:2]
+                console.print(f"peer 0 up: {info['peer_id']} (logs in {work})")
+        deadline = t0 + timeout_s
+        for p in procs:
+            p.wait(max(0.1, deadline - time.monotonic()))
+    except (KeyboardInterrupt, subprocess.TimeoutExpired, TimeoutError, RuntimeError) as exc:
+        console.print(f"[red]swarm stopping: {exc!r}[/red]")
+    finally:
+        _stop(procs)
+    entries = []
+    mode = "diloco"
+    run_id = "peerd"
+    for i, p in enumerate(procs):
+        path = work / f"peer-{i}.summary.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            mode, run_id = doc["mode"], doc["run_id"]
+            entry = doc["peers"][0]
+        else:
+            entry = {"peer_id": None, "exit": f"no summary (exit code {p.returncode})"}
+        entry["index"] = i
+        entries.append(entry)
+    result = {"run_id": run_id, "mode": mode, "wall_s": round(time.monotonic() - t0, 3), "peers": entries}
+    if summary_path:
+        Path(summary_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Rich table of per-peer results."""
+    table = Table(title=f"peerd swarm — run {result['run_id']} ({result['mode']}), {result['wall_s']:.1f}s")
+    for col in ("peer", "steps", "eval loss start → end", "tx MB", "rx MB", "rounds ok/aborted",
+                "revision", "state hash", "exit"):
+        table.add_column(col)
+    for e in result["peers"]:
+        table.add_row(
+            f"{e['index']} {str(e.get('peer_id') or '?')[-8:]}", _fmt(e.get("steps")),
+            f"{_fmt(e.get('initial_eval_loss'), '.4f')} → {_fmt(e.get('final_eval_loss'), '.4f')}",
+            _fmt(e.get("tx_bytes", 0) / 1e6, ".2f"), _fmt(e.get("rx_bytes", 0) / 1e6, ".2f"),
+            f"{_fmt(e.get('rounds_committed'))}/{_fmt(e.get('rounds_aborted'))}", _fmt(e.get("revision")),
+            str(e.get("state_hash") or "-")[:12], str(e.get("exit")),
+        )
+    Console().print(table)

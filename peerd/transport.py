@@ -1,0 +1,255 @@
+"""Transport: the ``grpc.aio`` server and cached channels, with chunked, bounded streams.
+
+Lives on the loop thread. Payloads travel as a header message followed by data chunks of at
+most ``transport.chunk_bytes`` (no message over 4 MiB). The server reads every chunk with a
+per-chunk timeout and the whole stream under the round's deadline; it asks its sink to admit the
+header *before* it reads any payload, and hands the payload over only once it is complete and
+its checksum matches, so a refused or broken stream never touches state. Refusals are gRPC error
+statuses. Keepalive is set on both sides for WAN links (NAT boxes drop idle flows after minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+import grpc
+
+from peerd.config import TransportConfig
+from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
+
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+class Rejected(Exception):
+    """A sink refuses a stream; becomes a gRPC error status with this code and detail."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        """Remember the status to send."""
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class ShardSink(Protocol):
+    """Receives shard pushes (implemented by the mixing layer)."""
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        """Validate a header; return the absolute deadline for the payload or raise Rejected."""
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        """Take a complete, checksum-verified payload or raise Rejected (state untouched)."""
+
+
+class StateSource(Protocol):
+    """Serves outer state to joiners and resyncing peers (implemented by the daemon)."""
+
+    def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Snapshot the fragments the requester lacks; raise Rejected to refuse."""
+
+
+def checksum(payload: bytes | memoryview) -> bytes:
+    """Payload digest carried in headers."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
+    view = memoryview(payload)
+    return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
+
+
+def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
+    """Client options: keepalive pings for WAN, 4 MiB message caps."""
+    return [
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def server_options(cfg: TransportConfig) -> list[tuple[str, int]]:
+    """Server options matching channel_options (accept the clients' ping rate)."""
+    return [
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.keepalive_time_s * 500)),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _Servicer(peer_pb2_grpc.PeerServicer):
+    def __init__(self, transport: Transport) -> None:
+        self.t = transport
+
+    async def PushShard(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[peer_pb2.ShardChunk], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PushShardResponse:
+        t = self.t
+        try:
+            first = await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
+            if first.WhichOneof("part") != "header":
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
+            header = first.header
+            deadline = await t.sink.admit(header)
+            buf = bytearray()
+            while len(buf) < header.payload_bytes:
+                budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
+                if budget <= 0:
+                    raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "stream missed the round deadline")
+                try:
+                    chunk = await asyncio.wait_for(request_iterator.__anext__(), budget)
+                except StopAsyncIteration:
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
+                if chunk.WhichOneof("part") != "data" or len(chunk.data) > t.cfg.chunk_bytes:
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk within chunk_bytes")
+                buf += chunk.data
+                if len(buf) > header.payload_bytes:
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
+            # The stream must end here; anything else is a protocol violation.
+            try:
+                await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
+            except StopAsyncIteration:
+                pass
+            if checksum(buf) != header.checksum:
+                raise Rejected(grpc.StatusCode.DATA_LOSS, "payload checksum mismatch")
+            payload = bytes(buf)
+            await t.sink.deliver(header, payload)
+        except Rejected as rej:
+            t.on_rejected(rej.code.name.lower())
+            await context.abort(rej.code, rej.detail)
+        except asyncio.TimeoutError:
+            t.on_rejected("chunk_timeout")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "chunk timeout")
+        t.on_bytes("rx", len(payload))
+        return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
+
+    async def FetchState(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.FetchStateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.StateChunk]:
+        try:
+            header, payload = await asyncio.to_thread(self.t.state_source.state_for, request)
+        except Rejected as rej:
+            self.t.on_rejected(rej.code.name.lower())
+            await context.abort(rej.code, rej.detail)
+        yield peer_pb2.StateChunk(header=header)
+        for chunk in _chunks(payload, self.t.cfg.chunk_bytes):
+            self.t.on_bytes("tx", len(chunk))
+            yield peer_pb2.StateChunk(data=chunk)
+
+
+class Transport:
+    """gRPC server plus one cached channel per peer endpoint."""
+
+    def __init__(
+        self,
+        cfg: TransportConfig,
+        sink: ShardSink,
+        state_source: StateSource,
+        on_bytes: Callable[[str, int], None],
+        on_rejected: Callable[[str], None],
+    ) -> None:
+        """Counters are reported through ``on_bytes(direction, n)`` and ``on_rejected(reason)``."""
+        self.cfg = cfg
+        self.sink = sink
+        self.state_source = state_source
+        self.on_bytes = on_bytes
+        self.on_rejected = on_rejected
+        self._server: grpc.aio.Server | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and start the server; returns the bound port.
+
+        Raises:
+            OSError: the address cannot be bound (port in use, bad host).
+        """
+        self._server = grpc.aio.server(options=server_options(self.cfg))
+        peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), self._server)
+        host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{self.cfg.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port} (in use?)")
+        await self._server.start()
+        return self.port
+
+    def _stub(self, endpoint: str) -> peer_pb2_grpc.PeerStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=channel_options(self.cfg))
+            self._channels[endpoint] = channel
+        return peer_pb2_grpc.PeerStub(channel)
+
+    async def forget(self, endpoints: Sequence[str]) -> None:
+        """Close channels to peers that left."""
+        for ep in endpoints:
+            channel = self._channels.pop(ep, None)
+            if channel is not None:
+                await channel.close(grace=None)
+
+    async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
+        """Stream one shard to a peer.
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        header.payload_bytes = len(payload)
+        header.checksum = checksum(payload)
+        chunks = _chunks(payload, self.cfg.chunk_bytes)
+
+        async def messages() -> AsyncIterator[peer_pb2.ShardChunk]:
+            yield peer_pb2.ShardChunk(header=header)
+            for chunk in chunks:
+                yield peer_pb2.ShardChunk(data=chunk)
+
+        await self._stub(endpoint).PushShard(messages(), timeout=max(timeout_s, 0.001))
+        self.on_bytes("tx", len(payload))
+
+    async def fetch_state(
+        self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
+    ) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Download a donor's state stream; every chunk is bounded by ``chunk_timeout_s``.
+
+        Raises:
+            grpc.aio.AioRpcError, asyncio.TimeoutError, ValueError: transfer failed or malformed.
+        """
+        call = self._stub(endpoint).FetchState(request, timeout=self.cfg.state_timeout_s)
+        it = call.__aiter__()
+        first = await asyncio.wait_for(it.__anext__(), self.cfg.chunk_timeout_s)
+        if first.WhichOneof("part") != "header" or first.header.total_bytes > max_bytes:
+            call.cancel()
+            raise ValueError("donor sent no header or an oversized state")
+        header = first.header
+        buf = bytearray()
+        while len(buf) < header.total_bytes:
+            chunk = await asyncio.wait_for(it.__anext__(), self.cfg.chunk_timeout_s)
+            if chunk.WhichOneof("part") != "data":
+                call.cancel()
+                raise ValueError("donor sent a second header")
+            buf += chunk.data
+            self.on_bytes("rx", len(chunk.data))
+        if len(buf) != header.total_bytes:
+            call.cancel()
+            raise ValueError("donor sent more bytes than announced")
+        call.cancel()
+        return header, bytes(buf)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop serving (in-flight calls get ``grace_s``) and close every channel."""
+        await self.forget(list(self._channels))
+        if self._server is not None:
+            await self._server.stop(grace_s)

@@ -1,0 +1,161 @@
+"""Worker: the torch thread that trains continuously and serves bridge commands between steps.
+
+It never waits for the network. Merging a committed fragment keeps the progress made while the
+round was in flight: ``theta <- theta_outer_new + (theta_now - theta_at_snapshot)``, i.e. the
+local steps taken after the snapshot are replayed on top of the new outer parameters instead of
+being discarded (the merge is exact for everything but AdamW's moment estimates).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from peerd.bridge import Bridge, Command, Snapshot, WorkerStats
+from peerd.fragments import FragmentLayout
+from peerd.tasks.base import Task
+
+
+class Worker:
+    """Owns the model and the inner optimizer; runs in its own thread."""
+
+    def __init__(
+        self,
+        task: Task,
+        layout: FragmentLayout,
+        bridge: Bridge,
+        max_steps: int,
+        threads: int,
+        on_step: Callable[[float, float, int], None],
+    ) -> None:
+        """``on_step(duration_s, loss, samples)`` is called after every training step (metrics)."""
+        self.task = task
+        self.layout = layout
+        self.bridge = bridge
+        self.max_steps = max_steps
+        self.threads = threads
+        self.on_step = on_step
+        self.params = dict(task.model.named_parameters())
+        self.optimizer = task.make_optimizer(task.model.parameters())
+        self.samples_since = [0] * layout.num_fragments
+        self._snapshots: dict[int, Snapshot] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peerd-worker", daemon=True)
+        self.initial_eval_loss = float("nan")
+        self.error: BaseException | None = None
+        self.started = threading.Event()  # set once the initial evaluation is done
+
+    def start(self) -> None:
+        """Start the thread (initial evaluation first, then training)."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Ask the thread to stop; returns False if it did not within ``timeout_s``."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            torch.set_num_threads(self.threads)
+            self.initial_eval_loss = self.task.evaluate(self.task.model)
+            self.started.set()
+            self._train()
+        except BaseException as exc:  # noqa: BLE001 - reported to the daemon, which exits non-zero
+            self.error = exc
+            self.started.set()
+            self._fail_pending(exc)
+
+    def _train(self) -> None:
+        stats = self.bridge.stats
+        t_rate, samples_at_rate = time.monotonic(), 0
+        while not self._stop.is_set():
+            self._serve_commands(block=stats.done)
+            if stats.done:
+                continue
+            t0 = time.perf_counter()
+            batch = self.task.batches.next_batch()
+            loss = self.task.loss(self.task.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            value = float(loss.detach())
+            dt = time.perf_counter() - t0
+            n = self.task.batches.samples_per_batch()
+            self.samples_since = [s + n for s in self.samples_since]
+            now = time.monotonic()
+            rate = stats.samples_per_s
+            if now - t_rate >= 2.0:
+                rate = (stats.samples + n - samples_at_rate) / (now - t_rate)
+                t_rate, samples_at_rate = now, stats.samples + n
+            step = stats.step + 1
+            stats = WorkerStats(
+                step=step, samples=stats.samples + n, loss=value if math.isfinite(value) else stats.loss,
+                samples_per_s=rate, busy_s=stats.busy_s + dt,
+                done=self.max_steps > 0 and step >= self.max_steps,
+            )
+            self.bridge.stats = stats
+            self.on_step(dt, value, n)
+
+    def _serve_commands(self, block: bool) -> None:
+        while True:
+            try:
+                cmd = self.bridge.commands.get(timeout=0.05) if block else self.bridge.commands.get_nowait()
+            except Exception:  # queue.Empty
+                return
+            block = False
+            try:
+                cmd.future.set_result(self._execute(cmd))
+            except Exception as exc:  # noqa: BLE001 - the loop sees it through the future
+                cmd.future.set_exception(exc)
+
+    def _execute(self, cmd: Command) -> Any:
+        a = cmd.args
+        if cmd.kind == "snapshot":
+            p = a["fragment"]
+            snap = Snapshot(a["token"], p, self.layout.flatten(self.params, p), self.samples_since[p],
+                            self.bridge.stats.step)
+            self._snapshots[snap.token] = snap
+            return snap
+        if cmd.kind == "merge":
+            snap = self._snapshots.pop(a["token"])
+            p = snap.fragment
+            progress = self.layout.flatten(self.params, p) - snap.theta
+            self.layout.unflatten_into(self.params, p, a["theta"] + progress)
+            self.samples_since[p] = max(0, self.samples_since[p] - snap.samples)
+            return None
+        if cmd.kind == "discard":
+            self._snapshots.pop(a["token"], None)
+            return None
+        if cmd.kind == "install":
+            for p, theta in a["fragments"].items():
+                self.layout.unflatten_into(self.params, p, theta)
+                self.samples_since[p] = 0
+            self._snapshots.clear()
+            return None
+        if cmd.kind == "evaluate":
+            return self.task.evaluate(self.task.model)
+        if cmd.kind == "finalize":
+            # End of run: adopt the shared outer parameters, then evaluate them.
+            for p, theta in a["fragments"].items():
+                self.layout.unflatten_into(self.params, p, theta)
+            return self.task.evaluate(self.task.model)
+        raise ValueError(f"unknown bridge command {cmd.kind!r}")
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                cmd = self.bridge.commands.get_nowait()
+            except Exception:  # queue.Empty
+                return
+            cmd.future.set_exception(RuntimeError(f"worker died: {exc!r}"))
