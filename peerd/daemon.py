@@ -317,7 +317,14 @@ class Daemon:
             r = max(last + 1, sch.round_index(time.time(), round_s))
             await asyncio.sleep(max(0.0, sch.round_start(r, round_s) - time.time()))
             last = r
-            await self._round(r)
+            try:
+                await self._round(r)
+            except (FatalError, asyncio.CancelledError):
+                raise
+            except Exception:  # noqa: BLE001 - one broken round must not take the peer down
+                log.exception("round_failed", round=r)
+                self.counters.rounds_aborted += 1
+                self._count("aborted", "internal_error")
 
     def _count(self, outcome: str, reason: str) -> None:
         self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
@@ -431,7 +438,8 @@ class Daemon:
                 for f, t in synced.theta.items():
                     self.worker.layout.unflatten_into(params, f, t)
             else:
-                await self.bridge.call("install", self.cfg.transport.rpc_timeout_s, fragments=synced.theta)
+                # Queued, not awaited: the worker applies it before any later snapshot/merge.
+                self.bridge.submit("install", fragments=synced.theta)
             self.metrics.resyncs.labels(outcome="ok").inc()
             self.metrics.sync_seconds.set(synced.seconds)
             self.metrics.sync_bytes.inc(synced.nbytes)

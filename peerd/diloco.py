@@ -20,6 +20,7 @@ before it is stored (decode, finiteness), so a refused stream never reaches stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import grpc
 import torch
 
 from peerd import codec
-from peerd.bridge import Bridge, Snapshot
+from peerd.bridge import Bridge, BridgeFull, Snapshot
 from peerd.config import PeerdConfig
 from peerd.fragments import shard_bounds
 from peerd.proto.v1 import peer_pb2
@@ -191,20 +192,26 @@ class Diloco:
         results = await asyncio.gather(*(one(*it) for it in items))
         return sum(results)
 
-    async def run(self, plan: RoundPlan) -> RoundOutcome:
-        """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
-        me = plan.index_of(self.peer_id)
-        n = len(plan.members)
-        p = plan.fragment
-        bounds = shard_bounds(self.state.layout.numels[p], n, self.mix.block_size)
-        rs = _Round(plan=plan, me=me, bounds=bounds)
+    def open_round(self, plan: RoundPlan) -> _Round:
+        """Register a plan so that pushes for its round are admitted (and wake waiting handlers)."""
+        bounds = shard_bounds(self.state.layout.numels[plan.fragment], len(plan.members), self.mix.block_size)
+        rs = _Round(plan=plan, me=plan.index_of(self.peer_id), bounds=bounds)
         self._rounds[plan.round] = rs
         self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
+        return rs
+
+    async def run(self, plan: RoundPlan) -> RoundOutcome:
+        """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
+        rs = self.open_round(plan)
+        me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
         snap: Snapshot | None = None
         try:
             if self.state.revision != plan.revision:
                 return RoundOutcome(False, "revision_moved")
-            snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()), fragment=p)
+            try:
+                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()), fragment=p)
+            except (asyncio.TimeoutError, BridgeFull):
+                return RoundOutcome(False, "worker_busy")
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             own = payloads[me]
             rs.contributions[self.peer_id] = _Shard(
@@ -230,16 +237,16 @@ class Diloco:
             if len(rs.reduced) < n:
                 return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors))
             await asyncio.to_thread(self._commit, rs, pending)
-            theta_new = self.state.theta(p)
-            try:
-                await self.bridge.call("merge", self.cfg.transport.rpc_timeout_s, token=snap.token, theta=theta_new)
-            finally:
-                snap = None
+            # Committed: from here on the worker must get the merge even if it is slow, so it is
+            # queued without waiting for it (the worker applies commands in order).
+            self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+            snap = None
             return RoundOutcome(True, "ok", len(reduced.contributors))
         finally:
             rs.open = rs.collecting = False
             if snap is not None:
-                self.bridge.submit("discard", token=snap.token)
+                with contextlib.suppress(BridgeFull):  # the worker drops stale snapshots itself
+                    self.bridge.submit("discard", token=snap.token)
             for old in [k for k in self._rounds if k < plan.round - 2]:
                 self._rounds.pop(old, None)
                 self._plan_ready.pop(old, None)

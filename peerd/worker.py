@@ -20,6 +20,8 @@ from peerd.bridge import Bridge, Command, Snapshot, WorkerStats
 from peerd.fragments import FragmentLayout
 from peerd.tasks.base import Task
 
+MAX_SNAPSHOTS = 4
+
 
 class Worker:
     """Owns the model and the inner optimizer; runs in its own thread."""
@@ -126,9 +128,14 @@ class Worker:
             snap = Snapshot(a["token"], p, self.layout.flatten(self.params, p), self.samples_since[p],
                             self.bridge.stats.step)
             self._snapshots[snap.token] = snap
+            # A snapshot whose round timed out before its merge/discard arrived must not leak.
+            for stale in sorted(self._snapshots)[:-MAX_SNAPSHOTS]:
+                del self._snapshots[stale]
             return snap
         if cmd.kind == "merge":
-            snap = self._snapshots.pop(a["token"])
+            snap = self._snapshots.pop(a["token"], None)
+            if snap is None:
+                raise ValueError(f"merge for unknown snapshot {a['token']}")
             p = snap.fragment
             progress = self.layout.flatten(self.params, p) - snap.theta
             self.layout.unflatten_into(self.params, p, a["theta"] + progress)

@@ -68,7 +68,9 @@ def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if opts["heldout_fraction"] >= 1:
         raise ValueError(f"tinylm: option 'heldout_fraction' must be < 1, got {opts['heldout_fraction']!r}")
     if opts["d_model"] % opts["n_heads"]:
-        raise ValueError(f"tinylm: option 'd_model' ({opts['d_model']}) must be divisible by n_heads ({opts['n_heads']})")
+        raise ValueError(
+            f"tinylm: option 'd_model' ({opts['d_model']}) must be divisible by n_heads ({opts['n_heads']})"
+        )
     return opts
 
 
@@ -88,6 +90,18 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
+class MLP(nn.Module):
+    """4x GELU feed-forward; named submodules keep the layer index the only number in names."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, 4 * d_model)
+        self.proj = nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block."""
 
@@ -96,7 +110,7 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = CausalSelfAttention(d_model, n_heads)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.mlp = MLP(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -123,7 +137,7 @@ class TinyLM(nn.Module):
                 if isinstance(module, (nn.Linear, nn.Embedding)):
                     # Output projections feed the residual stream; scale them so its
                     # variance does not grow with depth.
-                    std = residual_std if name.endswith(("attn.proj", "mlp.2")) else 0.02
+                    std = residual_std if name.endswith(".proj") else 0.02
                     module.weight.normal_(0.0, std, generator=generator)
                     if getattr(module, "bias", None) is not None:
                         module.bias.zero_()
@@ -132,6 +146,7 @@ class TinyLM(nn.Module):
                     module.bias.zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Maps byte ids ``(batch, time)`` to next-byte logits ``(batch, time, 256)``."""
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
         for block in self.blocks:
@@ -158,6 +173,7 @@ class WindowStream:
         self._position = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(x, y)`` long tensors of shape ``(batch_size, seq_len)``, ``y`` shifted by one."""
         gen = torch.Generator().manual_seed(_batch_seed(self._seed, self._shard, self._position))
         starts = torch.randint(0, self._data.numel() - self._seq_len, (self._batch_size,), generator=gen)
         windows = self._data[starts[:, None] + self._offsets].long().to(self._device)
@@ -165,12 +181,15 @@ class WindowStream:
         return windows[:, :-1], windows[:, 1:]
 
     def samples_per_batch(self) -> int:
+        """Returns the number of windows per batch."""
         return self._batch_size
 
     def state_dict(self) -> dict[str, int]:
+        """Returns ``{"position": k}``: the index of the next batch."""
         return {"position": self._position}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Seeks to ``state["position"]``; the next batch is then that batch exactly."""
         position = state.get("position")
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise ValueError(f"tinylm: batch stream state needs a non-negative int 'position', got {state!r}")
@@ -234,11 +253,13 @@ def tinylm(ctx: TaskContext) -> Task:
 
     def evaluate(model: nn.Module) -> float:
         was_training = model.training
+        # Follow the model, which the daemon may evaluate off ctx.device (e.g. a CPU copy).
+        windows = eval_windows.to(next(model.parameters()).device)
         model.eval()
         try:
             total = 0.0
             with torch.no_grad():
-                for chunk in eval_windows.split(batch_size):
+                for chunk in windows.split(batch_size):
                     total += _lm_loss(model, (chunk[:, :-1], chunk[:, 1:]), reduction="sum").item()
             return total / (n_eval * seq_len)
         finally:

@@ -28,14 +28,17 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def stdlib_files():
+    """The default corpus file list, discovered once."""
     return discover_files(None)
 
 
 def ctx(seed=0, shard=0, num_shards=1, data_path=None, **options) -> TaskContext:
+    """A CPU context with the small options, overridable."""
     return TaskContext(seed, shard, num_shards, torch.device("cpu"), data_path, {**SMALL, **options})
 
 
 def write_tree(root, n_files=20, size=3000):
+    """Writes n_files distinct .txt files under root, in three subdirectories."""
     for i in range(n_files):
         sub = root / f"d{i % 3}"
         sub.mkdir(exist_ok=True)
@@ -46,6 +49,7 @@ def write_tree(root, n_files=20, size=3000):
 
 
 def test_stdlib_corpus_excludes_tests_and_is_deterministic(stdlib_files):
+    """The default corpus is sorted stdlib .py files with no test packages."""
     rels = [f.rel for f in stdlib_files]
     assert rels == sorted(rels) == [f.rel for f in discover_files(None)]
     assert all(r.endswith(".py") for r in rels)
@@ -58,6 +62,7 @@ def test_stdlib_corpus_excludes_tests_and_is_deterministic(stdlib_files):
 
 
 def test_split_disjoint_shards_shared_heldout(stdlib_files):
+    """Shards partition the non-held-out files; the held-out set ignores the shard count."""
     heldout, shards = split_files(stdlib_files, 4)
     heldout_rels = {f.rel for f in heldout}
     assert len(heldout) == round(0.02 * len(stdlib_files))
@@ -71,6 +76,7 @@ def test_split_disjoint_shards_shared_heldout(stdlib_files):
 
 
 def test_load_corpus_shards_and_heldout():
+    """Peers share the held-out bytes, differ in training bytes, and reload identically."""
     a, b = load_corpus(None, 0, 2, max_corpus_bytes=100_000), load_corpus(None, 1, 2, max_corpus_bytes=100_000)
     for c in (a, b):
         assert c.train.dtype == torch.uint8 and c.train.dim() == 1 and c.train.numel() == 100_000
@@ -81,6 +87,7 @@ def test_load_corpus_shards_and_heldout():
 
 
 def test_data_path_directory(tmp_path):
+    """A directory data_path reads its text files only."""
     write_tree(tmp_path)
     (tmp_path / "skip.bin").write_bytes(b"\0" * 100)
     files = discover_files(tmp_path)
@@ -90,6 +97,7 @@ def test_data_path_directory(tmp_path):
 
 
 def test_data_path_single_file_falls_back_to_byte_ranges(tmp_path):
+    """A single file is cut into disjoint byte ranges plus a shared held-out tail."""
     data = bytes(range(256)) * 100
     path = tmp_path / "corpus.dat"  # any extension is fine for a single file
     path.write_bytes(data)
@@ -101,6 +109,7 @@ def test_data_path_single_file_falls_back_to_byte_ranges(tmp_path):
 
 
 def test_missing_or_empty_data_path_raises(tmp_path):
+    """A missing path, or one with no readable text, is a ValueError naming the problem."""
     with pytest.raises(ValueError, match="does-not-exist"):
         load_corpus(str(tmp_path / "does-not-exist"), 0, 1)
     (tmp_path / "x.bin").write_bytes(b"ignored extension")
@@ -112,6 +121,7 @@ def test_missing_or_empty_data_path_raises(tmp_path):
 
 
 def test_same_seed_identical_weights_different_seed_differs():
+    """The seed alone fixes the initial weights, and the global RNG is untouched."""
     rng_before = torch.get_rng_state()
     a, b, c = tinylm(ctx(seed=5)), tinylm(ctx(seed=5, shard=1, num_shards=2)), tinylm(ctx(seed=6))
     assert torch.equal(rng_before, torch.get_rng_state()), "building a task must not touch the global RNG"
@@ -121,12 +131,18 @@ def test_same_seed_identical_weights_different_seed_differs():
 
 
 def test_parameter_names_carry_layer_index():
+    """Block i's parameters are named blocks.i.* and carry no other number."""
     names = [n for n, _ in tinylm(ctx(n_layers=3)).model.named_parameters()]
     for i in range(3):
         assert any(n.startswith(f"blocks.{i}.") for n in names)
+    for n in names:
+        # The layer index must be the only numeric component, so no partitioner misreads it.
+        numeric = [p for p in n.split(".") if p.isdigit()]
+        assert numeric == ([n.split(".")[1]] if n.startswith("blocks.") else []), n
 
 
 def test_batch_stream_reproducible_after_load_state_dict():
+    """Batch k depends only on (seed, shard, k)."""
     stream = tinylm(ctx()).batches
     assert stream.samples_per_batch() == 16
     stream.next_batch()
@@ -146,6 +162,7 @@ def test_batch_stream_reproducible_after_load_state_dict():
 
 
 def test_evaluate_deterministic_near_uniform_at_init():
+    """Evaluation is repeatable, shard-independent, ~ln(256) at init, and keeps train mode."""
     task = tinylm(ctx())
     first = task.evaluate(task.model)
     assert isinstance(first, float) and abs(first - math.log(256)) < 0.1
@@ -156,7 +173,7 @@ def test_evaluate_deterministic_near_uniform_at_init():
 
 
 def test_training_decreases_eval_loss():
-    torch.manual_seed(0)  # dropout-free, but keep any incidental randomness fixed
+    """A few dozen AdamW steps clearly lower the held-out loss."""
     task: Task = tinylm(ctx())
     opt = task.make_optimizer(task.model.parameters())
     before = task.evaluate(task.model)
@@ -185,11 +202,13 @@ def test_training_decreases_eval_loss():
     ],
 )
 def test_bad_options_raise_naming_key(options, key):
+    """Unknown keys and bad values are rejected with the key in the message."""
     with pytest.raises(ValueError, match=key):
         tinylm(ctx(**options))
 
 
 def test_context_validates_shard():
+    """A shard index outside [0, num_shards) is rejected up front."""
     with pytest.raises(ValueError, match="shard"):
         TaskContext(0, 2, 2, torch.device("cpu"))
 
@@ -198,18 +217,23 @@ def test_context_validates_shard():
 
 
 def test_load_builtin_factory():
+    """The built-in name and its full spec resolve to the same factory."""
     assert load_task_factory("tinylm") is tinylm
     assert load_task_factory("peerd.tasks.tinylm:tinylm") is tinylm
 
 
-@pytest.mark.parametrize("spec", ["nonexistent.mod:f", "peerd.tasks.tinylm:nope", "peerd.tasks.tinylm:VOCAB_SIZE", "nocolon"])
+@pytest.mark.parametrize(
+    "spec", ["nonexistent.mod:f", "peerd.tasks.tinylm:nope", "peerd.tasks.tinylm:VOCAB_SIZE", "nocolon"]
+)
 def test_bad_factory_spec_raises(spec):
+    """Unresolvable specs raise ValueError quoting the spec."""
     with pytest.raises(ValueError) as info:
         load_task_factory(spec)
     assert spec in str(info.value)
 
 
 def test_user_factory_from_sys_path(tmp_path, monkeypatch):
+    """A user factory in any importable module loads by spec."""
     module = "peerd_test_user_task_mod"
     (tmp_path / f"{module}.py").write_text(
         textwrap.dedent(

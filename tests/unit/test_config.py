@@ -1,0 +1,59 @@
+"""Config precedence (--set > PEERD_* env > YAML > defaults) and error messages naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peerd.config import ConfigError, load_config
+
+
+def test_defaults() -> None:
+    cfg = load_config()
+    assert cfg.mixing.mode == "diloco" and cfg.mixing.codec == "int8" and cfg.metrics.port == 0
+    assert cfg.transport.host == "0.0.0.0"  # reachable on a public box by default
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("mixing:\n  codec: int4\n  outer_lr: 0.5\nround:\n  round_s: 9\n")
+    monkeypatch.setenv("PEERD_MIXING__OUTER_LR", "0.3")
+    monkeypatch.setenv("PEERD_ROUND__ROUND_S", "7")
+    cfg = load_config(f, ["round.round_s=3", "task_options.d_model=32"])
+    assert cfg.mixing.codec == "int4"  # YAML over default
+    assert cfg.mixing.outer_lr == 0.3  # env over YAML
+    assert cfg.round.round_s == 3  # --set over env
+    assert cfg.task_options == {"d_model": 32}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [(["mixing.codecx=int8"], "mixing.codecx"), (["nope=1"], "nope"), (["round.round_s=-1"], "round.round_s"),
+     (["mixing.codec=int3"], "mixing.codec"), (["metrics.port=70000"], "metrics.port"),
+     (["dht.ttl_s=1"], "dht.ttl_s"), (["mixing"], "mixing")],
+)
+def test_bad_overrides_name_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixing: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
+        load_config(unknown)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    monkeypatch.setenv("PEERD_MIXING__CODECZ", "int8")
+    with pytest.raises(ConfigError, match="PEERD_MIXING__CODECZ"):
+        load_config()
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
+        load_config(path)

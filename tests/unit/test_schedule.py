@@ -1,0 +1,135 @@
+"""Round clock, rendezvous election, plan construction/validation and leader takeover."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerd import schedule as sch
+
+RUN, P, ROUND_S = "run", 3, 2.0
+
+
+def cands(n: int, revision: int = 0, done: bool = False) -> list[sch.Candidate]:
+    return [sch.Candidate(f"peer{i}", f"127.0.0.1:{5000 + i}", revision, "h", True, done) for i in range(n)]
+
+
+def test_round_clock_and_fragment() -> None:
+    assert sch.round_index(10.0, 2.0) == 5
+    assert sch.round_index(11.999, 2.0) == 5
+    assert sch.round_start(5, 2.0) == 10.0
+    assert [sch.fragment_for_round(r, 3) for r in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=20, unique=True), st.integers(0, 10**6))
+@settings(max_examples=100, deadline=None)
+def test_election_is_deterministic_and_view_order_independent(ids: list[str], r: int) -> None:
+    a = sch.rendezvous_order(RUN, r, ids)
+    b = sch.rendezvous_order(RUN, r, list(reversed(ids)))
+    assert a == b and sorted(a) == sorted(ids)
+
+
+def test_leader_rotates_across_rounds() -> None:
+    ids = [f"peer{i}" for i in range(8)]
+    leaders = {sch.rendezvous_order(RUN, r, ids)[0] for r in range(64)}
+    assert len(leaders) >= 4
+
+
+@given(st.integers(2, 12), st.integers(0, 10**6), st.data())
+@settings(max_examples=60, deadline=None)
+def test_equal_views_give_equal_plans(n: int, r: int, data: st.DataObject) -> None:
+    view = cands(n)
+    shuffled = data.draw(st.permutations(view))
+    leader = sch.rendezvous_order(RUN, r, [c.peer_id for c in view])[0]
+    a = sch.make_plan(RUN, r, P, leader, view, ROUND_S, 0.9, now=r * ROUND_S)
+    b = sch.make_plan(RUN, r, P, leader, shuffled, ROUND_S, 0.9, now=r * ROUND_S)
+    assert a is not None and a == b and a.plan_id == b.plan_id
+    assert a.fragment == r % P and a.publisher_rank == 0 and set(a.members) == {c.peer_id for c in view}
+
+
+def test_plan_excludes_peers_behind_or_off_majority() -> None:
+    view = cands(4, revision=5)
+    view.append(sch.Candidate("late", "x:1", 4, "h", True, False))
+    view.append(sch.Candidate("forked", "x:2", 5, "other", True, False))
+    view.append(sch.Candidate("notready", "x:3", 5, "h", False, False))
+    plan = sch.make_plan(RUN, 7, P, "peer0", view, ROUND_S, 0.9, now=14.0)
+    assert plan is not None
+    assert set(plan.members) == {"peer0", "peer1", "peer2", "peer3"}
+    for outsider in ("late", "forked", "notready"):
+        assert plan.index_of(outsider) == -1
+        # An outsider may not publish a plan either.
+        assert sch.make_plan(RUN, 7, P, outsider, view, ROUND_S, 0.9, now=14.0) is None
+
+
+def simulate_publication(view: list[sch.Candidate], r: int, silent: set[str], slot_s: float, candidates: int):
+    """Walk time forward: candidate k publishes at its slot if it is alive and sees no plan."""
+    order = sch.rendezvous_order(RUN, r, [c.peer_id for c in view])
+    published: list[sch.RoundPlan] = []
+    for rank, pid in enumerate(order[:candidates]):
+        t = sch.publish_time(r, rank, ROUND_S, slot_s)
+        if pid in silent or published:
+            continue
+        plan = sch.make_plan(RUN, r, P, pid, view, ROUND_S, 0.9, now=t)
+        assert plan is not None
+        published.append(plan)
+    return order, sch.choose_plan(published)
+
+
+def test_silent_leader_is_replaced_by_next_candidate() -> None:
+    view, r = cands(5), 11
+    order, plan = simulate_publication(view, r, silent=set(), slot_s=0.2, candidates=3)
+    assert plan is not None and plan.publisher == order[0]
+    order, plan = simulate_publication(view, r, silent={order[0]}, slot_s=0.2, candidates=3)
+    assert plan is not None and plan.publisher == order[1] and plan.publisher_rank == 1
+    order, plan = simulate_publication(view, r, silent=set(order[:3]), slot_s=0.2, candidates=3)
+    assert plan is None  # nobody left to publish: the round is skipped, everyone keeps training
+
+
+def test_choose_plan_prefers_best_rank_whatever_arrival_order() -> None:
+    view = cands(4)
+    order = sch.rendezvous_order(RUN, 3, [c.peer_id for c in view])
+    p0 = sch.make_plan(RUN, 3, P, order[0], view, ROUND_S, 0.9, now=6.0)
+    p1 = sch.make_plan(RUN, 3, P, order[1], view, ROUND_S, 0.9, now=6.2)
+    assert p0 is not None and p1 is not None and p0.plan_id != p1.plan_id
+    assert sch.choose_plan([p1, p0]) == p0 == sch.choose_plan([p0, p1])
+    assert sch.choose_plan([]) is None
+
+
+def test_final_flag_only_when_every_member_is_done() -> None:
+    view = cands(3, done=True)
+    assert sch.make_plan(RUN, 1, P, "peer0", view, ROUND_S, 0.9, now=2.0).final  # type: ignore[union-attr]
+    view[1] = sch.Candidate("peer1", "x:1", 0, "h", True, False)
+    assert not sch.make_plan(RUN, 1, P, "peer0", view, ROUND_S, 0.9, now=2.0).final  # type: ignore[union-attr]
+
+
+def test_plan_record_round_trip_and_validation() -> None:
+    plan = sch.make_plan(RUN, 4, P, "peer0", cands(3), ROUND_S, 0.9, now=8.0)
+    assert plan is not None
+    assert sch.plan_from_record(plan.to_record(), RUN, P) == plan
+    bad_cases = [
+        {**plan.to_record(), "run_id": "other"},
+        {**plan.to_record(), "fragment": 2},  # does not match round 4 mod 3
+        {**plan.to_record(), "members": ["a", "a", "b"]},
+        {**plan.to_record(), "endpoints": ["x"]},
+        {**plan.to_record(), "publisher": "stranger"},
+        {**plan.to_record(), "round": "4"},
+        {**plan.to_record(), "extra": 1},
+        {k: v for k, v in plan.to_record().items() if k != "deadline"},
+        {**plan.to_record(), "collect_deadline": plan.deadline + 1},
+        [1, 2, 3],
+    ]
+    for bad in bad_cases:
+        with pytest.raises(sch.PlanError):
+            sch.plan_from_record(bad, RUN, P)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=12),
+                    max_leaves=30))
+@settings(max_examples=200, deadline=None)
+def test_plan_decoder_fuzz_never_crashes(record: object) -> None:
+    try:
+        sch.plan_from_record(record, RUN, P)
+    except sch.PlanError:
+        pass
