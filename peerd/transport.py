@@ -131,6 +131,9 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
         except asyncio.TimeoutError:
             t.on_rejected("chunk_timeout")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "chunk timeout")
+        except StopAsyncIteration:  # the client ended (or cancelled) the stream before a header
+            t.on_rejected("empty_stream")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
 

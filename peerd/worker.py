@@ -116,6 +116,9 @@ class Worker:
             except Exception:  # queue.Empty
                 return
             block = False
+            # The loop cancels the future when it stopped waiting (timeout): skip the command.
+            if not cmd.future.set_running_or_notify_cancel():
+                continue
             try:
                 cmd.future.set_result(self._execute(cmd))
             except Exception as exc:  # noqa: BLE001 - the loop sees it through the future
@@ -165,4 +168,5 @@ class Worker:
                 cmd = self.bridge.commands.get_nowait()
             except Exception:  # queue.Empty
                 return
-            cmd.future.set_exception(RuntimeError(f"worker died: {exc!r}"))
+            if cmd.future.set_running_or_notify_cancel():
+                cmd.future.set_exception(RuntimeError(f"worker died: {exc!r}"))

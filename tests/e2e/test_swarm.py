@@ -1,0 +1,44 @@
+"""``peerd swarm``: four real daemons beat one, rounds commit, and everyone ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST
+
+STEPS = 300
+# The swarm's own launcher sets hosts, shards and steps; keep only the speed settings here.
+SETTINGS = [s for s in FAST if not s.startswith(("transport.host", "dht.host"))]
+
+
+def run_swarm(tmp_path: Path, peers: int) -> dict:
+    summary = tmp_path / f"swarm-{peers}.json"
+    cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", str(peers), "--max-steps", str(STEPS),
+           "--summary", str(summary), "--workdir", str(tmp_path / f"w{peers}")]
+    for s in SETTINGS:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "eval loss" in res.stdout  # the result table
+    return json.loads(summary.read_text())
+
+
+@pytest.mark.timeout(900)
+def test_four_peers_beat_one_and_end_identical(tmp_path: Path) -> None:
+    solo = run_swarm(tmp_path, 1)["peers"][0]
+    result = run_swarm(tmp_path, 4)
+    peers = result["peers"]
+    assert result["mode"] == "diloco" and len(peers) == 4
+    for p in peers:
+        assert p["exit"] == "done" and p["steps"] == STEPS
+        assert p["rounds_committed"] > 0 and p["tx_bytes"] > 0 and p["rx_bytes"] > 0
+        assert p["final_eval_loss"] < p["initial_eval_loss"]
+        assert p["final_eval_loss"] < solo["final_eval_loss"], (p["final_eval_loss"], solo["final_eval_loss"])
+    assert len({p["revision"] for p in peers}) == 1
+    assert len({p["state_hash"] for p in peers}) == 1
+    assert solo["rounds_committed"] == 0  # alone, nobody to mix with
