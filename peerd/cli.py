@@ -38,6 +38,7 @@ def join(
     ready_file: Annotated[Optional[str], typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")] = None,
     exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds.")] = False,
     log_format: Annotated[Optional[str], typer.Option("--log-format", help="auto, console or json.")] = None,
+    wait_for_peers: Annotated[int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")] = 1,
 ) -> None:
     """Run one daemon; without --bootstrap it starts a new swarm."""
     overrides = list(set_ or [])
@@ -54,7 +55,7 @@ def join(
     daemon_ref: list[Daemon] = []
 
     async def main() -> int:
-        daemon = Daemon(cfg, list(bootstrap or []), ready_file, summary, exit_when_done)
+        daemon = Daemon(cfg, list(bootstrap or []), ready_file, summary, exit_when_done, wait_for_peers)
         daemon_ref.append(daemon)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

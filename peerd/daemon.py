@@ -86,13 +86,18 @@ class Daemon:
     """One peer."""
 
     def __init__(self, cfg: PeerdConfig, bootstrap: list[str], ready_file: str | None = None,
-                 summary_path: str | None = None, exit_when_done: bool = False) -> None:
-        """Nothing starts until :meth:`run`."""
+                 summary_path: str | None = None, exit_when_done: bool = False, wait_for_peers: int = 1) -> None:
+        """Nothing starts until :meth:`run`.
+
+        ``wait_for_peers``: hold training until this many peers (itself included) are in the
+        view, bounded by 6x ``dht.startup_timeout_s`` (``peerd swarm`` uses it for a common start).
+        """
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.ready_file = ready_file
         self.summary_path = summary_path
         self.exit_when_done = exit_when_done
+        self.wait_for_peers = wait_for_peers
         self.metrics = Metrics()
         self.bridge = Bridge()
         self.counters = Counters()
@@ -179,13 +184,15 @@ class Daemon:
         self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
         self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step)
         await self._initial_sync(task, layout)
+        await self._announce()
+        await self._wait_for_peers()
         self.worker.start()
         await asyncio.to_thread(self.worker.started.wait, 600)
         if self.worker.error is not None:
             raise FatalError(f"worker failed at start: {self.worker.error!r}")
         self.metrics.eval_loss.set(self.worker.initial_eval_loss)
         self.ready = True
-        await self._announce()
+        await self._heartbeat_once()
 
     def _build_task(self) -> Task:
         cfg = self.cfg
@@ -229,6 +236,17 @@ class Daemon:
             if await self._sync_if_needed(install_into_model=True):
                 return
         raise FatalError("could not sync state from any donor", EXIT_NETWORK)
+
+    async def _wait_for_peers(self) -> None:
+        if self.wait_for_peers <= 1:
+            return
+        deadline = time.monotonic() + 6 * self.cfg.dht.startup_timeout_s
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            await self.membership.heartbeat(self._my_record(ready=False))  # type: ignore[union-attr]
+            if len(await self._refresh_view()) + 1 >= self.wait_for_peers:
+                return
+            await asyncio.sleep(0.2)
+        log.warning("wait_for_peers_timeout", expected=self.wait_for_peers, seen=len(self.view) + 1)
 
     def state_for(self, request: Any) -> Any:
         """StateSource for the transport (runs in a thread)."""

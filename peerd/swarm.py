@@ -59,7 +59,7 @@ def run_swarm(
     work = Path(workdir or tempfile.mkdtemp(prefix="peerd-swarm-"))
     work.mkdir(parents=True, exist_ok=True)
     timeout_s = timeout_s or 600.0 + 2.0 * max_steps
-    base = [sys.executable, "-m", "peerd", "join", "--exit-when-done"]
+    base = [sys.executable, "-m", "peerd", "join", "--exit-when-done", "--wait-for-peers", str(peers)]
     if config:
         base += ["--config", config]
     for item in overrides:

@@ -1,0 +1,102 @@
+"""Real in-process DHT nodes on 127.0.0.1: heartbeats, live view, TTL expiry, record validation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerd.config import DhtConfig
+from peerd.membership import Membership, PeerRecord
+from peerd.schedule import Candidate, make_plan
+
+CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)
+
+
+def record(pid: str, revision: int = 0) -> PeerRecord:
+    return PeerRecord(pid, "127.0.0.1:1", 1, revision, "h", ("a", "b"), 1.0, 3, True, False)
+
+
+async def wait_until(cond, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await cond()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.timeout(120)
+async def test_heartbeats_views_expiry_and_plans() -> None:
+    ops: list[tuple[str, str]] = []
+    a = Membership(CFG, "run", lambda op, outcome: ops.append((op, outcome)))
+    b = Membership(CFG, "run", lambda op, outcome: None)
+    await a.start([])
+    try:
+        await b.start(await a.visible_maddrs())
+        ida, idb = a.node.peer_id.to_base58(), b.node.peer_id.to_base58()
+        assert await a.heartbeat(record(ida)) and await b.heartbeat(record(idb, revision=2))
+
+        async def both_seen():
+            view = await a.live_records()
+            return view if view and set(view) == {ida, idb} else None
+
+        view = await wait_until(both_seen, 20)
+        assert view[idb].revision == 2
+        # A record written under another peer's subkey is dropped and counted.
+        forged = record(ida).to_value()
+        await b.node.store("peerd/v1/run/peers", forged, time.time() + 10, subkey="someone-else")
+        await wait_until(lambda: _count(a), 10)
+        assert "someone-else" not in (await a.live_records())
+        # Plans: published once, read back valid by the other node.
+        cands = [Candidate(ida, "x:1", 0, "h", True, False), Candidate(idb, "x:2", 0, "h", True, False)]
+        plan = make_plan("run", 7, 2, ida, cands, 2.0, 0.9, now=14.0)
+        assert plan is not None and await a.publish_plan(plan, ttl_s=10)
+        plans = await wait_until(lambda: b.read_plans(7, 2), 10)
+        assert plans == [plan]
+        # A departed peer disappears once its short-TTL record expires.
+        await b.heartbeat(record(idb), ttl_s=0.3)
+
+        async def b_gone():
+            view = await a.live_records()
+            return view is not None and idb not in view
+
+        await wait_until(b_gone, 10)
+        assert a.p2pd_alive()
+        assert ("store", "ok") in ops and ("get", "ok") in ops
+    finally:
+        await b.shutdown()
+        await a.shutdown()
+    assert not a.p2pd_alive()
+
+
+async def _count(m: Membership):
+    await m.live_records()
+    return m.invalid_records > 0
+
+
+@given(st.dictionaries(st.sampled_from(["v", "peer_id", "endpoint", "incarnation", "revision", "state_hash",
+                                        "fragment_hashes", "samples_per_s", "step", "ready", "done", "x"]),
+                       st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4) | st.lists(st.text(max_size=3)),
+                       max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_record_decoder_rejects_garbage_cleanly(value: dict) -> None:
+    try:
+        rec = PeerRecord.from_value(value.get("peer_id"), value)
+    except ValueError:
+        return
+    assert rec.peer_id == value["peer_id"]
+
+
+def test_valid_record_round_trips_and_oversize_is_rejected() -> None:
+    rec = record("p")
+    assert PeerRecord.from_value("p", rec.to_value()) == rec
+    with pytest.raises(ValueError):
+        PeerRecord.from_value("q", rec.to_value())
+    big = {**rec.to_value(), "endpoint": "x" * 10_000}
+    with pytest.raises(ValueError, match="oversized"):
+        PeerRecord.from_value("p", big)
