@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,9 +16,9 @@ from peerd.config import ConfigError, PeerdConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="peerd: peer-to-peer training daemon.")
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="YAML config file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: a.b=value (repeatable).")]
-SummaryOpt = Annotated[Optional[str], typer.Option("--summary", help="Write the run summary JSON here.")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b=value (repeatable).")]
+SummaryOpt = Annotated[str | None, typer.Option("--summary", help="Write the run summary JSON here.")]
 
 
 def _load(config: str | None, overrides: list[str] | None) -> PeerdConfig:
@@ -31,13 +31,13 @@ def _load(config: str | None, overrides: list[str] | None) -> PeerdConfig:
 
 @app.command()
 def join(
-    bootstrap: Annotated[Optional[list[str]], typer.Option("--bootstrap", help="DHT multiaddr of a peer (repeatable).")] = None,
+    bootstrap: Annotated[list[str] | None, typer.Option("--bootstrap", help="DHT multiaddr of a peer (repeatable).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     summary: SummaryOpt = None,
-    ready_file: Annotated[Optional[str], typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")] = None,
+    ready_file: Annotated[str | None, typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")] = None,
     exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds.")] = False,
-    log_format: Annotated[Optional[str], typer.Option("--log-format", help="auto, console or json.")] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="auto, console or json.")] = None,
     wait_for_peers: Annotated[int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")] = 1,
 ) -> None:
     """Run one daemon; without --bootstrap it starts a new swarm."""
@@ -73,7 +73,7 @@ def swarm(
     set_: SetOpt = None,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Inner steps per peer.")] = 300,
     summary: SummaryOpt = None,
-    workdir: Annotated[Optional[str], typer.Option("--workdir", help="Keep per-peer logs and files here.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", help="Keep per-peer logs and files here.")] = None,
 ) -> None:
     """Train the built-in task with N daemons on 127.0.0.1 and print a result table."""
     _load(config, list(set_ or []))  # fail fast on a bad config, before any process starts

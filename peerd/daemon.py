@@ -392,7 +392,8 @@ class Daemon:
         else:
             self.counters.rounds_aborted += 1
             self._count("aborted", outcome.reason)
-            log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members))
+            log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
+                     missing=[m[-8:] for m in outcome.missing])
 
     async def _obtain_plan(self, r: int, elig: list[sch.Candidate]) -> sch.RoundPlan | None:
         cfg = self.cfg
@@ -442,7 +443,7 @@ class Daemon:
                     donor.endpoint, request_for(state, self.cfg.run_id, self.peer_id),
                     max_bytes=8 * sum(state.layout.numels) + 1024)
                 synced = await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0)
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError, ValueError, SyncError) as exc:
+            except (TimeoutError, grpc.aio.AioRpcError, ValueError, SyncError) as exc:
                 self.metrics.resyncs.labels(outcome="failed").inc()
                 log.warning("sync_failed", donor=donor.peer_id, error=repr(exc)[:200])
                 continue

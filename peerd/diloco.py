@@ -68,8 +68,9 @@ class RoundOutcome:
     """How a round ended for this peer."""
 
     committed: bool
-    reason: str  # "ok" or why it aborted
+    reason: str  # "ok" or why it aborted (a small fixed set: used as a metric label)
     contributors: int = 0
+    missing: tuple[str, ...] = ()  # owners whose reduced shard never arrived (for logs only)
 
 
 class Diloco:
@@ -160,7 +161,7 @@ class Diloco:
         event = self._plan_ready.setdefault(r, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - time.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
         finally:
             if not event.is_set():
@@ -210,7 +211,7 @@ class Diloco:
                 return RoundOutcome(False, "revision_moved")
             try:
                 snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()), fragment=p)
-            except (asyncio.TimeoutError, BridgeFull):
+            except (TimeoutError, BridgeFull):
                 return RoundOutcome(False, "worker_busy")
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             own = payloads[me]
@@ -235,7 +236,8 @@ class Diloco:
             await _wait_until(rs.all_reduced, plan.deadline)
             rs.open = False
             if len(rs.reduced) < n:
-                return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors))
+                missing = tuple(m for i, m in enumerate(plan.members) if i not in rs.reduced)
+                return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors), missing)
             await asyncio.to_thread(self._commit, rs, pending)
             # Committed: from here on the worker must get the merge even if it is slow, so it is
             # queued without waiting for it (the worker applies commands in order).
@@ -293,5 +295,5 @@ class Diloco:
 async def _wait_until(event: asyncio.Event, deadline: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

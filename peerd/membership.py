@@ -123,7 +123,7 @@ class Membership:
                 DHTNode.create(initial_peers=initial_peers or None, client_mode=False, **kwargs),
                 self.cfg.startup_timeout_s,
             )
-        except (asyncio.TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
+        except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
             raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
 
     async def visible_maddrs(self) -> list[str]:
@@ -140,7 +140,7 @@ class Membership:
     async def _bounded(self, op: str, coro: Awaitable[T]) -> T:
         try:
             result = await asyncio.wait_for(coro, self.cfg.op_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._on_op(op, "timeout")
             return _FAILED
         except Exception:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
@@ -215,7 +215,7 @@ class Membership:
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(node.shutdown(), self.cfg.shutdown_timeout_s)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+        except (TimeoutError, Exception):  # noqa: BLE001
             child = getattr(getattr(node, "p2p", None), "_child", None)
             if child is not None and child.returncode is None:
                 child.kill()

@@ -129,4 +129,5 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(e.get('rounds_committed'))}/{_fmt(e.get('rounds_aborted'))}", _fmt(e.get("revision")),
             str(e.get("state_hash") or "-")[:12], str(e.get("exit")),
         )
-    Console().print(table)
+    # Piped output (logs, CI) gets a fixed width so columns are not squeezed into wrapped cells.
+    Console(width=None if sys.stdout.isatty() else 150).print(table)

@@ -8,7 +8,6 @@ match; only then is the state installed, all at once (``OuterState.install``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -94,8 +93,3 @@ def verify_state(state: OuterState, header: peer_pb2.StateHeader, payload: bytes
 def request_for(state: OuterState, run_id: str, peer_id: str) -> peer_pb2.FetchStateRequest:
     """The FetchState request describing what this peer already has."""
     return peer_pb2.FetchStateRequest(run_id=run_id, requester=peer_id, fragment_hashes=list(state.fragment_hashes))
-
-
-def now() -> float:
-    """Monotonic clock for transfer timing."""
-    return time.monotonic()

@@ -128,7 +128,7 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
         except Rejected as rej:
             t.on_rejected(rej.code.name.lower())
             await context.abort(rej.code, rej.detail)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             t.on_rejected("chunk_timeout")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "chunk timeout")
         except StopAsyncIteration:  # the client ended (or cancelled) the stream before a header

@@ -19,8 +19,7 @@ from peerd.config import load_config
 from peerd.diloco import Diloco
 from peerd.fragments import FragmentLayout, shard_bounds
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
-from peerd.schedule import make_plan, rendezvous_order
-from peerd.schedule import Candidate
+from peerd.schedule import Candidate, make_plan, rendezvous_order
 from peerd.state import OuterState
 from peerd.sync import serve_state
 from peerd.transport import Transport, checksum
