@@ -6,8 +6,10 @@ Exit codes: 0 ok; 1 runtime error; 2 bad configuration or arguments; 3 network/b
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,9 +41,13 @@ def join(
     exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds.")] = False,
     log_format: Annotated[str | None, typer.Option("--log-format", help="auto, console or json.")] = None,
     wait_for_peers: Annotated[int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")] = 1,
+    bootstrap_file: Annotated[str | None, typer.Option("--bootstrap-file", help="Bootstrap from another daemon's ready file (waits up to 120 s for it).")] = None,
 ) -> None:
     """Run one daemon; without --bootstrap it starts a new swarm."""
     overrides = list(set_ or [])
+    bootstrap = list(bootstrap or [])
+    if bootstrap_file:
+        bootstrap += _maddrs_from_ready_file(bootstrap_file, timeout_s=120)
     if log_format:
         overrides.append(f"log.format={log_format}")
     cfg = _load(config, overrides)
@@ -55,7 +61,7 @@ def join(
     daemon_ref: list[Daemon] = []
 
     async def main() -> int:
-        daemon = Daemon(cfg, list(bootstrap or []), ready_file, summary, exit_when_done, wait_for_peers)
+        daemon = Daemon(cfg, bootstrap, ready_file, summary, exit_when_done, wait_for_peers)
         daemon_ref.append(daemon)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,6 +89,61 @@ def swarm(
     print_table(result)
     failed = [p for p in result["peers"] if p.get("exit") != "done"]
     raise typer.Exit(1 if failed else 0)
+
+
+def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            maddrs = json.loads(Path(path).read_text())["dht_maddrs"]
+            if isinstance(maddrs, list) and maddrs and all(isinstance(m, str) for m in maddrs):
+                return maddrs
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            typer.echo(f"peerd: --bootstrap-file {path}: no ready file with dht_maddrs after {timeout_s:.0f}s", err=True)
+            raise typer.Exit(3)
+        time.sleep(0.5)
+
+
+@app.command()
+def status(
+    admin: Annotated[str | None, typer.Option("--admin", help="host:port of a daemon's admin endpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="Health check: exit 0 if every daemon is healthy, else 1.")] = False,
+) -> None:
+    """Show the local daemon(s): identity, swarm size, step, loss, last round, rates, revision."""
+    from peerd.status import fetch_statuses, render
+
+    statuses = fetch_statuses(admin)
+    healthy = bool(statuses) and all(s.get("healthy") for s in statuses)
+    if probe:
+        raise typer.Exit(0 if healthy else 1)
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=2))
+    else:
+        render(statuses)
+    raise typer.Exit(0 if statuses else 1)
+
+
+@app.command()
+def report(
+    summaries: Annotated[list[Path], typer.Argument(help="Summary JSON files (from --summary).", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the PNG plots.")] = Path("peerd-report"),
+) -> None:
+    """Plot eval loss vs steps and vs bytes sent, per peer, as PNG files."""
+    from peerd.report import load_summaries, write_report
+
+    try:
+        docs = load_summaries(summaries)
+    except ValueError as exc:
+        typer.echo(f"peerd: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for path in write_report(docs, out):
+        typer.echo(str(path))
 
 
 def main() -> None:

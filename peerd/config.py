@@ -129,6 +129,13 @@ class MetricsConfig(_Section):
     port: int = Field(0, ge=0, le=65535)  # 0: ephemeral, reported in the ready file
 
 
+class AdminConfig(_Section):
+    """Loopback-only status endpoint used by ``peerd status``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: ephemeral, found through the discovery file
+
+
 class CheckpointConfig(_Section):
     """Where and how often state is written (atomic write, fsync, rename)."""
 
@@ -158,6 +165,7 @@ class PeerdConfig(_Section):
     transport: TransportConfig = TransportConfig()
     dht: DhtConfig = DhtConfig()
     metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
 

@@ -23,6 +23,7 @@ import grpc
 import torch
 
 from peerd import schedule as sch
+from peerd.admin import AdminServer
 from peerd.bridge import Bridge
 from peerd.config import PeerdConfig
 from peerd.diloco import Diloco
@@ -117,6 +118,9 @@ class Daemon:
         self.state: OuterState | None = None
         self.diloco: Diloco | None = None
         self.metrics_port = 0
+        self.admin: AdminServer | None = None
+        self.rates = {"tx_bytes_per_s": 0.0, "rx_bytes_per_s": 0.0}
+        self.history: list[dict[str, Any]] = []
 
     # ---- hooks for lower layers ----
 
@@ -132,6 +136,10 @@ class Daemon:
         self.metrics.train_samples.inc(samples)
         self.metrics.train_loss.set(loss)
         self.metrics.step_duration.observe(dt)
+
+    def _on_eval(self, loss: float) -> None:  # worker thread: gauge and an append, both thread-safe
+        self.metrics.eval_loss.set(loss)
+        self._record_history(loss)
 
     def request_stop(self, reason: str = "signal") -> None:
         """Ask for a graceful leave (signal handlers call this)."""
@@ -161,6 +169,11 @@ class Daemon:
             except OSError as exc:
                 raise FatalError(f"metrics: cannot bind {cfg.metrics.host}:{cfg.metrics.port} ({exc.strerror}); "
                                  "pick another metrics.port or 0", EXIT_NETWORK) from exc
+        try:
+            self.admin = AdminServer(cfg.admin.host, cfg.admin.port, self.status)
+        except (OSError, ValueError) as exc:
+            raise FatalError(f"admin: cannot serve on {cfg.admin.host}:{cfg.admin.port} ({exc}); "
+                             "use a loopback host and a free admin.port (or 0)", EXIT_NETWORK) from exc
         self.membership = Membership(cfg.dht, cfg.run_id, self._on_dht_op)
         try:
             await self.membership.start(self.bootstrap)
@@ -182,7 +195,8 @@ class Daemon:
             raise FatalError(f"{exc}; pick another transport.port or 0", EXIT_NETWORK) from exc
         self.diloco.transport = self.transport
         self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
-        self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step)
+        self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step,
+                             cfg.train.eval_every_steps, self._on_eval)
         await self._initial_sync(task, layout)
         await self._announce()
         await self._wait_for_peers()
@@ -219,12 +233,15 @@ class Daemon:
         hint = "peerd join " + " ".join(f"--bootstrap {m}" for m in maddrs[:2])
         if self.cfg.run_id != "peerd":
             hint += f" --set run_id={self.cfg.run_id}"
+        if self.admin is not None:
+            self.admin.advertise(self.peer_id, self.cfg.run_id)
         log.info("joined", peer_id=self.peer_id, grpc=self.endpoint, metrics_port=self.metrics_port,
                  revision=self.state.revision if self.state else 0)
         print(f"To add a peer to this swarm, run:\n  {hint}", flush=True)
         if self.ready_file:
             info = {"peer_id": self.peer_id, "dht_maddrs": maddrs, "grpc": self.endpoint,
-                    "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}"}
+                    "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}",
+                    "admin": self.admin.address if self.admin else None}
             tmp = Path(self.ready_file + ".tmp")
             tmp.write_text(json.dumps(info))
             os.replace(tmp, self.ready_file)
@@ -307,7 +324,13 @@ class Daemon:
 
     async def _heartbeat_loop(self) -> None:
         assert self.membership is not None and self.worker is not None
+        last = (time.monotonic(), self.counters.tx_bytes, self.counters.rx_bytes)
         while True:
+            now = time.monotonic()
+            if now - last[0] > 0:
+                self.rates = {"tx_bytes_per_s": (self.counters.tx_bytes - last[1]) / (now - last[0]),
+                              "rx_bytes_per_s": (self.counters.rx_bytes - last[2]) / (now - last[0])}
+            last = (now, self.counters.tx_bytes, self.counters.rx_bytes)
             if not self.membership.p2pd_alive():
                 raise FatalError("the p2pd daemon died; the DHT is unusable", EXIT_NETWORK)
             if self.worker.error is not None:
@@ -318,9 +341,35 @@ class Daemon:
             self.metrics.utilization.set(min(1.0, self.bridge.stats.busy_s / max(wall, 1e-9)))
             await asyncio.sleep(self.cfg.dht.heartbeat_s)
 
+    def _record_history(self, eval_loss: float | None = None) -> None:
+        s = self.bridge.stats
+        self.history.append({"t_s": round(time.monotonic() - self.started_at, 3), "step": s.step,
+                             "train_loss": s.loss if math.isfinite(s.loss) else None,
+                             "eval_loss": eval_loss if eval_loss is not None and math.isfinite(eval_loss) else None,
+                             "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes})
+
+    def status(self) -> dict[str, Any]:
+        """Snapshot for the admin endpoint (read from the admin thread; values only, no secrets)."""
+        s, state = self.bridge.stats, self.state
+        healthy = (self.ready and self.worker is not None and self.worker.alive and self.worker.error is None
+                   and self.membership is not None and self.membership.p2pd_alive())
+        return {
+            "peer_id": self.peer_id, "run_id": self.cfg.run_id, "mode": self.cfg.mixing.mode,
+            "grpc": self.endpoint, "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}",
+            "ready": self.ready, "healthy": bool(healthy), "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "swarm_size": len(self.view) + 1, "step": s.step, "samples": s.samples,
+            "loss": s.loss if math.isfinite(s.loss) else None, "samples_per_s": round(s.samples_per_s, 2),
+            "done": s.done, "last_round": dict(self.last_round),
+            "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
+            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes, **self.rates,
+            "revision": state.revision if state else 0, "state_hash": state.state_hash() if state else None,
+        }
+
     async def _status_loop(self) -> None:
+        self._record_history(self.worker.initial_eval_loss if self.worker else None)
         while True:
             await asyncio.sleep(self.cfg.train.log_every_s)
+            self._record_history()
             s = self.bridge.stats
             log.info("status", step=s.step, loss=round(s.loss, 4), peers=len(self.view) + 1,
                      revision=self.state.revision if self.state else 0,
@@ -488,7 +537,10 @@ class Daemon:
                 log.warning("final_eval_failed", error=repr(exc))
             if not await asyncio.to_thread(self.worker.stop, 30):
                 log.warning("worker_stop_timeout")
+        self._record_history(final_loss)
         self._write_summary(final_loss)
+        if self.admin is not None:
+            self.admin.stop()
         if self.transport is not None:
             await self.transport.stop(grace_s=1.0)
         if self.membership is not None:
@@ -508,6 +560,7 @@ class Daemon:
             "revision": self.state.revision if self.state else 0,
             "state_hash": self.state.state_hash() if self.state else state_hash(0, []),
             "exit": self.exit_reason if self.exit_code == EXIT_OK else f"error: {self.exit_reason}",
+            "history": self.history,
         }
 
     def _write_summary(self, final_loss: float) -> None:

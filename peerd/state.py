@@ -41,7 +41,7 @@ class OuterState:
         self._theta = [t.detach().to("cpu", torch.float32).clone() for t in initial]
         self._momentum = [torch.zeros_like(t) for t in self._theta]
         self._revision = 0
-        self._hashes = [fragment_hash(t, m) for t, m in zip(self._theta, self._momentum)]
+        self._hashes = [fragment_hash(t, m) for t, m in zip(self._theta, self._momentum, strict=True)]
 
     @property
     def revision(self) -> int:

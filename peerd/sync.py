@@ -68,14 +68,14 @@ def verify_state(state: OuterState, header: peer_pb2.StateHeader, payload: bytes
     if len(header.fragments) != len(header.numels) or len(set(header.fragments)) != len(header.fragments):
         raise SyncError("malformed state header")
     expected = 0
-    for f, n in zip(header.fragments, header.numels):
+    for f, n in zip(header.fragments, header.numels, strict=True):
         if not 0 <= f < layout.num_fragments or n != layout.numels[f]:
             raise SyncError(f"fragment {f}: shape differs from the local model")
         expected += 8 * n
     if expected != header.total_bytes or len(payload) != expected:
         raise SyncError("state payload size mismatch")
     theta, momentum, offset = {}, {}, 0
-    for f, n in zip(header.fragments, header.numels):
+    for f, n in zip(header.fragments, header.numels, strict=True):
         t = torch.from_numpy(np.frombuffer(payload, dtype="<f4", count=n, offset=offset).copy())
         offset += 4 * n
         m = torch.from_numpy(np.frombuffer(payload, dtype="<f4", count=n, offset=offset).copy())

@@ -34,14 +34,18 @@ class Worker:
         max_steps: int,
         threads: int,
         on_step: Callable[[float, float, int], None],
+        eval_every_steps: int = 0,
+        on_eval: Callable[[float], None] | None = None,
     ) -> None:
-        """``on_step(duration_s, loss, samples)`` is called after every training step (metrics)."""
+        """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals."""
         self.task = task
         self.layout = layout
         self.bridge = bridge
         self.max_steps = max_steps
         self.threads = threads
         self.on_step = on_step
+        self.eval_every_steps = eval_every_steps
+        self.on_eval = on_eval
         self.params = dict(task.model.named_parameters())
         self.optimizer = task.make_optimizer(task.model.parameters())
         self.samples_since = [0] * layout.num_fragments
@@ -108,6 +112,8 @@ class Worker:
             )
             self.bridge.stats = stats
             self.on_step(dt, value, n)
+            if self.eval_every_steps and step % self.eval_every_steps == 0 and self.on_eval is not None:
+                self.on_eval(self.task.evaluate(self.task.model))
 
     def _serve_commands(self, block: bool) -> None:
         while True:

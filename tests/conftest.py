@@ -86,6 +86,8 @@ class Swarm:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.peers: list[Peer] = []
+        # Discovery files of `peerd status` go to the test's directory, not the user's home.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(workdir / "state")}
 
     def start(self, extra: list[str] = (), bootstrap: list[str] | None = None, flags: list[str] = ()) -> Peer:
         i = len(self.peers)
@@ -98,7 +100,7 @@ class Swarm:
         cmd += ["--ready-file", str(peer.ready_file), "--summary", str(peer.summary_file)]
         log = open(peer.log_file, "wb")  # noqa: SIM115
         peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env=self.env)
         self.peers.append(peer)
         return peer
 
