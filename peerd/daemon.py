@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import torch
 
+from peerd import checkpoint
 from peerd import schedule as sch
 from peerd.admin import AdminServer
 from peerd.bridge import Bridge
@@ -175,8 +176,15 @@ class Daemon:
             raise FatalError(f"admin: cannot serve on {cfg.admin.host}:{cfg.admin.port} ({exc}); "
                              "use a loopback host and a free admin.port (or 0)", EXIT_NETWORK) from exc
         self.membership = Membership(cfg.dht, cfg.run_id, self._on_dht_op)
+        ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+        if ckpt_dir is not None:
+            try:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FatalError(f"checkpoint.dir {ckpt_dir}: cannot create ({exc.strerror})", EXIT_CONFIG) from exc
+        identity = str(ckpt_dir / "identity.key") if ckpt_dir is not None else None
         try:
-            await self.membership.start(self.bootstrap)
+            await self.membership.start(self.bootstrap, identity)
         except DhtError as exc:
             raise FatalError(f"{exc}; check --bootstrap addresses and dht.port", EXIT_NETWORK) from exc
         assert self.membership.node is not None
@@ -188,7 +196,8 @@ class Daemon:
         params = dict(task.model.named_parameters())
         self.state = OuterState(layout, [layout.flatten(params, f) for f in range(layout.num_fragments)])
         self.diloco = Diloco(cfg, self.peer_id, self.state, self.bridge)
-        self.transport = Transport(cfg.transport, self.diloco, self, self._on_bytes, self._on_rejected)
+        self.transport = Transport(cfg.transport, self.diloco, self, self._on_bytes, self._on_rejected,
+                                   lambda kind, sec: self.metrics.transfer_duration_one.labels(kind=kind).observe(sec))
         try:
             port = await self.transport.start()
         except OSError as exc:
@@ -197,6 +206,8 @@ class Daemon:
         self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
         self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step,
                              cfg.train.eval_every_steps, self._on_eval)
+        if ckpt_dir is not None:
+            self._restore(ckpt_dir)
         await self._initial_sync(task, layout)
         await self._announce()
         await self._wait_for_peers()
@@ -254,6 +265,62 @@ class Daemon:
                 return
         raise FatalError("could not sync state from any donor", EXIT_NETWORK)
 
+    def _restore(self, ckpt_dir: Path) -> None:
+        """Resume from the newest checkpoint that verifies; the swarm resync follows as usual."""
+        assert self.state is not None and self.worker is not None and self.diloco is not None
+        loaded, problems = checkpoint.load_latest(ckpt_dir)
+        for problem in problems:
+            log.warning("checkpoint_skipped", problem=problem)
+        if loaded is None:
+            if problems:
+                log.warning("checkpoint_none_usable", dir=str(ckpt_dir), fix="starting fresh; state resyncs from the swarm")
+            return
+        c = loaded.content
+        layout = self.state.layout
+        theta, mom = c["outer"]["theta"], c["outer"]["momentum"]
+        if c.get("run_id") != self.cfg.run_id or [t.numel() for t in theta] != list(layout.numels):
+            raise FatalError(f"checkpoint {loaded.path}: made for another run or model "
+                             f"(run_id {c.get('run_id')!r}); use another checkpoint.dir", EXIT_CONFIG)
+        try:
+            self.worker.restore(c["worker"])
+        except ValueError as exc:
+            raise FatalError(f"checkpoint {loaded.path}: {exc}", EXIT_CONFIG) from exc
+        self.state.install(int(c["outer"]["revision"]), dict(enumerate(theta)), dict(enumerate(mom)))
+        self.diloco.residuals = [r.clone() for r in c["residuals"]]
+        self.counters.rounds_committed = int(c["counters"]["rounds_committed"])
+        self.counters.rounds_aborted = int(c["counters"]["rounds_aborted"])
+        self.metrics.revision.set(self.state.revision)
+        log.info("checkpoint_loaded", path=str(loaded.path), revision=self.state.revision,
+                 step=self.bridge.stats.step)
+
+    async def _save_checkpoint(self) -> None:
+        """Snapshot worker and outer state consistently enough to resume, then write atomically."""
+        if not self.cfg.checkpoint.dir or self.state is None or self.diloco is None:
+            return
+        async with self.diloco.commit_lock:
+            snap = self.state.snapshot()
+            residuals = [r.clone() for r in self.diloco.residuals]
+            pending = self.bridge.submit("checkpoint")  # queued after any merge of a commit
+        worker_state = await asyncio.wait_for(asyncio.wrap_future(pending), 60)
+        content = {
+            "run_id": self.cfg.run_id, "peer_id": self.peer_id,
+            "outer": {"revision": snap.revision, "theta": [snap.theta[f] for f in range(len(snap.theta))],
+                      "momentum": [snap.momentum[f] for f in range(len(snap.momentum))]},
+            "residuals": residuals, "worker": worker_state,
+            "counters": {"rounds_committed": self.counters.rounds_committed,
+                         "rounds_aborted": self.counters.rounds_aborted},
+        }
+        path = await asyncio.to_thread(checkpoint.save, Path(self.cfg.checkpoint.dir), content)
+        log.info("checkpoint_saved", path=str(path), revision=snap.revision, step=worker_state["step"])
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint.every_s)
+            try:
+                await self._save_checkpoint()
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("checkpoint_failed", error=repr(exc))
+
     async def _wait_for_peers(self) -> None:
         if self.wait_for_peers <= 1:
             return
@@ -281,7 +348,8 @@ class Daemon:
     async def _serve(self) -> None:
         tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                  asyncio.create_task(self._round_loop(), name="rounds"),
-                 asyncio.create_task(self._status_loop(), name="status")]
+                 asyncio.create_task(self._status_loop(), name="status"),
+                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints")]
         stop = asyncio.create_task(self.stop_event.wait())
         try:
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -526,6 +594,10 @@ class Daemon:
             # Announce departure: a record that is not ready and expires almost at once.
             await self.membership.heartbeat(self._my_record(ready=False), ttl_s=0.5)
         if self.worker is not None and self.worker.alive and self.state is not None:
+            try:  # before finalize, which replaces the worker's parameters with the outer ones
+                await self._save_checkpoint()
+            except Exception as exc:  # noqa: BLE001 - leaving must not fail on a full disk
+                log.warning("checkpoint_failed", error=repr(exc))
             try:
                 if self.state.revision > 0:
                     snap = self.state.snapshot()

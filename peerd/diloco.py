@@ -87,6 +87,9 @@ class Diloco:
         self.residuals = [torch.zeros(n) for n in state.layout.numels]
         self._rounds: dict[int, _Round] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
+        # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
+        # pairs a new outer state with a worker that has not merged it yet.
+        self.commit_lock = asyncio.Lock()
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -238,11 +241,12 @@ class Diloco:
             if len(rs.reduced) < n:
                 missing = tuple(m for i, m in enumerate(plan.members) if i not in rs.reduced)
                 return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors), missing)
-            await asyncio.to_thread(self._commit, rs, pending)
-            # Committed: from here on the worker must get the merge even if it is slow, so it is
-            # queued without waiting for it (the worker applies commands in order).
-            self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
-            snap = None
+            async with self.commit_lock:
+                await asyncio.to_thread(self._commit, rs, pending)
+                # Committed: from here on the worker must get the merge even if it is slow, so it
+                # is queued without waiting for it (the worker applies commands in order).
+                self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                snap = None
             return RoundOutcome(True, "ok", len(reduced.contributors))
         finally:
             rs.open = rs.collecting = False

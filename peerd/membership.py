@@ -106,7 +106,7 @@ class Membership:
         self.invalid_records = 0
         self._peers_key = f"peerd/v1/{run_id}/peers"
 
-    async def start(self, initial_peers: list[str]) -> None:
+    async def start(self, initial_peers: list[str], identity_path: str | None = None) -> None:
         """Start p2pd and join the DHT (bounded by ``dht.startup_timeout_s``).
 
         Raises:
@@ -114,6 +114,8 @@ class Membership:
         """
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
         kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s}
+        if identity_path is not None:  # a stable peer id across restarts
+            kwargs["identity_path"] = identity_path
         if self.cfg.announce_host:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")

@@ -46,6 +46,9 @@ class Metrics:
                                       ["direction"], registry=r)
         self.transfer_duration = Histogram("peerd_round_duration_seconds", "Round exchange wall time.",
                                            buckets=_TRANSFER_BUCKETS, registry=r)
+        self.transfer_duration_one = Histogram("peerd_transfer_duration_seconds",
+                                               "Wall time of one outgoing fragment stream (push or state fetch).",
+                                               ["kind"], buckets=_TRANSFER_BUCKETS, registry=r)
         self.rejected = Counter("peerd_rejected_streams", "Incoming streams refused, by reason.",
                                 ["reason"], registry=r)
         self.peers_live = Gauge("peerd_peers_live", "Live peers in this peer's view (itself included).",

@@ -21,7 +21,7 @@ from typing import Any
 _INT_KEYS = ("steps", "tx_bytes", "rounds_committed", "rounds_aborted")
 _LOSS_KEYS = ("initial_eval_loss", "final_eval_loss")
 _SIZE_IN, _DPI = (12, 8), 120  # 1440x960 px
-_LINESTYLES = ("-", "--", ":", "-.")
+_LINESTYLES = ("-", "--", "-.")  # per run; ":" marks start/end-only peers
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
@@ -120,12 +120,19 @@ def _series(summaries: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, A
     return out
 
 
+def _color(k: int, n: int) -> Any:
+    from matplotlib import colormaps
+
+    return f"C{k % 10}" if n <= 10 else colormaps["tab20"]((2 * k + k // 10) % 20)  # 10 dark hues, then light
+
+
 def _title(summaries: list[dict[str, Any]], what: str) -> str:
     if len(summaries) == 1:
         doc = summaries[0]
         wall = f", {doc['wall_s']:.0f} s" if isinstance(doc.get("wall_s"), int | float) else ""
         return f"{what}: run {doc.get('_label', doc['run_id'])} ({doc.get('mode', '?')}{wall})"
-    return f"{what}: {len(summaries)} runs"
+    labels = [doc.get("_label", doc["run_id"]) for doc in summaries]
+    return f"{what}: " + (" vs ".join(labels) if len(labels) <= 3 else f"{len(labels)} runs")
 
 
 def _loss_figure(summaries: list[dict[str, Any]], by_bytes: bool) -> Any:
@@ -135,17 +142,25 @@ def _loss_figure(summaries: list[dict[str, Any]], by_bytes: bool) -> Any:
     fig = Figure(figsize=_SIZE_IN, dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     xs: list[float] = []
-    for k, (label, g, peer) in enumerate(_series(summaries)):
+    series = _series(summaries)
+    for k, (label, g, peer) in enumerate(series):
         pts = _loss_points(peer)
         x = [b if by_bytes else s for s, b, _ in pts]
         xs += x
-        ax.plot(x, [loss for _, _, loss in pts], color=f"C{k % 10}", linestyle=_LINESTYLES[g % 4],
-                marker=_MARKERS[g % 6], markersize=5 if len(pts) < 50 else 0, linewidth=2,
-                label=label if pts else f"{label} (no eval loss)")
+        ends_only = not any(_finite(p.get("eval_loss")) for p in peer.get("history") or [])
+        notes = ["no eval loss"] if not pts else ["start/end only"] if ends_only else []
+        if by_bytes and pts and not peer["tx_bytes"]:
+            notes.append("sent 0 B")
+        ax.plot(x, [loss for _, _, loss in pts], color=_color(k, len(series)), marker=_MARKERS[g % 6],
+                linestyle=":" if ends_only else _LINESTYLES[g % 3], linewidth=1.5 if ends_only else 2,
+                markersize=6 if len(pts) < 50 else 0, label=label + "".join(f" ({n})" for n in notes))
     positive = [x for x in xs if x > 0]
     if by_bytes:
         if positive and max(positive) / min(positive) > 100:  # spans > 2 decades; symlog keeps x = 0
-            ax.set_xscale("symlog", linthresh=min(positive), linscale=0.3)
+            lo, hi = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+            ax.set_xscale("symlog", linthresh=10**lo, linscale=1)
+            ax.set_xticks([0] + [10**e for e in range(lo, hi + 1)], minor=False)
+            ax.set_xticks([], minor=True)
         ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
         ax.set_xlabel("bytes sent by the peer (tx, cumulative)")
     else:
@@ -156,17 +171,19 @@ def _loss_figure(summaries: list[dict[str, Any]], by_bytes: bool) -> Any:
     if not xs:
         ax.text(0.5, 0.5, "no eval-loss data in these summaries", transform=ax.transAxes, ha="center", fontsize=16)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(title="peer", ncols=1 + len(_series(summaries)) // 12)
+        outside = {"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if len(series) > 8 else {"loc": "best"}
+        ax.legend(title="peer", ncols=1 + len(series) // 24, **outside)
     return fig
 
 
 def _rounds_figure(summaries: list[dict[str, Any]]) -> Any:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=_SIZE_IN, dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     series = _series(summaries)
-    pos = list(range(len(series)))
+    pos = [k + 0.5 * g for k, (_, g, _) in enumerate(series)]  # a gap between runs
     for off, key, color, name in ((-0.2, "rounds_committed", "tab:green", "committed"),
                                   (0.2, "rounds_aborted", "tab:red", "aborted")):
         bars = ax.bar([p + off for p in pos], [peer[key] for _, _, peer in series], width=0.4, color=color, label=name)
@@ -176,6 +193,7 @@ def _rounds_figure(summaries: list[dict[str, Any]]) -> Any:
     ax.set_xlabel("peer")
     ax.set_ylabel("outer rounds (count)")
     ax.set_title(_title(summaries, "Outer rounds per peer"))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, axis="y", alpha=0.3)
     ax.margins(y=0.1)
     ax.legend()

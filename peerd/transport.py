@@ -161,13 +161,15 @@ class Transport:
         state_source: StateSource,
         on_bytes: Callable[[str, int], None],
         on_rejected: Callable[[str], None],
+        on_transfer: Callable[[str, float], None] = lambda kind, seconds: None,
     ) -> None:
-        """Counters are reported through ``on_bytes(direction, n)`` and ``on_rejected(reason)``."""
+        """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``."""
         self.cfg = cfg
         self.sink = sink
         self.state_source = state_source
         self.on_bytes = on_bytes
         self.on_rejected = on_rejected
+        self.on_transfer = on_transfer
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.port = 0
@@ -219,7 +221,9 @@ class Transport:
             for chunk in chunks:
                 yield peer_pb2.ShardChunk(data=chunk)
 
+        t0 = time.monotonic()
         await self._stub(endpoint).PushShard(messages(), timeout=max(timeout_s, 0.001))
+        self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
 
     async def fetch_state(
@@ -230,6 +234,7 @@ class Transport:
         Raises:
             grpc.aio.AioRpcError, asyncio.TimeoutError, ValueError: transfer failed or malformed.
         """
+        t0 = time.monotonic()
         call = self._stub(endpoint).FetchState(request, timeout=self.cfg.state_timeout_s)
         it = call.__aiter__()
         first = await asyncio.wait_for(it.__anext__(), self.cfg.chunk_timeout_s)
@@ -249,6 +254,7 @@ class Transport:
             call.cancel()
             raise ValueError("donor sent more bytes than announced")
         call.cancel()
+        self.on_transfer("state", time.monotonic() - t0)
         return header, bytes(buf)
 
     async def stop(self, grace_s: float) -> None:

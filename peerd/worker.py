@@ -159,6 +159,8 @@ class Worker:
                 self.samples_since[p] = 0
             self._snapshots.clear()
             return None
+        if cmd.kind == "checkpoint":
+            return self.export_state()
         if cmd.kind == "evaluate":
             return self.task.evaluate(self.task.model)
         if cmd.kind == "finalize":
@@ -168,6 +170,36 @@ class Worker:
             return self.task.evaluate(self.task.model)
         raise ValueError(f"unknown bridge command {cmd.kind!r}")
 
+    def export_state(self) -> dict[str, Any]:
+        """CPU copies of model, inner optimizer, data position and counters (for checkpoints)."""
+        stats = self.bridge.stats
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.task.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "data": dict(self.task.batches.state_dict()),
+            "step": stats.step, "samples": stats.samples, "busy_s": stats.busy_s,
+            "samples_since": list(self.samples_since),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Load :meth:`export_state` output; only before :meth:`start`.
+
+        Raises:
+            ValueError: the saved model does not fit this task (nothing half-applied to counters).
+        """
+        if self._thread.is_alive():
+            raise RuntimeError("restore() must run before the worker starts")
+        try:
+            self.task.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"checkpoint does not fit the model: {exc}") from exc
+        self.task.batches.load_state_dict(saved["data"])
+        self.samples_since = [int(x) for x in saved["samples_since"]][: self.layout.num_fragments]
+        step = int(saved["step"])
+        self.bridge.stats = WorkerStats(step=step, samples=int(saved["samples"]), busy_s=float(saved["busy_s"]),
+                                        done=self.max_steps > 0 and step >= self.max_steps)
+
     def _fail_pending(self, exc: BaseException) -> None:
         while True:
             try:
@@ -176,3 +208,13 @@ class Worker:
                 return
             if cmd.future.set_running_or_notify_cancel():
                 cmd.future.set_exception(RuntimeError(f"worker died: {exc!r}"))
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

@@ -18,7 +18,7 @@ FAMILIES = {
     "peerd_revision": "gauge", "peerd_hash_mismatches": "counter", "peerd_resyncs": "counter",
     "peerd_sync_duration_seconds": "gauge", "peerd_sync_bytes": "counter", "peerd_dht_operations": "counter",
     "peerd_worker_utilization_ratio": "gauge", "peerd_build_info": "gauge", "peerd_rejected_streams": "counter",
-    "peerd_dht_invalid_records": "counter",
+    "peerd_dht_invalid_records": "counter", "peerd_transfer_duration_seconds": "histogram",
 }
 
 
