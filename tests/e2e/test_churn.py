@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -50,6 +52,14 @@ def test_sigterm_is_a_graceful_leave_with_summary(swarm: Swarm) -> None:
     s = b.summary()
     assert s["exit"] == "sigterm" and s["steps"] > 0 and s["rounds_committed"] >= 1
     assert s["final_eval_loss"] is not None and s["final_eval_loss"] < s["initial_eval_loss"]
+    assert len(s["history"]) >= 2 and s["history"][-1]["eval_loss"] == s["final_eval_loss"]
+    # peerd report turns this real summary into plots.
+    out = b.workdir / "report"
+    res = subprocess.run([sys.executable, "-m", "peerd", "report", str(b.summary_file), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for name in ("eval_loss_vs_steps.png", "eval_loss_vs_bytes.png", "rounds.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The survivor notices the departure and keeps running alone.
     wait_for(lambda: a.metric_value("peerd_peers_live") == 1, 30, "survivor to see the leave")
     assert a.proc.poll() is None
