@@ -94,7 +94,7 @@ class TransportConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(0, ge=0, le=65535)
     announce_host: str | None = None  # address other peers dial; None: detected
-    chunk_bytes: int = Field(1 << 20, ge=1024, le=3 << 20)  # stays under the 4 MiB message cap
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=3 << 20)  # <= transport.MAX_CHUNK_BYTES (4 MiB cap)
     chunk_timeout_s: float = Field(10.0, gt=0)
     rpc_timeout_s: float = Field(10.0, gt=0)
     state_timeout_s: float = Field(120.0, gt=0)
@@ -303,3 +303,8 @@ def with_overrides(cfg: PeerdConfig, updates: dict[str, Any]) -> PeerdConfig:
         return PeerdConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def test_faults_spec() -> str:
+    """Fault-injection spec for tests (``PEERD_TEST_FAULTS``; see peerd/faults.py)."""
+    return os.environ.get("PEERD_TEST_FAULTS", "")

@@ -28,6 +28,7 @@ from peerd.admin import AdminServer
 from peerd.bridge import Bridge
 from peerd.config import PeerdConfig
 from peerd.diloco import Diloco
+from peerd.faults import FAULTS
 from peerd.fragments import FragmentLayout, state_hash
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
@@ -259,11 +260,15 @@ class Daemon:
 
     async def _initial_sync(self, task: Task, layout: FragmentLayout) -> None:
         """A joiner adopts the swarm's outer state before it trains (never mixes a fresh init)."""
-        for _ in range(3):
+        # Donors may die mid-transfer: retry while any is announced; once the dead ones' records
+        # expire and nobody is ahead, this peer is in sync by definition (or starts the swarm).
+        deadline = time.monotonic() + self.cfg.transport.state_timeout_s
+        while time.monotonic() < deadline:
             await self._refresh_view()
             if await self._sync_if_needed(install_into_model=True):
                 return
-        raise FatalError("could not sync state from any donor", EXIT_NETWORK)
+            await asyncio.sleep(self.cfg.dht.heartbeat_s)
+        raise FatalError("could not sync state from any donor within transport.state_timeout_s", EXIT_NETWORK)
 
     def _restore(self, ckpt_dir: Path) -> None:
         """Resume from the newest checkpoint that verifies; the swarm resync follows as usual."""
@@ -532,6 +537,8 @@ class Daemon:
                                      cfg.round.round_s, cfg.round.deadline_fraction, time.time())
                 if plan is None or len(plan.members) < cfg.round.min_members:
                     return None
+                if rank == 0:
+                    FAULTS.hit("leader_before_publish")
                 published = await self.membership.publish_plan(plan, ttl_s=4 * cfg.round.round_s)
                 if published:
                     continue  # read back: another candidate may have published first

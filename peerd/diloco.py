@@ -31,6 +31,7 @@ import torch
 from peerd import codec
 from peerd.bridge import Bridge, BridgeFull, Snapshot
 from peerd.config import PeerdConfig
+from peerd.faults import FAULTS
 from peerd.fragments import shard_bounds
 from peerd.proto.v1 import peer_pb2
 from peerd.schedule import RoundPlan, round_start
@@ -223,6 +224,7 @@ class Diloco:
                                                              bounds[me][1] - bounds[me][0], self.mix.block_size))
             if len(rs.contributions) == n:
                 rs.all_contributed.set()
+            FAULTS.hit("before_send")
             sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], float(snap.samples)), payloads[i])
                      for i in range(n) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
@@ -236,6 +238,7 @@ class Diloco:
                                     reduced.contributors), reduced.payload) for i in range(n) if i != me]
             await self._push_all(plan, out, plan.deadline)
             await send_task
+            FAULTS.hit("after_send")
             await _wait_until(rs.all_reduced, plan.deadline)
             rs.open = False
             if len(rs.reduced) < n:

@@ -19,9 +19,13 @@ from typing import Protocol
 import grpc
 
 from peerd.config import TransportConfig
+from peerd.faults import FAULTS
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 << 20
+# Largest data chunk any peer may send: a protocol constant, not the receiver's own
+# transport.chunk_bytes (peers may configure different chunk sizes).
+MAX_CHUNK_BYTES = 3 << 20
 
 
 class Rejected(Exception):
@@ -110,8 +114,8 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
                     chunk = await asyncio.wait_for(request_iterator.__anext__(), budget)
                 except StopAsyncIteration:
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
-                if chunk.WhichOneof("part") != "data" or len(chunk.data) > t.cfg.chunk_bytes:
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk within chunk_bytes")
+                if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
                 buf += chunk.data
                 if len(buf) > header.payload_bytes:
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
@@ -146,7 +150,9 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
             self.t.on_rejected(rej.code.name.lower())
             await context.abort(rej.code, rej.detail)
         yield peer_pb2.StateChunk(header=header)
-        for chunk in _chunks(payload, self.t.cfg.chunk_bytes):
+        for i, chunk in enumerate(_chunks(payload, self.t.cfg.chunk_bytes)):
+            if i == 1:
+                FAULTS.hit("donor_mid_transfer")
             self.t.on_bytes("tx", len(chunk))
             yield peer_pb2.StateChunk(data=chunk)
 
@@ -218,7 +224,9 @@ class Transport:
 
         async def messages() -> AsyncIterator[peer_pb2.ShardChunk]:
             yield peer_pb2.ShardChunk(header=header)
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                if i == len(chunks) // 2 and i > 0:
+                    FAULTS.hit("mid_stream")
                 yield peer_pb2.ShardChunk(data=chunk)
 
         t0 = time.monotonic()

@@ -89,7 +89,8 @@ class Swarm:
         # Discovery files of `peerd status` go to the test's directory, not the user's home.
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(workdir / "state")}
 
-    def start(self, extra: list[str] = (), bootstrap: list[str] | None = None, flags: list[str] = ()) -> Peer:
+    def start(self, extra: list[str] = (), bootstrap: list[str] | None = None, flags: list[str] = (),
+              env: dict[str, str] | None = None) -> Peer:
         i = len(self.peers)
         cmd = [sys.executable, "-m", "peerd", "join", *flags]
         for item in [*FAST, f"data.shard={i}", "data.num_shards=8", *extra]:
@@ -100,7 +101,7 @@ class Swarm:
         cmd += ["--ready-file", str(peer.ready_file), "--summary", str(peer.summary_file)]
         log = open(peer.log_file, "wb")  # noqa: SIM115
         peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=self.env)
+                                     env={**self.env, **(env or {})})
         self.peers.append(peer)
         return peer
 

@@ -22,7 +22,7 @@ from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 from peerd.schedule import Candidate, make_plan, rendezvous_order
 from peerd.state import OuterState
 from peerd.sync import serve_state
-from peerd.transport import Transport, checksum
+from peerd.transport import MAX_CHUNK_BYTES, Transport, checksum
 
 SHAPES = [("blocks.0.w", (64, 64)), ("blocks.1.w", (64, 64)), ("head.w", (10, 64))]
 
@@ -144,7 +144,7 @@ async def test_truncated_and_oversized_streams_are_refused(harness: Harness) -> 
         await push(harness, header, [payload, b"extra"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await push(harness, header, [b"x" * (harness.cfg.transport.chunk_bytes + 1)])
+        await push(harness, header, [b"x" * (MAX_CHUNK_BYTES + 1)])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert harness.diloco._rounds[plan.round].contributions == {}
 

@@ -110,6 +110,25 @@ def test_compose_worker_count_comes_from_env() -> None:
     assert model["services"]["worker"]["environment"]["PEERD_RUN_ID"] == "exp1"
 
 
+def test_dockerfiles_stay_small_non_root_and_match_the_torch_pin() -> None:
+    # Static: no engine here to build them. The pin must be the one pyproject.toml requires.
+    pin = re.search(r'"(torch==[^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    for name, cpu in (("Dockerfile", True), ("Dockerfile.gpu", False)):
+        text = (DOCKER / name).read_text()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        assert lines[0].startswith("FROM python:3.11-slim"), name
+        torch_line = next(ln for ln in lines if "pip install torch" in ln)
+        assert pin in torch_line.split(), (name, torch_line)
+        assert ("--index-url https://download.pytorch.org/whl/cpu" in torch_line) == cpu, (name, torch_line)
+        assert "USER peerd" in lines and lines.index("USER peerd") > lines.index(torch_line), name
+        assert 'ENTRYPOINT ["peerd"]' in lines and "/run/peerd" in text and "PEERD_METRICS__HOST=0.0.0.0" in text
+        for ln in lines:
+            if ln.startswith("COPY "):
+                for src in ln.split()[1:-1]:
+                    assert (ROOT / src).exists(), (name, src)
+    assert ".venv" in (ROOT / ".dockerignore").read_text().split()
+
+
 STUB_DOCKER = r"""#!/bin/sh
 # Stub docker CLI: logs every call, answers the few queries the chaos loop makes.
 echo "$*" >> "$STUB_LOG"
@@ -289,7 +308,8 @@ def test_promtool_check_metrics_is_clean(live: dict[str, Any]) -> None:
 
 
 def test_prometheus_config_is_valid() -> None:
-    res = subprocess.run([tool("promtool", "prometheus"), "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")],
+    config = DOCKER / "prometheus" / "prometheus.yml"
+    res = subprocess.run([tool("promtool", "prometheus"), "check", "config", str(config)],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
 
