@@ -62,6 +62,9 @@ class Counters:
     tx_bytes: int = 0
     rx_bytes: int = 0
     final_fragments: set[int] = field(default_factory=set)
+    failure_at: float | None = None  # first failure since the last commit (monotonic)
+    recoveries_s: list[float] = field(default_factory=list)
+    syncs: list[dict[str, float]] = field(default_factory=list)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -387,6 +390,8 @@ class Daemon:
         if records is not None:
             records.pop(self.peer_id, None)
             gone = [r.endpoint for pid, r in self.view.items() if pid not in records]
+            if any(r.ready for pid, r in self.view.items() if pid not in records):
+                self._failure()
             self.view = records
             if gone and self.transport is not None:
                 await self.transport.forget(gone)
@@ -466,6 +471,10 @@ class Daemon:
                 self.counters.rounds_aborted += 1
                 self._count("aborted", "internal_error")
 
+    def _failure(self) -> None:
+        if self.counters.failure_at is None and self.counters.rounds_committed > 0:
+            self.counters.failure_at = time.monotonic()
+
     def _count(self, outcome: str, reason: str) -> None:
         self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
         self.last_round = {"outcome": outcome, "reason": reason, "at": time.time()}
@@ -505,6 +514,11 @@ class Daemon:
         self.metrics.transfer_duration.observe(time.monotonic() - t0)
         self.metrics.revision.set(state.revision)
         if outcome.committed:
+            if self.counters.failure_at is not None:
+                took = time.monotonic() - self.counters.failure_at
+                self.counters.recoveries_s.append(round(took, 3))
+                self.metrics.recovery.observe(took)
+                self.counters.failure_at = None
             self.counters.rounds_committed += 1
             self._count("committed", "ok")
             if plan.final:
@@ -512,6 +526,7 @@ class Daemon:
                 if self.exit_when_done and len(self.counters.final_fragments) == state.layout.num_fragments:
                     self.request_stop("done")
         else:
+            self._failure()
             self.counters.rounds_aborted += 1
             self._count("aborted", outcome.reason)
             log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
@@ -586,6 +601,8 @@ class Daemon:
             self.metrics.resyncs.labels(outcome="ok").inc()
             self.metrics.sync_seconds.set(synced.seconds)
             self.metrics.sync_bytes.inc(synced.nbytes)
+            self.counters.syncs.append({"seconds": round(synced.seconds, 3), "bytes": synced.nbytes,
+                                        "bytes_per_s": round(synced.nbytes / max(synced.seconds, 1e-9))})
             self.metrics.revision.set(state.revision)
             log.info("synced", donor=donor.peer_id, revision=synced.revision, fragments=len(synced.theta),
                      bytes=synced.nbytes, seconds=round(synced.seconds, 3),
@@ -639,6 +656,7 @@ class Daemon:
             "revision": self.state.revision if self.state else 0,
             "state_hash": self.state.state_hash() if self.state else state_hash(0, []),
             "exit": self.exit_reason if self.exit_code == EXIT_OK else f"error: {self.exit_reason}",
+            "recoveries_s": self.counters.recoveries_s, "syncs": self.counters.syncs,
             "history": self.history,
         }
 

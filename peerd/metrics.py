@@ -58,6 +58,9 @@ class Metrics:
                                        "from the majority at its revision.", registry=r)
         self.resyncs = Counter("peerd_resyncs", "State resyncs from a donor, by outcome.", ["outcome"], registry=r)
         self.sync_seconds = Gauge("peerd_sync_duration_seconds", "Duration of the latest state sync.", registry=r)
+        self.recovery = Histogram("peerd_recovery_duration_seconds",
+                                  "From a failure (aborted round or lost member) to the next committed round.",
+                                  buckets=_TRANSFER_BUCKETS, registry=r)
         self.sync_bytes = Counter("peerd_sync_bytes", "State bytes downloaded from donors.", registry=r)
         self.dht_ops = Counter("peerd_dht_operations", "DHT operations by kind and outcome.",
                                ["op", "outcome"], registry=r)

@@ -101,6 +101,7 @@ class Chaos:
     join_times: list[float] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)  # per poll: each peer's view
     joined_behind: list[str] = field(default_factory=list)
+    counters: dict[int, dict[str, float]] = field(default_factory=dict)  # per peer, from /metrics
 
     def t(self) -> float:
         return time.monotonic() - self.t0
@@ -176,11 +177,28 @@ class Chaos:
             rev = int(s["revision"])
             last = s.get("last_round") or {}
             row.append(f"peer-{p.index}: rev={rev} size={s.get('swarm_size')} "
-                       f"last={last.get('outcome')}/{last.get('reason')}")
+                       f"last={last.get('outcome')}/{last.get('reason')}{self.counter_delta(p)}")
             if rev > self.top_revision:
                 self.top_revision = rev
                 self.increases.append((self.t(), rev))
         self.timeline.append((self.t(), "; ".join(row)))
+
+    def counter_delta(self, p: Peer) -> str:
+        """Round outcomes and failed DHT operations since the previous poll of this peer."""
+        try:
+            text = p.metrics()
+        except OSError:
+            return " (no metrics)"
+        now: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(("peerd_rounds_total{", "peerd_dht_operations_total{")) and 'outcome="ok"' not in line:
+                name, value = line.rsplit(" ", 1)
+                key = name.replace("peerd_", "").replace("_total", "").replace('outcome="', "").replace('reason="', "")
+                now[key.replace('"', "")] = float(value)
+        before = self.counters.get(p.index, {})
+        self.counters[p.index] = now
+        delta = [f"{k}+{v - before.get(k, 0):g}" for k, v in sorted(now.items()) if v > before.get(k, 0)]
+        return f" [{' '.join(delta)}]" if delta else ""
 
     def check_join(self, peer: Peer) -> None:
         """Note a peer that announced itself joined at revision 0 while the swarm was ahead."""

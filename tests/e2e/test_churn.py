@@ -37,6 +37,8 @@ def test_sigkill_mid_run_survivors_finish_and_agree(swarm: Swarm) -> None:
     # Rounds kept committing after the kill.
     assert summaries[0]["rounds_committed"] > before
     assert not victim.summary_file.exists()
+    # Recovery figures: seconds from the failure to the next committed round.
+    assert summaries[0]["recoveries_s"] and all(0 < x < 60 for x in summaries[0]["recoveries_s"])
 
 
 @pytest.mark.timeout(240)
