@@ -34,7 +34,7 @@ from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
 from peerd.metrics import Metrics
 from peerd.state import OuterState
-from peerd.sync import SyncError, request_for, serve_state, verify_state
+from peerd.sync import SyncedState, SyncError, merge_parts, request_for, serve_state, verify_state
 from peerd.tasks.base import Task, TaskContext, load_task_factory
 from peerd.transport import Transport
 from peerd.worker import Worker
@@ -575,17 +575,8 @@ class Daemon:
         if elig and elig[0].revision == me.revision:
             self.metrics.hash_mismatches.inc()
         donors = [c for c in elig if c.peer_id != self.peer_id]
-        t0 = time.monotonic()
-        for donor in donors:
-            try:
-                header, payload = await transport.fetch_state(
-                    donor.endpoint, request_for(state, self.cfg.run_id, self.peer_id),
-                    max_bytes=8 * sum(state.layout.numels) + 1024)
-                synced = await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0)
-            except (TimeoutError, grpc.aio.AioRpcError, ValueError, SyncError) as exc:
-                self.metrics.resyncs.labels(outcome="failed").inc()
-                log.warning("sync_failed", donor=donor.peer_id, error=repr(exc)[:200])
-                continue
+        synced = await self._fetch_from_donors(donors)
+        if synced is not None:
             state.install(synced.revision, synced.theta, synced.momentum)
             assert self.diloco is not None
             for f in synced.theta:
@@ -604,11 +595,57 @@ class Daemon:
             self.counters.syncs.append({"seconds": round(synced.seconds, 3), "bytes": synced.nbytes,
                                         "bytes_per_s": round(synced.nbytes / max(synced.seconds, 1e-9))})
             self.metrics.revision.set(state.revision)
-            log.info("synced", donor=donor.peer_id, revision=synced.revision, fragments=len(synced.theta),
+            log.info("synced", donors=len(donors), revision=synced.revision, fragments=len(synced.theta),
                      bytes=synced.nbytes, seconds=round(synced.seconds, 3),
                      bytes_per_s=round(synced.nbytes / max(synced.seconds, 1e-9)))
             return True
         return False
+
+    async def _fetch_from_donors(self, donors: list[sch.Candidate]) -> SyncedState | None:
+        """Fetch the differing fragments, spread across donors; retry a failed part elsewhere.
+
+        Every part is verified per fragment (hash) and the parts must agree on revision and
+        hashes before anything is installed.
+        """
+        state, transport = self.state, self.transport
+        assert state is not None and transport is not None
+        records = {pid: rec for pid, rec in self.view.items()}
+        t0 = time.monotonic()
+        for _attempt in range(3):
+            live = [d for d in donors if d.peer_id in records]
+            if not live:
+                return None
+            ref = records[live[0].peer_id].fragment_hashes
+            local = state.fragment_hashes
+            wanted = [f for f in range(state.layout.num_fragments) if f >= len(ref) or ref[f] != local[f]] or \
+                list(range(state.layout.num_fragments))  # revision differs only: let the donor decide
+            assignment: dict[str, list[int]] = {}
+            for i, f in enumerate(wanted):
+                assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
+            by_id = {d.peer_id: d for d in live}
+
+            async def part(pid: str, frags: list[int]) -> SyncedState:
+                header, payload = await transport.fetch_state(
+                    by_id[pid].endpoint, request_for(state, self.cfg.run_id, self.peer_id, frags),
+                    max_bytes=8 * sum(state.layout.numels) + 1024)
+                return await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0,
+                                               set(frags))
+
+            results = await asyncio.gather(*(part(pid, frags) for pid, frags in assignment.items()),
+                                           return_exceptions=True)
+            failed = [pid for pid, res in zip(assignment, results, strict=True) if isinstance(res, BaseException)]
+            for pid, res in zip(assignment, results, strict=True):
+                if isinstance(res, BaseException):
+                    self.metrics.resyncs.labels(outcome="failed").inc()
+                    log.warning("sync_failed", donor=pid, error=repr(res)[:200])
+                    records.pop(pid, None)
+            if failed:
+                continue
+            try:
+                return merge_parts([r for r in results if isinstance(r, SyncedState)], state.fragment_hashes)
+            except SyncError as exc:
+                log.warning("sync_failed", error=str(exc))
+        return None
 
     # ---- shutdown ----
 

@@ -80,3 +80,32 @@ def test_install_adopts_donor_state_exactly() -> None:
     snap = donor.snapshot()
     joiner.install(snap.revision, dict(snap.theta), dict(snap.momentum))
     assert joiner.state_hash() == donor.state_hash()
+
+
+def test_state_sync_parts_from_two_donors_merge_and_verify() -> None:
+    from peerd.proto.v1 import peer_pb2
+    from peerd.sync import SyncError, merge_parts, serve_state, verify_state
+
+    donor, joiner = make_state(1), make_state(1)
+    donor.apply_outer_step(0, torch.ones(donor.layout.numels[0]), 0.5, 0.9, True, 0)
+    donor.apply_outer_step(1, torch.ones(donor.layout.numels[1]), 0.5, 0.9, True, 1)
+    parts = []
+    for frags in ([0], [1]):
+        req = peer_pb2.FetchStateRequest(run_id="r", requester="j", fragment_hashes=list(joiner.fragment_hashes),
+                                         fragments=frags)
+        header, payload = serve_state(donor, "r", req)
+        assert list(header.fragments) == frags
+        parts.append(verify_state(joiner, header, payload, 0.1, set(frags)))
+    merged = merge_parts(parts, joiner.fragment_hashes)
+    joiner.install(merged.revision, merged.theta, merged.momentum)
+    assert joiner.state_hash() == donor.state_hash()
+    # A part alone leaves fragment 1 stale: refused instead of installing a mix.
+    with pytest.raises(SyncError):
+        merge_parts(parts[:1], make_state(1).fragment_hashes)
+    # A corrupted payload fails its fragment hash.
+    req = peer_pb2.FetchStateRequest(run_id="r", requester="j", fragment_hashes=list(make_state(1).fragment_hashes))
+    header, payload = serve_state(donor, "r", req)
+    bad = bytearray(payload)
+    bad[5] ^= 1
+    with pytest.raises(SyncError, match="hash mismatch"):
+        verify_state(make_state(1), header, bytes(bad), 0.1)

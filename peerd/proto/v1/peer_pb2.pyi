@@ -190,6 +190,7 @@ class FetchStateRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     REQUESTER_FIELD_NUMBER: _builtins.int
     FRAGMENT_HASHES_FIELD_NUMBER: _builtins.int
+    FRAGMENTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the caller belongs to."""
     requester: _builtins.str
@@ -198,16 +199,21 @@ class FetchStateRequest(_message.Message):
     def fragment_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Caller's fragment hashes indexed by fragment id; empty strings force a transfer."""
 
+    @_builtins.property
+    def fragments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Fragments to consider (a joiner spreads fragments across donors); empty means all."""
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         requester: _builtins.str = ...,
         fragment_hashes: _abc.Iterable[_builtins.str] | None = ...,
+        fragments: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
