@@ -15,57 +15,29 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 
-from peerd import checkpoint
-from peerd import schedule as sch
 from peerd.admin import AdminServer
 from peerd.bridge import Bridge
 from peerd.config import PeerdConfig
 from peerd.diloco import Diloco
-from peerd.faults import FAULTS
+from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, EXIT_OK, Counters, FatalError
 from peerd.fragments import FragmentLayout, state_hash
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
 from peerd.metrics import Metrics
+from peerd.persist import PersistMixin
+from peerd.resync import ResyncMixin
+from peerd.rounds import RoundsMixin
 from peerd.state import OuterState
-from peerd.sync import SyncedState, SyncError, merge_parts, request_for, serve_state, verify_state
 from peerd.tasks.base import Task, TaskContext, load_task_factory
 from peerd.transport import Transport
 from peerd.worker import Worker
 
 log = get_logger("peerd.daemon")
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NETWORK = 0, 1, 2, 3
-
-
-class FatalError(RuntimeError):
-    """Stops the daemon with an exit code and a one-line operator message."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        """Remember the exit code."""
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Counters:
-    """Run totals for the summary."""
-
-    rounds_committed: int = 0
-    rounds_aborted: int = 0
-    tx_bytes: int = 0
-    rx_bytes: int = 0
-    final_fragments: set[int] = field(default_factory=set)
-    failure_at: float | None = None  # first failure since the last commit (monotonic)
-    recoveries_s: list[float] = field(default_factory=list)
-    syncs: list[dict[str, float]] = field(default_factory=list)
-
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` trains on CUDA when present, CPU otherwise."""
@@ -88,8 +60,8 @@ def detect_host(bind_host: str) -> str:
         return "127.0.0.1"
 
 
-class Daemon:
-    """One peer."""
+class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
+    """One peer. Round protocol, state resync and persistence live in the mixins' modules."""
 
     def __init__(self, cfg: PeerdConfig, bootstrap: list[str], ready_file: str | None = None,
                  summary_path: str | None = None, exit_when_done: bool = False, wait_for_peers: int = 1) -> None:
@@ -212,7 +184,7 @@ class Daemon:
                              cfg.train.eval_every_steps, self._on_eval)
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
-        await self._initial_sync(task, layout)
+        await self._initial_sync()
         await self._announce()
         await self._wait_for_peers()
         self.worker.start()
@@ -261,74 +233,6 @@ class Daemon:
             tmp.write_text(json.dumps(info))
             os.replace(tmp, self.ready_file)
 
-    async def _initial_sync(self, task: Task, layout: FragmentLayout) -> None:
-        """A joiner adopts the swarm's outer state before it trains (never mixes a fresh init)."""
-        # Donors may die mid-transfer: retry while any is announced; once the dead ones' records
-        # expire and nobody is ahead, this peer is in sync by definition (or starts the swarm).
-        deadline = time.monotonic() + self.cfg.transport.state_timeout_s
-        while time.monotonic() < deadline:
-            await self._refresh_view()
-            if await self._sync_if_needed(install_into_model=True):
-                return
-            await asyncio.sleep(self.cfg.dht.heartbeat_s)
-        raise FatalError("could not sync state from any donor within transport.state_timeout_s", EXIT_NETWORK)
-
-    def _restore(self, ckpt_dir: Path) -> None:
-        """Resume from the newest checkpoint that verifies; the swarm resync follows as usual."""
-        assert self.state is not None and self.worker is not None and self.diloco is not None
-        loaded, problems = checkpoint.load_latest(ckpt_dir)
-        for problem in problems:
-            log.warning("checkpoint_skipped", problem=problem)
-        if loaded is None:
-            if problems:
-                log.warning("checkpoint_none_usable", dir=str(ckpt_dir), fix="starting fresh; state resyncs from the swarm")
-            return
-        c = loaded.content
-        layout = self.state.layout
-        theta, mom = c["outer"]["theta"], c["outer"]["momentum"]
-        if c.get("run_id") != self.cfg.run_id or [t.numel() for t in theta] != list(layout.numels):
-            raise FatalError(f"checkpoint {loaded.path}: made for another run or model "
-                             f"(run_id {c.get('run_id')!r}); use another checkpoint.dir", EXIT_CONFIG)
-        try:
-            self.worker.restore(c["worker"])
-        except ValueError as exc:
-            raise FatalError(f"checkpoint {loaded.path}: {exc}", EXIT_CONFIG) from exc
-        self.state.install(int(c["outer"]["revision"]), dict(enumerate(theta)), dict(enumerate(mom)))
-        self.diloco.residuals = [r.clone() for r in c["residuals"]]
-        self.counters.rounds_committed = int(c["counters"]["rounds_committed"])
-        self.counters.rounds_aborted = int(c["counters"]["rounds_aborted"])
-        self.metrics.revision.set(self.state.revision)
-        log.info("checkpoint_loaded", path=str(loaded.path), revision=self.state.revision,
-                 step=self.bridge.stats.step)
-
-    async def _save_checkpoint(self) -> None:
-        """Snapshot worker and outer state consistently enough to resume, then write atomically."""
-        if not self.cfg.checkpoint.dir or self.state is None or self.diloco is None:
-            return
-        async with self.diloco.commit_lock:
-            snap = self.state.snapshot()
-            residuals = [r.clone() for r in self.diloco.residuals]
-            pending = self.bridge.submit("checkpoint")  # queued after any merge of a commit
-        worker_state = await asyncio.wait_for(asyncio.wrap_future(pending), 60)
-        content = {
-            "run_id": self.cfg.run_id, "peer_id": self.peer_id,
-            "outer": {"revision": snap.revision, "theta": [snap.theta[f] for f in range(len(snap.theta))],
-                      "momentum": [snap.momentum[f] for f in range(len(snap.momentum))]},
-            "residuals": residuals, "worker": worker_state,
-            "counters": {"rounds_committed": self.counters.rounds_committed,
-                         "rounds_aborted": self.counters.rounds_aborted},
-        }
-        path = await asyncio.to_thread(checkpoint.save, Path(self.cfg.checkpoint.dir), content)
-        log.info("checkpoint_saved", path=str(path), revision=snap.revision, step=worker_state["step"])
-
-    async def _checkpoint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.checkpoint.every_s)
-            try:
-                await self._save_checkpoint()
-            except (OSError, asyncio.TimeoutError) as exc:
-                log.warning("checkpoint_failed", error=repr(exc))
-
     async def _wait_for_peers(self) -> None:
         if self.wait_for_peers <= 1:
             return
@@ -339,11 +243,6 @@ class Daemon:
                 return
             await asyncio.sleep(0.2)
         log.warning("wait_for_peers_timeout", expected=self.wait_for_peers, seen=len(self.view) + 1)
-
-    def state_for(self, request: Any) -> Any:
-        """StateSource for the transport (runs in a thread)."""
-        assert self.state is not None
-        return serve_state(self.state, self.cfg.run_id, request)
 
     def _on_rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -455,198 +354,6 @@ class Daemon:
                      tx_bytes=self.counters.tx_bytes, rx_bytes=self.counters.rx_bytes,
                      last_round=self.last_round.get("outcome"))
 
-    async def _round_loop(self) -> None:
-        round_s = self.cfg.round.round_s
-        last = sch.round_index(time.time(), round_s)
-        while True:
-            r = max(last + 1, sch.round_index(time.time(), round_s))
-            await asyncio.sleep(max(0.0, sch.round_start(r, round_s) - time.time()))
-            last = r
-            try:
-                await self._round(r)
-            except (FatalError, asyncio.CancelledError):
-                raise
-            except Exception:  # noqa: BLE001 - one broken round must not take the peer down
-                log.exception("round_failed", round=r)
-                self.counters.rounds_aborted += 1
-                self._count("aborted", "internal_error")
-
-    def _failure(self) -> None:
-        if self.counters.failure_at is None and self.counters.rounds_committed > 0:
-            self.counters.failure_at = time.monotonic()
-
-    def _count(self, outcome: str, reason: str) -> None:
-        self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
-        self.last_round = {"outcome": outcome, "reason": reason, "at": time.time()}
-
-    async def _round(self, r: int) -> None:
-        cfg, state = self.cfg, self.state
-        assert state is not None and self.membership is not None and self.diloco is not None
-        # Publish this peer's post-commit revision first, then read everyone's after a short
-        # settle time, so the plan is built from this round's records rather than last round's.
-        await self._heartbeat_once()
-        await asyncio.sleep(max(0.0, sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s - time.time()))
-        await self._refresh_view()
-        await self._sync_if_needed(install_into_model=False)
-        me = self._my_record().candidate()
-        candidates = [rec.candidate() for rec in self.view.values()] + [me]
-        elig = sch.eligible(candidates)
-        if me not in elig:
-            self._count("skipped", "not_in_sync")
-            return
-        if len(elig) < cfg.round.min_members:
-            self._count("skipped", "too_few_peers")
-            if self.exit_when_done and me.done and not self.view:
-                self.request_stop("done")
-            return
-        plan = await self._obtain_plan(r, elig)
-        if plan is None:
-            self._count("skipped", "no_plan")
-            return
-        if plan.index_of(self.peer_id) < 0:
-            self._count("skipped", "not_in_plan")
-            return
-        if plan.revision != state.revision or plan.state_hash != state.state_hash():
-            self._count("skipped", "not_in_sync")
-            return
-        t0 = time.monotonic()
-        outcome = await self.diloco.run(plan)
-        self.metrics.transfer_duration.observe(time.monotonic() - t0)
-        self.metrics.revision.set(state.revision)
-        if outcome.committed:
-            if self.counters.failure_at is not None:
-                took = time.monotonic() - self.counters.failure_at
-                self.counters.recoveries_s.append(round(took, 3))
-                self.metrics.recovery.observe(took)
-                self.counters.failure_at = None
-            self.counters.rounds_committed += 1
-            self._count("committed", "ok")
-            if plan.final:
-                self.counters.final_fragments.add(plan.fragment)
-                if self.exit_when_done and len(self.counters.final_fragments) == state.layout.num_fragments:
-                    self.request_stop("done")
-        else:
-            self._failure()
-            self.counters.rounds_aborted += 1
-            self._count("aborted", outcome.reason)
-            log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
-                     missing=[m[-8:] for m in outcome.missing])
-
-    async def _obtain_plan(self, r: int, elig: list[sch.Candidate]) -> sch.RoundPlan | None:
-        cfg = self.cfg
-        assert self.membership is not None
-        order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
-        rank = order.index(self.peer_id)
-        start = sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s
-        give_up = start + cfg.round.plan_slot_s * (cfg.round.plan_candidates + 1)
-        published = False
-        while time.time() < give_up:
-            plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
-            chosen = sch.choose_plan(plans)
-            if chosen is not None:
-                return chosen
-            if (not published and rank < cfg.round.plan_candidates
-                    and time.time() >= sch.publish_time(r, rank, cfg.round.round_s, cfg.round.plan_slot_s,
-                                                       cfg.round.settle_s)):
-                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, elig,
-                                     cfg.round.round_s, cfg.round.deadline_fraction, time.time())
-                if plan is None or len(plan.members) < cfg.round.min_members:
-                    return None
-                if rank == 0:
-                    FAULTS.hit("leader_before_publish")
-                published = await self.membership.publish_plan(plan, ttl_s=4 * cfg.round.round_s)
-                if published:
-                    continue  # read back: another candidate may have published first
-            await asyncio.sleep(0.05)
-        return None
-
-    async def _sync_if_needed(self, install_into_model: bool) -> bool:
-        """Resync from a donor when the swarm is ahead or this peer's hash is off the majority.
-
-        Returns True when this peer is in sync afterwards (or nobody is ahead of it).
-        """
-        state, transport = self.state, self.transport
-        assert state is not None and transport is not None and self.worker is not None
-        me = self._my_record(ready=True).candidate()
-        others = [rec.candidate() for rec in self.view.values() if rec.ready]
-        elig = sch.eligible(others + [me])
-        if not others or me in elig:
-            return True
-        if elig and elig[0].revision == me.revision:
-            self.metrics.hash_mismatches.inc()
-        donors = [c for c in elig if c.peer_id != self.peer_id]
-        synced = await self._fetch_from_donors(donors)
-        if synced is not None:
-            state.install(synced.revision, synced.theta, synced.momentum)
-            assert self.diloco is not None
-            for f in synced.theta:
-                self.diloco.residuals[f].zero_()
-            if install_into_model:
-                # The worker thread has not started yet: write its parameters directly.
-                params = dict(self.worker.task.model.named_parameters())
-                for f, t in synced.theta.items():
-                    self.worker.layout.unflatten_into(params, f, t)
-            else:
-                # Queued, not awaited: the worker applies it before any later snapshot/merge.
-                self.bridge.submit("install", fragments=synced.theta)
-            self.metrics.resyncs.labels(outcome="ok").inc()
-            self.metrics.sync_seconds.set(synced.seconds)
-            self.metrics.sync_bytes.inc(synced.nbytes)
-            self.counters.syncs.append({"seconds": round(synced.seconds, 3), "bytes": synced.nbytes,
-                                        "bytes_per_s": round(synced.nbytes / max(synced.seconds, 1e-9))})
-            self.metrics.revision.set(state.revision)
-            log.info("synced", donors=len(donors), revision=synced.revision, fragments=len(synced.theta),
-                     bytes=synced.nbytes, seconds=round(synced.seconds, 3),
-                     bytes_per_s=round(synced.nbytes / max(synced.seconds, 1e-9)))
-            return True
-        return False
-
-    async def _fetch_from_donors(self, donors: list[sch.Candidate]) -> SyncedState | None:
-        """Fetch the differing fragments, spread across donors; retry a failed part elsewhere.
-
-        Every part is verified per fragment (hash) and the parts must agree on revision and
-        hashes before anything is installed.
-        """
-        state, transport = self.state, self.transport
-        assert state is not None and transport is not None
-        records = {pid: rec for pid, rec in self.view.items()}
-        t0 = time.monotonic()
-        for _attempt in range(3):
-            live = [d for d in donors if d.peer_id in records]
-            if not live:
-                return None
-            ref = records[live[0].peer_id].fragment_hashes
-            local = state.fragment_hashes
-            wanted = [f for f in range(state.layout.num_fragments) if f >= len(ref) or ref[f] != local[f]] or \
-                list(range(state.layout.num_fragments))  # revision differs only: let the donor decide
-            assignment: dict[str, list[int]] = {}
-            for i, f in enumerate(wanted):
-                assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
-            by_id = {d.peer_id: d for d in live}
-
-            async def part(pid: str, frags: list[int]) -> SyncedState:
-                header, payload = await transport.fetch_state(
-                    by_id[pid].endpoint, request_for(state, self.cfg.run_id, self.peer_id, frags),
-                    max_bytes=8 * sum(state.layout.numels) + 1024)
-                return await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0,
-                                               set(frags))
-
-            results = await asyncio.gather(*(part(pid, frags) for pid, frags in assignment.items()),
-                                           return_exceptions=True)
-            failed = [pid for pid, res in zip(assignment, results, strict=True) if isinstance(res, BaseException)]
-            for pid, res in zip(assignment, results, strict=True):
-                if isinstance(res, BaseException):
-                    self.metrics.resyncs.labels(outcome="failed").inc()
-                    log.warning("sync_failed", donor=pid, error=repr(res)[:200])
-                    records.pop(pid, None)
-            if failed:
-                continue
-            try:
-                return merge_parts([r for r in results if isinstance(r, SyncedState)], state.fragment_hashes)
-            except SyncError as exc:
-                log.warning("sync_failed", error=str(exc))
-        return None
-
     # ---- shutdown ----
 
     async def _shutdown(self) -> None:
@@ -696,12 +403,3 @@ class Daemon:
             "recoveries_s": self.counters.recoveries_s, "syncs": self.counters.syncs,
             "history": self.history,
         }
-
-    def _write_summary(self, final_loss: float) -> None:
-        if not self.summary_path:
-            return
-        doc = {"run_id": self.cfg.run_id, "mode": self.cfg.mixing.mode,
-               "wall_s": round(time.monotonic() - self.started_at, 3), "peers": [self.summary(final_loss)]}
-        tmp = Path(self.summary_path + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, self.summary_path)

@@ -1,0 +1,92 @@
+"""A peer frozen with SIGSTOP never holds the others up, and after SIGCONT it resyncs and rejoins.
+
+SIGSTOP models a hung process (swapping, a debugger, a VM paused): its sockets stay open and
+the kernel still accepts connections for it, but nothing answers. Only the daemon's own pid is
+stopped (its p2pd child keeps running), so the DHT can still route to it while its handlers
+hang. The two others must keep committing rounds within bounded time, and the frozen peer, once
+continued, must catch up (same revision and state hash as the others) and commit again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import Peer, Swarm, wait_for
+
+ROUND_S = 2.0  # round.round_s of the FAST settings in tests/conftest.py
+
+
+def status(peer: Peer, timeout_s: float = 3.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://{peer.info['admin']}/status", timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def revision(peer: Peer) -> int:
+    s = status(peer)
+    return int(s["revision"]) if s else -1
+
+
+@pytest.mark.timeout(300)
+def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swarm) -> None:
+    a = swarm.start()
+    a.wait_ready()
+    b = swarm.start()
+    c = swarm.start()
+    b.wait_ready()
+    c.wait_ready()
+    wait_for(lambda: all(revision(p) >= 2 for p in (a, b, c)), 120, "two commits on all three peers", 0.5)
+    wait_for(lambda: all((status(p) or {}).get("swarm_size") == 3 for p in (a, b, c)), 30,
+             "all three peers in every view", 0.5)
+    frozen_committed = int(status(c)["rounds_committed"])  # type: ignore[index]
+
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    t_stop = time.monotonic()
+    try:
+        base = max(revision(a), revision(b))
+        # Nothing may wait on the frozen peer unboundedly: its record expires (dht.ttl_s 4 s)
+        # and rounds without it commit.
+        wait_for(lambda: min(revision(a), revision(b)) >= base + 2, 60,
+                 "the two others to commit 2 rounds while the third is frozen", 0.5)
+        t_progress = time.monotonic() - t_stop
+        # Keep it frozen for at least 3 round lengths in all.
+        time.sleep(max(0.0, 3 * ROUND_S - (time.monotonic() - t_stop)))
+        assert a.proc.poll() is None and b.proc.poll() is None
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    t_cont = time.monotonic()
+    frozen_s = t_cont - t_stop
+    print(f"\nfreeze: others committed +2 rounds {t_progress:.1f}s after SIGSTOP; frozen for {frozen_s:.1f}s",
+          flush=True)
+
+    def in_sync() -> bool:
+        sa, sb, sc = status(a), status(b), status(c)
+        if not (sa and sb and sc):
+            return False
+        return (sc["revision"] > base and sa["revision"] == sb["revision"] == sc["revision"]
+                and sa["state_hash"] == sb["state_hash"] == sc["state_hash"])
+
+    wait_for(in_sync, 90, "the continued peer back in sync with the others", 0.5)
+    t_sync = time.monotonic() - t_cont
+    wait_for(lambda: int((status(c) or {}).get("rounds_committed", -1)) > frozen_committed, 60,
+             "the continued peer to commit a round again", 0.5)
+    t_commit = time.monotonic() - t_cont
+    wait_for(in_sync, 30, "all three in sync after the continued peer's commit", 0.5)
+    print(f"freeze: continued peer in sync {t_sync:.1f}s after SIGCONT, committed again after {t_commit:.1f}s",
+          flush=True)
+    assert c.proc.poll() is None, f"the continued peer exited:\n{c.log_file.read_text()[-3000:]}"
+
+    for p in (a, b, c):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (a, b, c):
+        assert p.proc.wait(60) == 0, p.log_file.read_text()[-3000:]
+        s = p.summary()
+        assert s["exit"] == "sigterm", s["exit"]
