@@ -111,6 +111,9 @@ class DhtConfig(_Section):
     heartbeat_s: float = Field(1.0, gt=0)
     ttl_s: float = Field(4.0, gt=0)
     op_timeout_s: float = Field(5.0, gt=0)
+    # Per-RPC wait of the DHT node (hivemind's wait_timeout, default 3 s): every dead peer still
+    # in a routing table costs this much per lookup until it is blacklisted, so keep it short.
+    rpc_timeout_s: float = Field(1.0, gt=0)
     startup_timeout_s: float = Field(30.0, gt=0)
     shutdown_timeout_s: float = Field(5.0, gt=0)
 

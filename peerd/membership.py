@@ -113,7 +113,8 @@ class Membership:
             DhtError: startup failed or timed out (bad bootstrap address, port in use, ...).
         """
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
-        kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s}
+        kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
+                                  "wait_timeout": self.cfg.rpc_timeout_s}
         if identity_path is not None:  # a stable peer id across restarts
             kwargs["identity_path"] = identity_path
         if self.cfg.announce_host:
@@ -155,8 +156,11 @@ class Membership:
         """Publish this peer's record with a TTL (a short TTL announces departure)."""
         assert self.node is not None
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
+        # Heartbeats are frequent and idempotent: return after the first replica took it and let
+        # the others complete in the background (a dead replica would otherwise stall the caller).
         ok = await self._bounded(
-            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id)
+            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id,
+                                     await_all_replicas=False)
         )
         return ok is True
 

@@ -49,8 +49,11 @@ class RoundsMixin:
         assert state is not None and self.membership is not None and self.diloco is not None
         # Publish this peer's post-commit revision first, then read everyone's after a short
         # settle time, so the plan is built from this round's records rather than last round's.
-        await self._heartbeat_once()
-        await asyncio.sleep(max(0.0, sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s - time.time()))
+        beat = asyncio.ensure_future(self._heartbeat_once())
+        settle_at = sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s
+        # Bounded: a slow DHT store must not eat the round (the heartbeat loop retries anyway).
+        await asyncio.wait([beat], timeout=max(0.0, settle_at - time.time()))
+        await asyncio.sleep(max(0.0, settle_at - time.time()))
         await self._refresh_view()
         await self._sync_if_needed(install_into_model=False)
         me = self._my_record().candidate()

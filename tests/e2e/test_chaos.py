@@ -25,11 +25,14 @@ While it runs, the live peers' admin ``/status`` is polled about once a second. 
 (d) survivors at the top final revision share one ``state_hash``;
 (e) every survivor that committed a round ends with a lower eval loss than it started with.
 
-CI runs about two minutes of chaos. Soak by hand (any duration, any seed; the schedule and the
-commit figures are printed, use ``-s`` to see them live):
+CI runs about two minutes of chaos. Soak by hand (any duration, any seed):
 
-    CHAOS_MINUTES=30 .venv/bin/python -m pytest tests/e2e/test_chaos.py -q -s
-    CHAOS_MINUTES=5 CHAOS_SEED=7 .venv/bin/python -m pytest tests/e2e/test_chaos.py -q -s
+    CHAOS_MINUTES=30 .venv/bin/python -m pytest tests/e2e/test_chaos.py -q
+    CHAOS_MINUTES=5 CHAOS_SEED=7 .venv/bin/python -m pytest tests/e2e/test_chaos.py -q -s --basetemp=/tmp/chaos
+
+``-s`` prints the schedule and the figures live; ``chaos.log`` in the test's directory (kept with
+``--basetemp``) has them too, plus every poll's view of every joined peer (revision, last round,
+round outcomes and failed DHT operations since the previous poll), next to the peers' logs.
 
 (``PEERD_*`` variables would be parsed as peerd configuration, hence ``CHAOS_*``.)
 ``bench/chaos.py`` is a shortcut for the same command.
@@ -109,7 +112,13 @@ class Chaos:
     def note(self, msg: str) -> None:
         line = f"[chaos {self.t():7.2f}s] {msg}"
         self.schedule.append(line)
+        self.record(line)
         print(line, flush=True)
+
+    def record(self, line: str) -> None:
+        """Everything (schedule and per-poll views) also goes to chaos.log next to the peer logs."""
+        with open(self.swarm.workdir / "chaos.log", "a") as f:
+            f.write(line + "\n")
 
     def ready(self) -> list[Peer]:
         out = []
@@ -182,6 +191,7 @@ class Chaos:
                 self.top_revision = rev
                 self.increases.append((self.t(), rev))
         self.timeline.append((self.t(), "; ".join(row)))
+        self.record(f"  {self.t():7.2f}s {self.timeline[-1][1]}")
 
     def counter_delta(self, p: Peer) -> str:
         """Round outcomes and failed DHT operations since the previous poll of this peer."""

@@ -30,6 +30,20 @@ def status(peer: Peer, timeout_s: float = 3.0) -> dict | None:
         return None
 
 
+def counters(peer: Peer) -> dict[str, float]:
+    """Round outcomes and DHT operation outcomes from /metrics (for the printed diagnostics)."""
+    out = {}
+    for line in peer.metrics().splitlines():
+        if line.startswith(("peerd_rounds_total{", "peerd_dht_operations_total{")):
+            name, value = line.rsplit(" ", 1)
+            out[name.replace("peerd_", "").replace("_total", "")] = float(value)
+    return out
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> str:
+    return ", ".join(f"{k} +{v - before.get(k, 0):g}" for k, v in sorted(after.items()) if v > before.get(k, 0))
+
+
 def revision(peer: Peer) -> int:
     s = status(peer)
     return int(s["revision"]) if s else -1
@@ -48,14 +62,18 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
              "all three peers in every view", 0.5)
     frozen_committed = int(status(c)["rounds_committed"])  # type: ignore[index]
 
+    before = counters(a)
     os.kill(c.proc.pid, signal.SIGSTOP)
     t_stop = time.monotonic()
     try:
         base = max(revision(a), revision(b))
         # Nothing may wait on the frozen peer unboundedly: its record expires (dht.ttl_s 4 s)
         # and rounds without it commit.
+        wait_for(lambda: min(revision(a), revision(b)) >= base + 1, 60,
+                 "the two others to commit a round while the third is frozen", 0.25)
+        t_first = time.monotonic() - t_stop
         wait_for(lambda: min(revision(a), revision(b)) >= base + 2, 60,
-                 "the two others to commit 2 rounds while the third is frozen", 0.5)
+                 "the two others to commit 2 rounds while the third is frozen", 0.25)
         t_progress = time.monotonic() - t_stop
         # Keep it frozen for at least 3 round lengths in all.
         time.sleep(max(0.0, 3 * ROUND_S - (time.monotonic() - t_stop)))
@@ -64,8 +82,8 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
         os.kill(c.proc.pid, signal.SIGCONT)
     t_cont = time.monotonic()
     frozen_s = t_cont - t_stop
-    print(f"\nfreeze: others committed +2 rounds {t_progress:.1f}s after SIGSTOP; frozen for {frozen_s:.1f}s",
-          flush=True)
+    print(f"\nfreeze: others committed a round {t_first:.1f}s and 2 rounds {t_progress:.1f}s after SIGSTOP; "
+          f"frozen for {frozen_s:.1f}s; peer-0 meanwhile: {delta(before, counters(a))}", flush=True)
 
     def in_sync() -> bool:
         sa, sb, sc = status(a), status(b), status(c)
