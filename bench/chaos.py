@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
+    """Run the chaos test once; returns pytest's exit status."""
     minutes = sys.argv[1] if len(sys.argv) > 1 else "30"
     env = {**os.environ, "CHAOS_MINUTES": minutes}
     if len(sys.argv) > 2:

@@ -261,9 +261,13 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
         try:
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not stop and t.exception() is not None:
-                    exc = t.exception()
-                    raise exc if isinstance(exc, FatalError) else FatalError(f"{t.get_name()} failed: {exc!r}")
+                if t is stop:
+                    continue
+                # A loop task never ends on its own: cancelled or returned is a failure too.
+                exc = None if t.cancelled() else t.exception()
+                if isinstance(exc, FatalError):
+                    raise exc
+                raise FatalError(f"{t.get_name()} ended unexpectedly: {exc!r}")
         finally:
             for t in [*tasks, stop]:
                 t.cancel()

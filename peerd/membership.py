@@ -146,6 +146,13 @@ class Membership:
         except TimeoutError:
             self._on_op(op, "timeout")
             return _FAILED
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (shutdown): propagate
+            # hivemind let an internal cancellation escape: an error outcome, not our cancellation.
+            self._on_op(op, "error")
+            return _FAILED
         except Exception:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
             self._on_op(op, "error")
             return _FAILED
@@ -156,11 +163,8 @@ class Membership:
         """Publish this peer's record with a TTL (a short TTL announces departure)."""
         assert self.node is not None
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
-        # Heartbeats are frequent and idempotent: return after the first replica took it and let
-        # the others complete in the background (a dead replica would otherwise stall the caller).
         ok = await self._bounded(
-            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id,
-                                     await_all_replicas=False)
+            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id)
         )
         return ok is True
 

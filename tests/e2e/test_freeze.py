@@ -49,6 +49,18 @@ def revision(peer: Peer) -> int:
     return int(s["revision"]) if s else -1
 
 
+def assert_running(*peers: Peer) -> None:
+    """A peer that exits on its own is a crash: fail at once with its log, not after a timeout."""
+    for p in peers:
+        code = p.proc.poll()
+        assert code is None, f"peer-{p.index} exited on its own with {code}:\n{p.log_file.read_text()[-4000:]}"
+
+
+def others_at(a: Peer, b: Peer, rev: int) -> bool:
+    assert_running(a, b)
+    return min(revision(a), revision(b)) >= rev
+
+
 @pytest.mark.timeout(300)
 def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swarm) -> None:
     a = swarm.start()
@@ -69,15 +81,15 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
         base = max(revision(a), revision(b))
         # Nothing may wait on the frozen peer unboundedly: its record expires (dht.ttl_s 4 s)
         # and rounds without it commit.
-        wait_for(lambda: min(revision(a), revision(b)) >= base + 1, 60,
+        wait_for(lambda: others_at(a, b, base + 1), 60,
                  "the two others to commit a round while the third is frozen", 0.25)
         t_first = time.monotonic() - t_stop
-        wait_for(lambda: min(revision(a), revision(b)) >= base + 2, 60,
+        wait_for(lambda: others_at(a, b, base + 2), 60,
                  "the two others to commit 2 rounds while the third is frozen", 0.25)
         t_progress = time.monotonic() - t_stop
         # Keep it frozen for at least 3 round lengths in all.
         time.sleep(max(0.0, 3 * ROUND_S - (time.monotonic() - t_stop)))
-        assert a.proc.poll() is None and b.proc.poll() is None
+        assert_running(a, b)
     finally:
         os.kill(c.proc.pid, signal.SIGCONT)
     t_cont = time.monotonic()
@@ -86,6 +98,7 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
           f"frozen for {frozen_s:.1f}s; peer-0 meanwhile: {delta(before, counters(a))}", flush=True)
 
     def in_sync() -> bool:
+        assert_running(a, b, c)
         sa, sb, sc = status(a), status(b), status(c)
         if not (sa and sb and sc):
             return False
@@ -94,13 +107,17 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
 
     wait_for(in_sync, 90, "the continued peer back in sync with the others", 0.5)
     t_sync = time.monotonic() - t_cont
-    wait_for(lambda: int((status(c) or {}).get("rounds_committed", -1)) > frozen_committed, 60,
-             "the continued peer to commit a round again", 0.5)
+
+    def committed_again() -> bool:
+        assert_running(a, b, c)
+        return int((status(c) or {}).get("rounds_committed", -1)) > frozen_committed
+
+    wait_for(committed_again, 60, "the continued peer to commit a round again", 0.5)
     t_commit = time.monotonic() - t_cont
     wait_for(in_sync, 30, "all three in sync after the continued peer's commit", 0.5)
     print(f"freeze: continued peer in sync {t_sync:.1f}s after SIGCONT, committed again after {t_commit:.1f}s",
           flush=True)
-    assert c.proc.poll() is None, f"the continued peer exited:\n{c.log_file.read_text()[-3000:]}"
+    assert_running(a, b, c)
 
     for p in (a, b, c):
         p.proc.send_signal(signal.SIGTERM)
