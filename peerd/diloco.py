@@ -193,6 +193,12 @@ class Diloco:
                 return True
             except (grpc.aio.AioRpcError, OSError):
                 return False
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The channel was closed under the call (the peer left the view): a failed push.
+                return False
 
         results = await asyncio.gather(*(one(*it) for it in items))
         return sum(results)

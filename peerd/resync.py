@@ -28,9 +28,11 @@ class ResyncMixin:
         # expire and nobody is ahead, this peer is in sync by definition (or starts the swarm).
         deadline = time.monotonic() + self.cfg.transport.state_timeout_s
         while time.monotonic() < deadline:
-            await self._refresh_view()
-            if await self._sync_if_needed(install_into_model=True):
-                return
+            # A failed lookup is not an empty swarm: never start from a fresh init on a DHT error.
+            if await self.membership.live_records() is not None:
+                await self._refresh_view()
+                if await self._sync_if_needed(install_into_model=True):
+                    return
             await asyncio.sleep(self.cfg.dht.heartbeat_s)
         raise FatalError("could not sync state from any donor within transport.state_timeout_s", EXIT_NETWORK)
 

@@ -93,6 +93,7 @@ class Chaos:
     swarm: Swarm
     rng: random.Random
     t0: float = field(default_factory=time.monotonic)
+    wall0: float = field(default_factory=time.time)  # the same instant as t0, in wall-clock time
     live: list[Peer] = field(default_factory=list)
     killed: list[Peer] = field(default_factory=list)
     crashed: list[tuple[Peer, int]] = field(default_factory=list)
@@ -189,7 +190,12 @@ class Chaos:
                        f"last={last.get('outcome')}/{last.get('reason')}{self.counter_delta(p)}")
             if rev > self.top_revision:
                 self.top_revision = rev
-                self.increases.append((self.t(), rev))
+                # The commit's own time when the status has it (peers share this host's clock),
+                # else when this poll saw it: polls are ~1 s apart.
+                at = last.get("at") if last.get("outcome") == "committed" else None
+                fresh = isinstance(at, (int, float)) and 0 <= self.t() - (at - self.wall0) <= 2 * POLL_S + 1
+                when = at - self.wall0 if fresh else self.t()
+                self.increases.append((when, rev))
         self.timeline.append((self.t(), "; ".join(row)))
         self.record(f"  {self.t():7.2f}s {self.timeline[-1][1]}")
 
@@ -240,10 +246,10 @@ class Chaos:
     def longest_gap(self, end: float) -> tuple[float, float]:
         """Longest gap (seconds, start time) between top-revision increases after warm-up."""
         if not self.increases:
-            return end - self.t0, 0.0
+            return end, 0.0
         first = self.increases[0][0]
         start = max(first, WARMUP_S)
-        times = [start] + [t for t, _ in self.increases if t > start] + [end]
+        times = [start] + sorted(t for t, _ in self.increases if t > start) + [end]
         gaps = [(b - a, a) for a, b in zip(times, times[1:], strict=False)]
         return max(gaps)
 
