@@ -76,6 +76,14 @@ class Peer:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def status(self, timeout_s: float = 3.0) -> dict | None:
+        """The daemon's admin ``/status``, or None while it cannot answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.info['admin']}/status", timeout=timeout_s) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError):
+            return None
+
     def summary(self) -> dict[str, object]:
         return dict(json.loads(self.summary_file.read_text())["peers"][0])
 

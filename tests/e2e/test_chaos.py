@@ -46,7 +46,6 @@ import random
 import signal
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
@@ -64,11 +63,7 @@ POLL_S = 1.0
 
 
 def status(peer: Peer, timeout_s: float = 3.0) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{peer.info['admin']}/status", timeout=timeout_s) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
+    return peer.status(timeout_s)
 
 
 def is_ready(peer: Peer) -> bool:

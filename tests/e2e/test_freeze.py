@@ -9,11 +9,9 @@ continued, must catch up (same revision and state hash as the others) and commit
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.request
 
 import pytest
 
@@ -23,11 +21,7 @@ ROUND_S = 2.0  # round.round_s of the FAST settings in tests/conftest.py
 
 
 def status(peer: Peer, timeout_s: float = 3.0) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{peer.info['admin']}/status", timeout=timeout_s) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
+    return peer.status(timeout_s)
 
 
 def counters(peer: Peer) -> dict[str, float]:
