@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 runtime error; 2 bad configuration or arguments; 3 network/b
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import signal
 import sys
@@ -66,6 +67,10 @@ def join(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop, sig.name.lower())
+        # Diagnostics for a peer that seems stuck: SIGUSR1 prints every thread's stack (works
+        # even when the event loop itself is blocked), SIGUSR2 every asyncio task's stack.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
         return await daemon.run()
 
     code = uvloop.run(main())
@@ -89,6 +94,15 @@ def swarm(
     print_table(result)
     failed = [p for p in result["peers"] if p.get("exit") != "done"]
     raise typer.Exit(1 if failed else 0)
+
+
+def _dump_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    print(f"--- {len(tasks)} asyncio tasks ---", file=sys.stderr)
+    for task in tasks:
+        print(f"task {task.get_name()}:", file=sys.stderr)
+        task.print_stack(limit=20, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:

@@ -21,11 +21,13 @@ from typing import Any
 import torch
 
 from peerd.admin import AdminServer
+from peerd.aio import abandon
 from peerd.bridge import Bridge
 from peerd.config import PeerdConfig
 from peerd.diloco import Diloco
 from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, EXIT_OK, Counters, FatalError
 from peerd.fragments import FragmentLayout, state_hash
+from peerd.leave import LeaveMixin
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
 from peerd.metrics import Metrics
@@ -38,7 +40,6 @@ from peerd.transport import Transport
 from peerd.worker import Worker
 
 log = get_logger("peerd.daemon")
-
 def resolve_device(spec: str) -> torch.device:
     """``auto`` trains on CUDA when present, CPU otherwise."""
     if spec == "auto":
@@ -60,7 +61,7 @@ def detect_host(bind_host: str) -> str:
         return "127.0.0.1"
 
 
-class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
+class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
     """One peer. Round protocol, state resync and persistence live in the mixins' modules."""
 
     def __init__(self, cfg: PeerdConfig, bootstrap: list[str], ready_file: str | None = None,
@@ -86,6 +87,8 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
         self.endpoint = ""
         self.incarnation = time.time_ns()
         self.view: dict[str, PeerRecord] = {}
+        # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
+        self.suspects: dict[str, tuple[float, int, int]] = {}
         self.ready = False
         self.started_at = time.monotonic()
         self.last_round: dict[str, Any] = {}
@@ -117,12 +120,6 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
     def _on_eval(self, loss: float) -> None:  # worker thread: gauge and an append, both thread-safe
         self.metrics.eval_loss.set(loss)
         self._record_history(loss)
-
-    def request_stop(self, reason: str = "signal") -> None:
-        """Ask for a graceful leave (signal handlers call this)."""
-        if not self.stop_event.is_set():
-            self.exit_reason = reason
-            self.stop_event.set()
 
     # ---- lifecycle ----
 
@@ -271,7 +268,14 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
         finally:
             for t in [*tasks, stop]:
                 t.cancel()
-            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            # Bounded: a task stuck in code that ignores cancellation must not block the leave.
+            ended, stuck = await asyncio.wait([*tasks, stop], timeout=10)
+            for t in ended:
+                if not t.cancelled():
+                    t.exception()  # retrieved: already reported above if it mattered
+            for t in stuck:
+                log.warning("task_ignored_cancel", task=t.get_name())
+                abandon(t)
 
     def _my_record(self, ready: bool | None = None) -> PeerRecord:
         assert self.state is not None
@@ -358,40 +362,6 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
                      tx_bytes=self.counters.tx_bytes, rx_bytes=self.counters.rx_bytes,
                      last_round=self.last_round.get("outcome"))
 
-    # ---- shutdown ----
-
-    async def _shutdown(self) -> None:
-        final_loss = float("nan")
-        if self.membership is not None and self.membership.node is not None and self.state is not None and self.peer_id:
-            # Announce departure: a record that is not ready and expires almost at once.
-            await self.membership.heartbeat(self._my_record(ready=False), ttl_s=0.5)
-        if self.worker is not None and self.worker.alive and self.state is not None:
-            try:  # before finalize, which replaces the worker's parameters with the outer ones
-                await self._save_checkpoint()
-            except Exception as exc:  # noqa: BLE001 - leaving must not fail on a full disk
-                log.warning("checkpoint_failed", error=repr(exc))
-            try:
-                if self.state.revision > 0:
-                    snap = self.state.snapshot()
-                    final_loss = await self.bridge.call("finalize", 300, fragments=dict(snap.theta))
-                else:
-                    final_loss = await self.bridge.call("evaluate", 300)
-                self.metrics.eval_loss.set(final_loss)
-            except Exception as exc:  # noqa: BLE001 - summary still gets written
-                log.warning("final_eval_failed", error=repr(exc))
-            if not await asyncio.to_thread(self.worker.stop, 30):
-                log.warning("worker_stop_timeout")
-        self._record_history(final_loss)
-        self._write_summary(final_loss)
-        if self.admin is not None:
-            self.admin.stop()
-        if self.transport is not None:
-            await self.transport.stop(grace_s=1.0)
-        if self.membership is not None:
-            await self.membership.shutdown()
-        self.metrics.stop()
-        log.info("stopped", reason=self.exit_reason, exit_code=self.exit_code)
-
     def summary(self, final_loss: float) -> dict[str, Any]:
         """This peer's entry of the run summary (DESIGN section 5); NaN losses become null."""
         stats = self.bridge.stats
@@ -399,7 +369,8 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin):
         return {
             "peer_id": self.peer_id, "steps": stats.step, "samples": stats.samples,
             "initial_eval_loss": initial if math.isfinite(initial) else None,
-            "final_eval_loss": final_loss if math.isfinite(final_loss) else None, "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
+            "final_eval_loss": final_loss if math.isfinite(final_loss) else None,
+            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
             "revision": self.state.revision if self.state else 0,
             "state_hash": self.state.state_hash() if self.state else state_hash(0, []),

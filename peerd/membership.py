@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from hivemind.dht.node import DHTNode
 from hivemind.utils import get_dht_time
 
+from peerd.aio import bounded
 from peerd.config import DhtConfig
 from peerd.schedule import Candidate, PlanError, RoundPlan, plan_from_record
 
@@ -142,7 +143,7 @@ class Membership:
 
     async def _bounded(self, op: str, coro: Awaitable[T]) -> T:
         try:
-            result = await asyncio.wait_for(coro, self.cfg.op_timeout_s)
+            result = await bounded(coro, self.cfg.op_timeout_s)
         except TimeoutError:
             self._on_op(op, "timeout")
             return _FAILED
@@ -224,8 +225,8 @@ class Membership:
         node, self.node = self.node, None
         t0 = time.monotonic()
         try:
-            await asyncio.wait_for(node.shutdown(), self.cfg.shutdown_timeout_s)
-        except (TimeoutError, Exception):  # noqa: BLE001
+            await bounded(node.shutdown(), self.cfg.shutdown_timeout_s)
+        except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
             child = getattr(getattr(node, "p2p", None), "_child", None)
             if child is not None and child.returncode is None:
                 child.kill()

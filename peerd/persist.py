@@ -7,10 +7,9 @@ A mixin of :class:`peerd.daemon.Daemon`; file formats and atomic writes live in
 from __future__ import annotations
 
 import asyncio
-import time
-
 import json
 import os
+import time
 from pathlib import Path
 
 from peerd import checkpoint
@@ -76,7 +75,7 @@ class PersistMixin:
             await asyncio.sleep(self.cfg.checkpoint.every_s)
             try:
                 await self._save_checkpoint()
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.warning("checkpoint_failed", error=repr(exc))
 
     def _write_summary(self, final_loss: float) -> None:

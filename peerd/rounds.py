@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from peerd import schedule as sch
 from peerd.errors import FatalError
 from peerd.faults import FAULTS
 from peerd.log import get_logger
+
+if TYPE_CHECKING:
+    from peerd.membership import PeerRecord
 
 log = get_logger("peerd.rounds")
 
@@ -57,7 +61,7 @@ class RoundsMixin:
         await self._refresh_view()
         await self._sync_if_needed(install_into_model=False)
         me = self._my_record().candidate()
-        candidates = [rec.candidate() for rec in self.view.values()] + [me]
+        candidates = [rec.candidate() for pid, rec in self.view.items() if not self._suspected(pid, rec)] + [me]
         elig = sch.eligible(candidates)
         if me not in elig:
             self._count("skipped", "not_in_sync")
@@ -99,6 +103,32 @@ class RoundsMixin:
             self._count("aborted", outcome.reason)
             log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
                      missing=[m[-8:] for m in outcome.missing])
+            self._suspect(outcome.missing)
+
+    def _suspect(self, peer_ids: tuple[str, ...]) -> None:
+        """Leave members that failed a round out of the next plans.
+
+        A SIGKILLed peer's record stays in the DHT until its TTL runs out; without this every
+        round until then would name it again and abort again (two or three lost rounds per
+        crash). A suspect is readmitted as soon as its record moves (a slow but live peer keeps
+        training, so its step advances) or after ``dht.ttl_s`` plus one round, when a dead
+        peer's record has expired anyway.
+        """
+        until = time.monotonic() + self.cfg.dht.ttl_s + self.cfg.round.round_s
+        for pid in peer_ids:
+            rec = self.view.get(pid)
+            if pid != self.peer_id and rec is not None:
+                self.suspects[pid] = (until, rec.incarnation, rec.step)
+
+    def _suspected(self, peer_id: str, rec: PeerRecord) -> bool:
+        entry = self.suspects.get(peer_id)
+        if entry is None:
+            return False
+        until, incarnation, step = entry
+        if time.monotonic() >= until or (rec.incarnation, rec.step) != (incarnation, step):
+            del self.suspects[peer_id]
+            return False
+        return True
 
     async def _obtain_plan(self, r: int, elig: list[sch.Candidate]) -> sch.RoundPlan | None:
         cfg = self.cfg

@@ -326,7 +326,11 @@ def test_chaos_random_joins_and_kills(swarm: Swarm) -> None:
         try:
             code = p.proc.wait(max(1.0, 60 - (time.monotonic() - t_term)))
         except subprocess.TimeoutExpired:
-            problems.append(f"(c) peer-{p.index} did not leave within 60s of SIGTERM:\n{tail(p)}")
+            # Ask the stuck peer where it is (thread stacks, then asyncio task stacks).
+            p.proc.send_signal(signal.SIGUSR1)
+            p.proc.send_signal(signal.SIGUSR2)
+            time.sleep(2)  # time to write the dumps: a stuck process has no condition to wait on
+            problems.append(f"(c) peer-{p.index} did not leave within 60s of SIGTERM:\n{tail(p, 30000)}")
             continue
         if code != 0 or not p.summary_file.exists():
             problems.append(f"(c) peer-{p.index} exited {code} on SIGTERM, summary written: "
