@@ -40,6 +40,9 @@ from peerd.transport import Transport
 from peerd.worker import Worker
 
 log = get_logger("peerd.daemon")
+
+# Peers that left the view are pinged every REPING_EVERY_S for REPING_FOR_S (see _reping_loop).
+REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
 def resolve_device(spec: str) -> torch.device:
     """``auto`` trains on CUDA when present, CPU otherwise."""
     if spec == "auto":
@@ -89,6 +92,7 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         self.view: dict[str, PeerRecord] = {}
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
+        self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
         self.ready = False
         self.started_at = time.monotonic()
         self.last_round: dict[str, Any] = {}
@@ -253,7 +257,8 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                  asyncio.create_task(self._round_loop(), name="rounds"),
                  asyncio.create_task(self._status_loop(), name="status"),
-                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints")]
+                 asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+                 asyncio.create_task(self._reping_loop(), name="reping")]
         stop = asyncio.create_task(self.stop_event.wait())
         try:
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -297,6 +302,10 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         if records is not None:
             records.pop(self.peer_id, None)
             gone = [r.endpoint for pid, r in self.view.items() if pid not in records]
+            now = time.monotonic()
+            self.lost.update({pid: now for pid in self.view if pid not in records})
+            for pid in records:
+                self.lost.pop(pid, None)
             if any(r.ready for pid, r in self.view.items() if pid not in records):
                 self._failure()
             self.view = records
@@ -325,6 +334,22 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
             wall = time.monotonic() - self.started_at
             self.metrics.utilization.set(min(1.0, self.bridge.stats.busy_s / max(wall, 1e-9)))
             await asyncio.sleep(self.cfg.dht.heartbeat_s)
+
+    async def _reping_loop(self) -> None:
+        """Keep the DHT knitted: ping peers that left the view lately and the bootstrap peers.
+
+        A peer that vanished because *we* (or it) froze is alive again in a moment, but hivemind
+        dropped it from the routing table; without a ping neither side would find the other.
+        """
+        assert self.membership is not None
+        while True:
+            await asyncio.sleep(REPING_EVERY_S)
+            now = time.monotonic()
+            for pid, at in list(self.lost.items()):
+                if now - at > REPING_FOR_S:
+                    del self.lost[pid]
+            recent = sorted(self.lost, key=self.lost.__getitem__, reverse=True)[:16]
+            await self.membership.reping(recent, self.bootstrap)
 
     def _record_history(self, eval_loss: float | None = None) -> None:
         s = self.bridge.stats

@@ -5,8 +5,9 @@ shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died 
 SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
 answers every ``get`` with ``None`` silently and the peer would believe it is alone.
 
-Records are plain msgpack values (hivemind's serializer; no pickle) and are validated on read:
-wrong shape, wrong types or oversized records are dropped and counted.
+Records are plain msgpack values (hivemind's serializer; no pickle), sealed with this peer's
+identity key (and the swarm secret's MAC, when set; see peerd/records.py) and validated on read:
+forged, replayed, wrong-shape, wrong-type or oversized records are dropped and counted.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hivemind.dht.node import DHTNode
+from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
+from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.aio import bounded
 from peerd.config import DhtConfig
+from peerd.records import Signer, open_sealed
 from peerd.schedule import Candidate, PlanError, RoundPlan, plan_from_record
 
 T = TypeVar("T")
@@ -98,10 +102,17 @@ class PeerRecord:
 class Membership:
     """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
 
-    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None]) -> None:
-        """``on_op(op, outcome)`` is called for every DHT operation (metrics)."""
+    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None],
+                 mac_key: bytes | None = None) -> None:
+        """``on_op(op, outcome)`` is called for every DHT operation (metrics).
+
+        ``mac_key`` (derived from the swarm secret) makes every record carry, and every read
+        require, the swarm's MAC in addition to the author's signature.
+        """
         self.cfg = cfg
         self.run_id = run_id
+        self.mac_key = mac_key
+        self.signer: Signer | None = None
         self._on_op = on_op
         self.node: DHTNode | None = None
         self.invalid_records = 0
@@ -116,8 +127,15 @@ class Membership:
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
         kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
                                   "wait_timeout": self.cfg.rpc_timeout_s}
-        if identity_path is not None:  # a stable peer id across restarts
-            kwargs["identity_path"] = identity_path
+        # Records are signed with the p2pd identity key, so this process must hold it: without a
+        # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
+        tmp = None
+        if identity_path is None:
+            tmp = tempfile.mkdtemp(prefix="peerd-id-")
+            identity_path = os.path.join(tmp, "identity.key")
+            P2P.generate_identity(identity_path)
+            kwargs["check_if_identity_free"] = False  # fresh key: nobody else can have it
+        kwargs["identity_path"] = identity_path
         if self.cfg.announce_host:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
@@ -129,12 +147,47 @@ class Membership:
             )
         except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
             raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.signer = await asyncio.to_thread(Signer.from_identity_file, identity_path, self.mac_key) \
+            if tmp is None else self._signer_from_node()
+        if self.signer.peer_id != self.node.peer_id.to_base58():
+            raise DhtError(f"identity key {identity_path} does not match p2pd's peer id")
 
     async def visible_maddrs(self) -> list[str]:
         """Multiaddrs other peers can bootstrap from."""
         assert self.node is not None
         maddrs = await self._bounded("maddrs", self.node.get_visible_maddrs(latest=True))
         return [] if maddrs is _FAILED else [str(m) for m in maddrs]
+
+    async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
+        """Ping peers this node may have dropped; returns how many answered.
+
+        hivemind removes a node from its routing table after one failed RPC, so two live peers
+        that were each frozen for a moment can stop seeing each other for good (nobody else
+        remembers them). Pinging known peer ids (p2pd keeps their addresses) and the bootstrap
+        addresses puts responders back in both routing tables. Each ping is bounded.
+        """
+        assert self.node is not None
+        node = self.node
+        targets: dict[str, list[Multiaddr]] = {pid: [] for pid in peer_ids}
+        for text in maddrs:
+            try:
+                maddr = Multiaddr(text)
+                targets.setdefault(maddr["p2p"], []).append(maddr.decapsulate(f"/p2p/{maddr['p2p']}"))
+            except Exception:  # noqa: BLE001 - a bad address was reported at startup already
+                continue
+        targets.pop(node.peer_id.to_base58(), None)
+
+        async def one(pid: str, addrs: list[Multiaddr]) -> bool:
+            peer = PeerID.from_base58(pid)
+            if addrs:
+                await node.p2p._client.connect(peer, addrs)  # hivemind has no public connect
+            return await node.protocol.call_ping(peer) is not None
+
+        results = await asyncio.gather(*(self._bounded("ping", one(pid, addrs)) for pid, addrs in targets.items()))
+        return sum(1 for r in results if r is True)
 
     def p2pd_alive(self) -> bool:
         """False once the p2pd child has exited (the DHT is then silently useless)."""

@@ -119,3 +119,39 @@ def test_sigstop_peer_does_not_block_swarm_and_resyncs_after_sigcont(swarm: Swar
         assert p.proc.wait(60) == 0, p.log_file.read_text()[-3000:]
         s = p.summary()
         assert s["exit"] == "sigterm", s["exit"]
+
+
+@pytest.mark.timeout(300)
+def test_two_peers_frozen_in_turn_find_each_other_again(swarm: Swarm) -> None:
+    """Each of two peers is frozen past the record TTL in turn; they must train together again.
+
+    hivemind drops a node from its routing table after one failed RPC; with only two peers,
+    nobody else remembers either of them, so without re-pinging they would stay apart forever.
+    """
+    a = swarm.start()
+    a.wait_ready()
+    b = swarm.start()
+    b.wait_ready()
+    wait_for(lambda: others_at(a, b, 2), 120, "two commits on both peers", 0.5)
+    for frozen in (a, b):
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(4 * ROUND_S)  # the frozen peer's record (ttl 4 s) expires meanwhile
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        t_cont = time.monotonic()
+
+        def together() -> bool:
+            assert_running(a, b)
+            sa, sb = status(a), status(b)
+            return bool(sa and sb and sa["swarm_size"] == sb["swarm_size"] == 2)
+
+        wait_for(together, 60, f"peer-{frozen.index} and the other to see each other again", 0.5)
+        rev = max(revision(a), revision(b))
+        wait_for(lambda rev=rev: others_at(a, b, rev + 1), 60, "a round committed by both after the freeze", 0.5)
+        print(f"\nfreeze in turn: peer-{frozen.index} back in a common round {time.monotonic() - t_cont:.1f}s "
+              "after SIGCONT", flush=True)
+    for p in (a, b):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (a, b):
+        assert p.proc.wait(60) == 0, p.log_file.read_text()[-3000:]
