@@ -5,9 +5,8 @@ shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died 
 SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
 answers every ``get`` with ``None`` silently and the peer would believe it is alone.
 
-Records are plain msgpack values (hivemind's serializer; no pickle), sealed with this peer's
-identity key (and the swarm secret's MAC, when set; see peerd/records.py) and validated on read:
-forged, replayed, wrong-shape, wrong-type or oversized records are dropped and counted.
+Records are plain msgpack values (hivemind's serializer; no pickle) and are validated on read:
+wrong shape, wrong types or oversized records are dropped and counted.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.aio import bounded
 from peerd.config import DhtConfig
-from peerd.records import Signer, open_sealed
 from peerd.schedule import Candidate, PlanError, RoundPlan, plan_from_record
 
 T = TypeVar("T")
@@ -102,17 +100,10 @@ class PeerRecord:
 class Membership:
     """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
 
-    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None],
-                 mac_key: bytes | None = None) -> None:
-        """``on_op(op, outcome)`` is called for every DHT operation (metrics).
-
-        ``mac_key`` (derived from the swarm secret) makes every record carry, and every read
-        require, the swarm's MAC in addition to the author's signature.
-        """
+    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None]) -> None:
+        """``on_op(op, outcome)`` is called for every DHT operation (metrics)."""
         self.cfg = cfg
         self.run_id = run_id
-        self.mac_key = mac_key
-        self.signer: Signer | None = None
         self._on_op = on_op
         self.node: DHTNode | None = None
         self.invalid_records = 0
@@ -127,15 +118,8 @@ class Membership:
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
         kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
                                   "wait_timeout": self.cfg.rpc_timeout_s}
-        # Records are signed with the p2pd identity key, so this process must hold it: without a
-        # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
-        tmp = None
-        if identity_path is None:
-            tmp = tempfile.mkdtemp(prefix="peerd-id-")
-            identity_path = os.path.join(tmp, "identity.key")
-            P2P.generate_identity(identity_path)
-            kwargs["check_if_identity_free"] = False  # fresh key: nobody else can have it
-        kwargs["identity_path"] = identity_path
+        if identity_path is not None:  # a stable peer id across restarts
+            kwargs["identity_path"] = identity_path
         if self.cfg.announce_host:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
@@ -147,13 +131,6 @@ class Membership:
             )
         except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
             raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.signer = await asyncio.to_thread(Signer.from_identity_file, identity_path, self.mac_key) \
-            if tmp is None else self._signer_from_node()
-        if self.signer.peer_id != self.node.peer_id.to_base58():
-            raise DhtError(f"identity key {identity_path} does not match p2pd's peer id")
 
     async def visible_maddrs(self) -> list[str]:
         """Multiaddrs other peers can bootstrap from."""
