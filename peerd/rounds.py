@@ -26,7 +26,12 @@ class RoundsMixin:
 
     async def _round_loop(self) -> None:
         round_s = self.cfg.round.round_s
-        last = sch.round_index(time.time(), round_s)
+        now = time.time()
+        last = sch.round_index(now, round_s)
+        if now < sch.round_start(last, round_s) + self.cfg.round.settle_s * 0.5:
+            # Our ready record may be in the views others read at this round's settle point,
+            # so they may name us in its plan: take part rather than make it abort.
+            last -= 1
         while True:
             r = max(last + 1, sch.round_index(time.time(), round_s))
             await asyncio.sleep(max(0.0, sch.round_start(r, round_s) - time.time()))

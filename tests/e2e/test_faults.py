@@ -31,22 +31,27 @@ def finish(survivors: list[Peer]) -> list[dict]:
     return [p.summary() for p in survivors]
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("point", ["before_send@2", "mid_stream@3", "after_send@2", "leader_before_publish@1"])
-def test_member_killed_at_point(swarm: Swarm, point: str) -> None:
+POINTS = ["before_send@2", "mid_stream@3", "after_send@2", "leader_before_publish@1"]
+
+
+@pytest.mark.timeout(480)
+def test_member_killed_at_each_point(swarm: Swarm) -> None:
+    """Two survivors see one victim per fault point die, in turn, and keep committing each time."""
     a = swarm.start()
     a.wait_ready()
     b = swarm.start()
     b.wait_ready()
-    # Small chunks so every shard push is a multi-chunk stream (mid_stream needs one).
-    victim = swarm.start(["transport.chunk_bytes=1024"], env={"PEERD_TEST_FAULTS": point})
-    victim.wait_ready()
-    wait_for(lambda: victim.proc.poll() is not None, 150, f"the fault {point} to fire")
-    assert victim.proc.returncode == -signal.SIGKILL, victim.log_file.read_text()[-2000:]
-    base = a.metric_value("peerd_rounds_total", COMMITTED)
-    # Survivors keep committing: at most one round deadline lost, then rounds without the victim.
-    wait_for(lambda: a.metric_value("peerd_rounds_total", COMMITTED) >= base + 2, 60, "two commits after the crash")
-    assert a.proc.poll() is None and b.proc.poll() is None
+    for point in POINTS:
+        # Small chunks so every shard push is a multi-chunk stream (mid_stream needs one).
+        victim = swarm.start(["transport.chunk_bytes=1024"], env={"PEERD_TEST_FAULTS": point})
+        victim.wait_ready()
+        wait_for(lambda v=victim: v.proc.poll() is not None, 150, f"the fault {point} to fire")
+        assert victim.proc.returncode == -signal.SIGKILL, f"{point}: {victim.log_file.read_text()[-2000:]}"
+        base = a.metric_value("peerd_rounds_total", COMMITTED)
+        # Survivors keep committing: at most one round deadline lost, then rounds without the victim.
+        wait_for(lambda base=base: a.metric_value("peerd_rounds_total", COMMITTED) >= base + 2, 60,
+                 f"two commits after the crash at {point}")
+        assert a.proc.poll() is None and b.proc.poll() is None, f"a survivor died after the crash at {point}"
     sa, sb = finish([a, b])
     assert sa["revision"] == sb["revision"] and sa["state_hash"] == sb["state_hash"]
     assert sa["final_eval_loss"] < sa["initial_eval_loss"]
