@@ -49,6 +49,7 @@ def join(
     bootstrap = list(bootstrap or [])
     if bootstrap_file:
         bootstrap += _maddrs_from_ready_file(bootstrap_file, timeout_s=120)
+    _check_bootstrap(bootstrap)
     if log_format:
         overrides.append(f"log.format={log_format}")
     cfg = _load(config, overrides)
@@ -105,6 +106,21 @@ def _dump_tasks() -> None:
     sys.stderr.flush()
 
 
+def _check_bootstrap(maddrs: list[str]) -> None:
+    """Exit 2 with the fix on a malformed --bootstrap address, before any process or port is opened."""
+    from hivemind.utils.multiaddr import Multiaddr
+
+    for m in maddrs:
+        try:
+            ok = "p2p" in [p.name for p in Multiaddr(m).protocols()]
+        except Exception:  # noqa: BLE001 - the multiaddr parser raises several unrelated types
+            ok = False
+        if not ok:
+            typer.echo(f"peerd: --bootstrap {m!r}: not a peer multiaddr; expected /ip4/HOST/tcp/PORT/p2p/PEER_ID "
+                       "as printed by a running peer's join hint", err=True)
+            raise typer.Exit(2)
+
+
 def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:
     import json
     import time
@@ -157,6 +173,29 @@ def report(
         typer.echo(f"peerd: {exc}", err=True)
         raise typer.Exit(2) from None
     for path in write_report(docs, out):
+        typer.echo(str(path))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Directory for simulate.json and PNGs.")] = Path("peerd-simulate"),
+    peers: Annotated[str, typer.Option("--peers", help="Comma-separated swarm sizes (16...1024).")] = "16,64,256,1024",
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer rounds (smoke test).")] = False,
+) -> None:
+    """Gossip-mode simulator: consensus decay, mass drift with churn, codec floors, A2CiD2 (no network)."""
+    from peerd.gossip.simreport import run_all, summary_lines, write
+
+    try:
+        sizes = [int(x) for x in peers.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(2 <= n <= 1024 for n in sizes):
+        typer.echo("peerd: --peers: expected comma-separated sizes in 2..1024", err=True)
+        raise typer.Exit(2)
+    res = run_all(sizes, quick)
+    for line in summary_lines(res):
+        typer.echo(line)
+    for path in write(res, out):
         typer.echo(str(path))
 
 

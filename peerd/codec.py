@@ -31,6 +31,8 @@ receiver checks finiteness).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -112,29 +114,43 @@ def _block_absmax(xc: torch.Tensor, bs: int) -> torch.Tensor:
 
 def _encode_int(xc: torch.Tensor, codec: str, bs: int) -> bytes:
     n, q = xc.numel(), _QMAX[codec]
-    scale = _block_absmax(xc, bs).div_(q)
-    if not bool(torch.isfinite(scale).all()):
-        raise CodecError(f"{codec}: input contains NaN or Inf")
-    # Chunks are encoded into a small reused buffer and joined once at the
-    # end: one big allocation instead of two (page faults dominate at 16M).
-    parts = [scale.numpy().astype("<f4", copy=False).tobytes()]
-    # Zero scales only occur for blocks that quantize to 0 anyway; dividing by 1
-    # keeps them at 0 without a NaN from 0/0.
-    sdiv = torch.where(scale > 0, scale, torch.ones_like(scale))
-    fbuf = torch.empty(min(n, max(2, (_CHUNK_ELEMS // bs) & ~1) * bs) + 1, dtype=torch.float32)
+    nblocks = -(-n // bs)
+    # Scales first, then every chunk's codes, written straight into one output buffer: one
+    # final copy into ``bytes`` instead of a copy per chunk plus a join. numpy allocates it
+    # (huge pages for large arrays, so first touch costs 2 MiB faults instead of 4 KiB ones).
+    out = np.empty(4 * nblocks + (n if codec == "int8" else (n + 1) // 2), dtype=np.uint8)
+    # "<f4" is the wire order; torch.from_numpy refuses a non-native one, so a big-endian host fails loudly.
+    scale_all = torch.from_numpy(out[: 4 * nblocks].view("<f4"))
+    body = torch.from_numpy(out[4 * nblocks:])
+    if codec == "int8":
+        body = body.view(torch.int8)
+    chunk = min(n, max(2, (_CHUNK_ELEMS // bs) & ~1) * bs)
+    fbuf = torch.empty(chunk + 1, dtype=torch.float32)
     pbuf = torch.empty(fbuf.numel() // 2 + 1, dtype=torch.float32) if codec == "int4" else None
-    cbuf = torch.empty(fbuf.numel(), dtype=torch.int8 if codec == "int8" else torch.uint8)
+    tiny = torch.finfo(torch.float32).tiny
     for e0, e1, b0, b1 in _chunks(n, bs):
         length, rows = e1 - e0, b1 - b0
+        # Scales chunk by chunk: the block maxima pull the chunk into cache and the division
+        # below reads it from there, instead of two extra passes over the whole input.
+        scale = scale_all[b0:b1]
+        torch.div(_block_absmax(xc[e0:e1], bs), q, out=scale)
+        if not bool(torch.isfinite(scale).all()):
+            raise CodecError(f"{codec}: input contains NaN or Inf")
+        # Zero scales only occur for blocks that quantize to 0 anyway; dividing by 1
+        # keeps them at 0 without a NaN from 0/0.
+        sdiv = torch.where(scale > 0, scale, 1.0)
         f = fbuf[:length]
         if length == rows * bs:
-            torch.div(xc[e0:e1].view(rows, bs), sdiv[b0:b1, None], out=f.view(rows, bs))
+            torch.div(xc[e0:e1].view(rows, bs), sdiv[:, None], out=f.view(rows, bs))
         else:  # last chunk with a short block: per-element scales, small
-            torch.div(xc[e0:e1], sdiv[b0:b1].repeat_interleave(bs)[:length], out=f)
-        # clamp_ is only needed when a denormal scale lost precision.
-        f.round_().clamp_(-q, q)
+            torch.div(xc[e0:e1], sdiv.repeat_interleave(bs)[:length], out=f)
+        f.round_()
+        # |x / scale| <= q up to one rounding; only a subnormal scale (precision lost in
+        # absmax / q) can push a code past q, so the clamp pass runs only then.
+        if bool(((scale > 0) & (scale < tiny)).any()):
+            f.clamp_(-q, q)
         if codec == "int8":
-            codes = cbuf[:length].copy_(f)
+            body[e0:e1].copy_(f)
         else:
             # Pack in float ((lo + 8) + 16 * (hi + 8) is exact) and convert once:
             # measured ~2.5x faster than uint8 shifts on strided views.
@@ -143,9 +159,8 @@ def _encode_int(xc: torch.Tensor, codec: str, bs: int) -> bytes:
                 f[length] = -8.0  # odd tail: the unused high nibble is 0
             pair = pbuf[: f.numel() // 2]
             torch.add(f[0::2], f[1::2], alpha=16, out=pair)
-            codes = cbuf[: pair.numel()].copy_(pair.add_(136))
-        parts.append(codes.numpy().tobytes())
-    return b"".join(parts)
+            body[e0 // 2 : e0 // 2 + pair.numel()].copy_(pair.add_(136))
+    return out.tobytes()
 
 
 def encode(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
@@ -184,63 +199,105 @@ def _as_bytes_view(payload: bytes | bytearray | memoryview) -> memoryview:
     return m.cast("B") if m.format != "B" or m.ndim != 1 else m
 
 
+def _output(numel: int, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        # numpy madvises large arrays for transparent huge pages: writing a fresh 64 MB
+        # result then faults 32 times instead of 16k (measured 3-6x faster than torch.empty here).
+        return torch.from_numpy(np.empty(numel, dtype=np.float32))
+    if (not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or out.device.type != "cpu"
+            or out.dim() != 1 or out.numel() != numel or not out.is_contiguous()):
+        raise CodecError(f"out must be a contiguous 1-D float32 CPU tensor of {numel} elements")
+    return out
+
+
 def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
-           block_size: int = DEFAULT_BLOCK_SIZE) -> torch.Tensor:
-    """Decodes a payload into a new, writable float32 tensor of length ``numel``.
+           block_size: int = DEFAULT_BLOCK_SIZE, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decodes a payload into a writable float32 tensor of length ``numel``.
 
     The result never aliases ``payload``. fp32/bf16 NaN/Inf values are returned
     as-is; the caller checks finiteness.
 
+    Args:
+        payload: Encoded bytes.
+        codec: One of :data:`CODECS`.
+        numel: Element count the payload encodes.
+        block_size: Block size the payload was encoded with.
+        out: Optional preallocated destination (reused buffers avoid page faults on
+            large fragments); a new tensor is returned when ``None``. On error its
+            contents are unspecified.
+
+    Returns:
+        ``out`` (filled) or a new tensor.
+
     Raises:
         CodecError: bad arguments, wrong payload length, non-finite or negative
-            scale, int8 code -128, int4 nibble 0, or non-zero odd-tail nibble.
+            scale, int8 code -128, int4 nibble 0, non-zero odd-tail nibble, or a
+            bad ``out``.
     """
     expected = encoded_size(codec, numel, block_size)
     m = _as_bytes_view(payload)
     if m.nbytes != expected:
         raise CodecError(f"{codec}: payload is {m.nbytes} bytes, expected {expected} for numel={numel}")
-    out = torch.empty(numel, dtype=torch.float32)
+    out = _output(numel, out)
     if numel == 0:
         return out
     if codec == "fp32":
         out.numpy()[:] = np.frombuffer(m, dtype="<f4")
         return out
     if codec == "bf16":
-        bits = torch.empty(numel, dtype=torch.int32)
         # bf16 is the top half of a float32: a shift is an exact conversion.
-        np.left_shift(np.frombuffer(m, dtype="<u2"), np.int32(16), out=bits.numpy(), dtype=np.int32)
-        return bits.view(torch.float32)
+        np.left_shift(np.frombuffer(m, dtype="<u2"), np.int32(16), out=out.numpy().view(np.int32), dtype=np.int32)
+        return out
     nblocks = -(-numel // block_size)
     scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
     if not np.isfinite(scale).all() or (scale < 0).any():
         raise CodecError(f"{codec}: non-finite or negative block scale")
     body = np.frombuffer(m, dtype=np.uint8, offset=4 * nblocks)
-    o = out.numpy()
     if codec == "int8":
         codes = body.view(np.int8)
         if codes.min() == -128:
             raise CodecError("int8: code -128 is invalid")
-    elif numel & 1 and body[-1] >> 4:
+        _decode_int8(codes, scale, block_size, out)
+        return out
+    if numel & 1 and body[-1] >> 4:
         raise CodecError("int4: unused high nibble of the last byte must be 0")
+    o = out.numpy()
     for e0, e1, b0, b1 in _chunks(numel, block_size):
         length, rows = e1 - e0, b1 - b0
         oc = o[e0:e1]
-        if codec == "int8":
-            oc[:] = codes[e0:e1]
-        else:
-            packed = body[e0 // 2 : (e1 + 1) // 2]
-            lo, hi = packed & 0x0F, packed >> 4
-            if lo.min() == 0 or hi[: length // 2].min(initial=1) == 0:
-                raise CodecError("int4: nibble 0 is invalid")
-            oc[0::2] = lo
-            oc[1::2] = hi[: length // 2]
-            np.subtract(oc, 8, out=oc)
+        packed = body[e0 // 2 : (e1 + 1) // 2]
+        lo, hi = packed & 0x0F, packed >> 4
+        if lo.min() == 0 or hi[: length // 2].min(initial=1) == 0:
+            raise CodecError("int4: nibble 0 is invalid")
+        oc[0::2] = lo
+        oc[1::2] = hi[: length // 2]
+        np.subtract(oc, 8, out=oc)
         if length == rows * block_size:
             o2 = oc.reshape(rows, block_size)
             np.multiply(o2, scale[b0:b1, None], out=o2)
         else:
             np.multiply(oc, np.repeat(scale[b0:b1], block_size)[:length], out=oc)
     return out
+
+
+def _decode_int8(codes: np.ndarray, scale: np.ndarray, bs: int, out: torch.Tensor) -> None:
+    """``out = codes * scale`` per block, cache-sized chunks, one fused pass per chunk.
+
+    torch multiplies the int8 codes by the float32 scales converting on the fly (exact, as
+    int8 -> float32 is), so each chunk is read once and written once: measured ~1.8x faster
+    than convert-then-multiply per chunk (a whole-tensor mixed-dtype mul was ~15x slower).
+    """
+    with warnings.catch_warnings():
+        # The views are only read; torch warns because the payload buffer is read-only.
+        warnings.simplefilter("ignore", UserWarning)
+        codes_t = torch.from_numpy(codes)
+    scale_t = torch.from_numpy(scale)
+    for e0, e1, b0, b1 in _chunks(out.numel(), bs):
+        length, rows = e1 - e0, b1 - b0
+        if length == rows * bs:
+            torch.mul(codes_t[e0:e1].view(rows, bs), scale_t[b0:b1, None], out=out[e0:e1].view(rows, bs))
+        else:
+            torch.mul(codes_t[e0:e1], scale_t[b0:b1].repeat_interleave(bs)[:length], out=out[e0:e1])
 
 
 def quantization_step(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLOCK_SIZE) -> torch.Tensor:

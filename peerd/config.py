@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -63,11 +63,10 @@ class MixingConfig(_Section):
     outer_momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = True
 
-    @model_validator(mode="after")
-    def _gossip_not_yet(self) -> MixingConfig:
-        if self.mode == "gossip":
-            raise ValueError("mixing.mode: 'gossip' is not implemented yet; use 'diloco'")
-        return self
+    # gossip mode only (DESIGN section 3, peerd/gossip/): who pairs with whom each round, and
+    # A2CiD2 momentum (helps sparse rings; breaks the hypercube's exact log2 n averaging).
+    topology: Literal["random", "hypercube", "ring"] = "random"
+    a2cid2: bool = False
 
 
 class RoundConfig(_Section):
@@ -153,6 +152,43 @@ class LogConfig(_Section):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+class SecurityConfig(_Section):
+    """Admission (swarm secret, TLS) and input caps; see README "Security" and peerd/auth.py."""
+
+    # The secret never appears in logs, status or summaries (SecretStr prints as '**********').
+    secret: SecretStr | None = None
+    secret_file: str | None = None  # a file holding the secret (surrounding whitespace ignored)
+    credential_window_s: float = Field(30.0, gt=0, le=600)  # accepted |now - credential time|
+    replay_cache_size: int = Field(65536, ge=16)  # nonces remembered for the window (full: refuse)
+    tls_cert: str | None = None  # PEM certificate chain of this peer (server and mTLS client)
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_ca: str | None = None  # PEM CA bundle: verify peers' certs; set, the server requires client certs
+    tls_server_name: str | None = None  # name checked in peers' certs (default: the dialled host)
+    max_concurrent_rpcs: int = Field(256, ge=1)  # whole server
+    max_streams_per_peer: int = Field(8, ge=1)  # concurrent incoming shard streams of one peer
+    max_inflight_bytes_per_peer: int = Field(256 << 20, ge=1 << 20)  # announced payload bytes in flight
+    norm_factor: float = Field(10.0, gt=1)  # drop a contribution whose RMS is > factor x own (limits.NormGate)
+    norm_history: int = Field(16, ge=1)  # accepted RMS values per fragment that can only widen the reference
+
+    @field_validator("secret", "secret_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `PEERD_SECURITY__SECRET=${PEERD_SECRET:-}` in compose files: empty means not set.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecurityConfig:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("security.secret: set either secret or secret_file, not both")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("security.secret: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("security.tls_cert: tls_cert and tls_key must be set together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("security.tls_ca: needs tls_cert and tls_key (mTLS)")
+        return self
+
+
 class PeerdConfig(_Section):
     """Everything a daemon needs; see configs/default.yaml for a commented copy."""
 
@@ -171,11 +207,12 @@ class PeerdConfig(_Section):
     admin: AdminConfig = AdminConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 ENV_PREFIX = "PEERD_"
 # PEERD_* variables that steer tooling, not the daemon's config.
-_NON_CONFIG_ENV = frozenset({"PEERD_TEST_FAULTS"})
+_NON_CONFIG_ENV = frozenset({"PEERD_TEST_FAULTS", "PEERD_TEST_HOSTILE"})
 
 
 class _Sources(BaseSettings):
@@ -311,3 +348,8 @@ def with_overrides(cfg: PeerdConfig, updates: dict[str, Any]) -> PeerdConfig:
 def test_faults_spec() -> str:
     """Fault-injection spec for tests (``PEERD_TEST_FAULTS``; see peerd/faults.py)."""
     return os.environ.get("PEERD_TEST_FAULTS", "")
+
+
+def test_hostile_spec() -> str:
+    """Hostile-insider behaviour for tests (``PEERD_TEST_HOSTILE``; see peerd/hostile.py)."""
+    return os.environ.get("PEERD_TEST_HOSTILE", "")

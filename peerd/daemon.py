@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from peerd import auth
 from peerd.admin import AdminServer
 from peerd.aio import abandon
 from peerd.bridge import Bridge
@@ -27,6 +28,8 @@ from peerd.config import PeerdConfig
 from peerd.diloco import Diloco
 from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, EXIT_OK, Counters, FatalError
 from peerd.fragments import FragmentLayout, state_hash
+from peerd.gossip.churn import GossipChurnMixin
+from peerd.gossip.round import GossipMixer
 from peerd.leave import LeaveMixin
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
@@ -37,12 +40,11 @@ from peerd.rounds import RoundsMixin
 from peerd.state import OuterState
 from peerd.tasks.base import Task, TaskContext, load_task_factory
 from peerd.transport import Transport
+from peerd.view import ViewMixin
 from peerd.worker import Worker
 
 log = get_logger("peerd.daemon")
 
-# Peers that left the view are pinged every REPING_EVERY_S for REPING_FOR_S (see _reping_loop).
-REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
 def resolve_device(spec: str) -> torch.device:
     """``auto`` trains on CUDA when present, CPU otherwise."""
     if spec == "auto":
@@ -64,7 +66,7 @@ def detect_host(bind_host: str) -> str:
         return "127.0.0.1"
 
 
-class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
+class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, GossipChurnMixin):
     """One peer. Round protocol, state resync and persistence live in the mixins' modules."""
 
     def __init__(self, cfg: PeerdConfig, bootstrap: list[str], ready_file: str | None = None,
@@ -101,6 +103,7 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         self.worker: Worker | None = None
         self.state: OuterState | None = None
         self.diloco: Diloco | None = None
+        self.gossip: GossipMixer | None = None  # set in gossip mode; receives the shard pushes then
         self.metrics_port = 0
         self.admin: AdminServer | None = None
         self.rates = {"tx_bytes_per_s": 0.0, "rx_bytes_per_s": 0.0}
@@ -152,7 +155,8 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         except (OSError, ValueError) as exc:
             raise FatalError(f"admin: cannot serve on {cfg.admin.host}:{cfg.admin.port} ({exc}); "
                              "use a loopback host and a free admin.port (or 0)", EXIT_NETWORK) from exc
-        self.membership = Membership(cfg.dht, cfg.run_id, self._on_dht_op)
+        rpc_key, dht_key = self._security_keys()
+        self.membership = Membership(cfg.dht, cfg.run_id, self._on_dht_op, dht_key)
         ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
         if ckpt_dir is not None:
             try:
@@ -173,19 +177,27 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
         params = dict(task.model.named_parameters())
         self.state = OuterState(layout, [layout.flatten(params, f) for f in range(layout.num_fragments)])
         self.diloco = Diloco(cfg, self.peer_id, self.state, self.bridge)
-        self.transport = Transport(cfg.transport, self.diloco, self, self._on_bytes, self._on_rejected,
-                                   lambda kind, sec: self.metrics.transfer_duration_one.labels(kind=kind).observe(sec))
+        self.diloco.on_rejected = self._on_rejected
+        if cfg.mixing.mode == "gossip":
+            self.gossip = GossipMixer(cfg, self.peer_id, self.state, self.bridge)
+        self.transport = Transport(cfg.transport, self.gossip or self.diloco, self, self._on_bytes, self._on_rejected,
+                                   lambda kind, sec: self.metrics.transfer_duration_one.labels(kind=kind).observe(sec),
+                                   security=cfg.security, key=rpc_key, peer_id=self.peer_id,
+                                   on_refused=self._on_refused)
         try:
             port = await self.transport.start()
         except OSError as exc:
             raise FatalError(f"{exc}; pick another transport.port or 0", EXIT_NETWORK) from exc
         self.diloco.transport = self.transport
+        if self.gossip is not None:
+            self.gossip.transport = self.transport
         self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
         self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step,
                              cfg.train.eval_every_steps, self._on_eval)
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
         await self._initial_sync()
+        await self._check_joined_a_run()
         await self._announce()
         await self._wait_for_peers()
         self.worker.start()
@@ -245,6 +257,37 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
             await asyncio.sleep(0.2)
         log.warning("wait_for_peers_timeout", expected=self.wait_for_peers, seen=len(self.view) + 1)
 
+    def _security_keys(self) -> tuple[bytes | None, bytes | None]:
+        """RPC and DHT keys from the swarm secret (None, None: open swarm, said loudly)."""
+        sec = self.cfg.security
+        try:
+            secret = auth.resolve_secret(sec)
+            auth.server_credentials(sec)  # read the TLS files now: a wrong path fails at start, with the fix
+        except auth.AuthConfigError as exc:
+            raise FatalError(str(exc), EXIT_CONFIG) from exc
+        if secret is None:
+            log.warning("swarm is open: no security.secret or security.secret_file, anyone who can reach this "
+                        "peer's ports can join and send it data", fix="give every peer the same PEERD_SECURITY__SECRET")
+            return None, None
+        run_id = self.cfg.run_id
+        return auth.derive_key(secret, run_id, "rpc"), auth.derive_key(secret, run_id, "dht")
+
+    async def _check_joined_a_run(self) -> None:
+        """A --bootstrap that finds no peer of this run but others' records is an operator mistake."""
+        if not self.bootstrap or self.view or self.membership is None:
+            return  # nobody behind --bootstrap any more is legitimate: this peer starts alone
+        if await self.membership.other_runs():
+            raise FatalError(f"run_id mismatch: no peer of run {self.cfg.run_id!r} behind --bootstrap, only peers "
+                             "of another run; copy the join command (--set run_id included) from a running peer",
+                             EXIT_CONFIG)
+        # Same run, yet every record seen (read or offered for storage) failed its MAC.
+        if self.membership.invalid_records > 0:
+            raise FatalError("the swarm's records fail authentication: this peer's security.secret differs from "
+                             "the swarm's; give it the swarm's secret", EXIT_CONFIG)
+
+    def _on_refused(self, reason: str) -> None:
+        self.metrics.rpc_refused.labels(reason=reason).inc()
+
     def _on_rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
 
@@ -282,75 +325,6 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
                 log.warning("task_ignored_cancel", task=t.get_name())
                 abandon(t)
 
-    def _my_record(self, ready: bool | None = None) -> PeerRecord:
-        assert self.state is not None
-        stats = self.bridge.stats
-        return PeerRecord(
-            peer_id=self.peer_id, endpoint=self.endpoint, incarnation=self.incarnation,
-            revision=self.state.revision, state_hash=self.state.state_hash(),
-            fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
-            ready=self.ready if ready is None else ready, done=stats.done,
-        )
-
-    async def _heartbeat_once(self) -> None:
-        assert self.membership is not None
-        await self.membership.heartbeat(self._my_record())
-
-    async def _refresh_view(self) -> dict[str, PeerRecord]:
-        assert self.membership is not None
-        records = await self.membership.live_records()
-        if records is not None:
-            records.pop(self.peer_id, None)
-            gone = [r.endpoint for pid, r in self.view.items() if pid not in records]
-            now = time.monotonic()
-            self.lost.update({pid: now for pid in self.view if pid not in records})
-            for pid in records:
-                self.lost.pop(pid, None)
-            if any(r.ready for pid, r in self.view.items() if pid not in records):
-                self._failure()
-            self.view = records
-            if gone and self.transport is not None:
-                await self.transport.forget(gone)
-        self.metrics.peers_live.set(len(self.view) + 1)
-        self.metrics.invalid_records.inc(self.membership.invalid_records - getattr(self, "_invalid_seen", 0))
-        self._invalid_seen = self.membership.invalid_records
-        return self.view
-
-    async def _heartbeat_loop(self) -> None:
-        assert self.membership is not None and self.worker is not None
-        last = (time.monotonic(), self.counters.tx_bytes, self.counters.rx_bytes)
-        while True:
-            now = time.monotonic()
-            if now - last[0] > 0:
-                self.rates = {"tx_bytes_per_s": (self.counters.tx_bytes - last[1]) / (now - last[0]),
-                              "rx_bytes_per_s": (self.counters.rx_bytes - last[2]) / (now - last[0])}
-            last = (now, self.counters.tx_bytes, self.counters.rx_bytes)
-            if not self.membership.p2pd_alive():
-                raise FatalError("the p2pd daemon died; the DHT is unusable", EXIT_NETWORK)
-            if self.worker.error is not None:
-                raise FatalError(f"worker failed: {self.worker.error!r}")
-            await self._heartbeat_once()
-            await self._refresh_view()
-            wall = time.monotonic() - self.started_at
-            self.metrics.utilization.set(min(1.0, self.bridge.stats.busy_s / max(wall, 1e-9)))
-            await asyncio.sleep(self.cfg.dht.heartbeat_s)
-
-    async def _reping_loop(self) -> None:
-        """Keep the DHT knitted: ping peers that left the view lately and the bootstrap peers.
-
-        A peer that vanished because *we* (or it) froze is alive again in a moment, but hivemind
-        dropped it from the routing table; without a ping neither side would find the other.
-        """
-        assert self.membership is not None
-        while True:
-            await asyncio.sleep(REPING_EVERY_S)
-            now = time.monotonic()
-            for pid, at in list(self.lost.items()):
-                if now - at > REPING_FOR_S:
-                    del self.lost[pid]
-            recent = sorted(self.lost, key=self.lost.__getitem__, reverse=True)[:16]
-            await self.membership.reping(recent, self.bootstrap)
-
     def _record_history(self, eval_loss: float | None = None) -> None:
         s = self.bridge.stats
         self.history.append({"t_s": round(time.monotonic() - self.started_at, 3), "step": s.step,
@@ -373,6 +347,7 @@ class Daemon(RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin):
             "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
             "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes, **self.rates,
             "revision": state.revision if state else 0, "state_hash": state.state_hash() if state else None,
+            "mass_weights": self.gossip.mass_weights() if self.gossip else None,  # gossip push-sum weights
         }
 
     async def _status_loop(self) -> None:

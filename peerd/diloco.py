@@ -14,7 +14,9 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
    fragment's progress is simply sent again at its next turn.
 
 Received data is validated against the local plan before a byte of payload is read (header) and
-before it is stored (decode, finiteness), so a refused stream never reaches state.
+before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
+an owner also drops contributions whose RMS is far above its own and recent ones (peerd/limits.py
+NormGate), so one member cannot swamp the outer step with a huge but well-formed update.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,6 +36,7 @@ from peerd.bridge import Bridge, BridgeFull, Snapshot
 from peerd.config import PeerdConfig
 from peerd.faults import FAULTS
 from peerd.fragments import shard_bounds
+from peerd.limits import NormGate, rms
 from peerd.proto.v1 import peer_pb2
 from peerd.schedule import RoundPlan, round_start
 from peerd.state import OuterState
@@ -91,6 +95,8 @@ class Diloco:
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
         # pairs a new outer state with a worker that has not merged it yet.
         self.commit_lock = asyncio.Lock()
+        self.norm_gate = NormGate(cfg.security.norm_factor, cfg.security.norm_history)
+        self.on_rejected: Callable[[str], None] = lambda reason: None  # metrics hook, set by the daemon
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -139,6 +145,15 @@ class Diloco:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
         if not bool(torch.isfinite(values).all()):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
+        if header.kind == REDUCED:
+            # A mean is no larger than its largest contribution, each of which its owner held within
+            # factor x the round's median: a reduced shard beyond factor^2 x the median of the
+            # contributions this peer holds comes from a hostile or broken owner. (Fewer than three
+            # contributions: no trusted scale, accepted.)
+            ref = self.norm_gate.reference(
+                rs.plan.fragment, [rms(c.values) for c in list(rs.contributions.values()) if c.weight > 0])
+            if ref is not None and not self.norm_gate.admits(rms(values), ref * self.norm_gate.factor):
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "reduced shard norm far outside the swarm's range")
         shard = _Shard(header.weight, values, payload, tuple(header.contributors))
         if header.kind == CONTRIB:
             if not rs.collecting or header.sender in rs.contributions:
@@ -281,7 +296,7 @@ class Diloco:
         start, end = rs.bounds[rs.me]
         acc = torch.zeros(end - start, dtype=torch.float32)
         total = 0.0
-        names = tuple(m for m in rs.plan.members if m in rs.contributions)
+        names = tuple(m for m in rs.plan.members if m in rs.contributions and self._plausible(rs, m))
         for name in names:  # plan order: the same arithmetic on every machine
             c = rs.contributions[name]
             if c.weight > 0:
@@ -292,6 +307,21 @@ class Diloco:
         payload = codec.encode(acc, self.mix.codec, self.mix.block_size)
         values = codec.decode(payload, self.mix.codec, end - start, self.mix.block_size)
         return _Shard(total, values, payload, names)
+
+    def _plausible(self, rs: _Round, name: str) -> bool:
+        """Norm gate: drop (and count) a contribution far above the round's median (see NormGate)."""
+        c = rs.contributions[name]
+        if c.weight <= 0:
+            return True  # weightless: it does not move the mean whatever its values
+        value = rms(c.values)
+        if name != self.peer_id:
+            ref = self.norm_gate.reference(
+                rs.plan.fragment, [rms(o.values) for o in rs.contributions.values() if o.weight > 0])
+            if not self.norm_gate.admits(value, ref):
+                self.on_rejected("norm_outlier")
+                return False
+        self.norm_gate.record(rs.plan.fragment, value)
+        return True
 
     def _commit(self, rs: _Round, pending_residual: torch.Tensor) -> None:
         plan = rs.plan

@@ -51,12 +51,15 @@ class LeaveMixin:
             # Announce departure: a record that is not ready and expires almost at once.
             await self.membership.heartbeat(self._my_record(ready=False), ttl_s=0.5)
         if self.worker is not None and self.worker.alive and self.state is not None:
+            if self.gossip is not None:
+                await self._gossip_leave()
             try:  # before finalize, which replaces the worker's parameters with the outer ones
                 await self._save_checkpoint()
             except Exception as exc:  # noqa: BLE001 - leaving must not fail on a full disk
                 log.warning("checkpoint_failed", error=repr(exc))
             try:
-                if self.state.revision > 0:
+                # gossip: no shared outer state; a peer's own worker (merged) is its model
+                if self.state.revision > 0 and self.gossip is None:
                     snap = self.state.snapshot()
                     final_loss = await self.bridge.call("finalize", 60, fragments=dict(snap.theta))
                 else:

@@ -5,26 +5,31 @@ shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died 
 SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
 answers every ``get`` with ``None`` silently and the peer would believe it is alone.
 
-Records are plain msgpack values (hivemind's serializer; no pickle) and are validated on read:
-wrong shape, wrong types or oversized records are dropped and counted.
+Records are plain msgpack values (hivemind's serializer; no pickle), sealed with this peer's
+identity key (and the swarm secret's MAC, when set; see peerd/records.py) and validated on read:
+forged, replayed, wrong-shape, wrong-type or oversized records are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hivemind.dht.node import DHTNode
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.aio import bounded
 from peerd.config import DhtConfig
-from peerd.schedule import Candidate, PlanError, RoundPlan, plan_from_record
+from peerd.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
+from peerd.schedule import Candidate, RoundPlan, plan_from_record
 
 T = TypeVar("T")
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
@@ -100,13 +105,21 @@ class PeerRecord:
 class Membership:
     """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
 
-    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None]) -> None:
-        """``on_op(op, outcome)`` is called for every DHT operation (metrics)."""
+    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None],
+                 mac_key: bytes | None = None) -> None:
+        """``on_op(op, outcome)`` is called for every DHT operation (metrics).
+
+        ``mac_key`` (derived from the swarm secret) makes every record carry, and every read
+        require, the swarm's MAC in addition to the author's signature.
+        """
         self.cfg = cfg
         self.run_id = run_id
+        self.mac_key = mac_key
+        self.signer: Signer | None = None
         self._on_op = on_op
         self.node: DHTNode | None = None
         self.invalid_records = 0
+        self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
         self._peers_key = f"peerd/v1/{run_id}/peers"
 
     async def start(self, initial_peers: list[str], identity_path: str | None = None) -> None:
@@ -118,19 +131,41 @@ class Membership:
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
         kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
                                   "wait_timeout": self.cfg.rpc_timeout_s}
-        if identity_path is not None:  # a stable peer id across restarts
-            kwargs["identity_path"] = identity_path
         if self.cfg.announce_host:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
             kwargs["announce_maddrs"] = [f"/ip4/{self.cfg.announce_host}/tcp/{self.cfg.port}"]
+        # Records are signed with the p2pd identity key, so this process must hold it: without a
+        # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
+        tmp = None
+        if identity_path is None:
+            tmp = tempfile.mkdtemp(prefix="peerd-id-")
+            identity_path = os.path.join(tmp, "identity.key")
+            await asyncio.to_thread(P2P.generate_identity, identity_path)  # RSA keygen: ~0.1-0.5 s
+            kwargs["check_if_identity_free"] = False  # fresh key: nobody else can have it
+        kwargs["identity_path"] = identity_path
         try:
             self.node = await asyncio.wait_for(
-                DHTNode.create(initial_peers=initial_peers or None, client_mode=False, **kwargs),
+                DHTNode.create(initial_peers=initial_peers or None, client_mode=False,
+                               record_validator=SealValidator(self.mac_key, self._count_invalid), **kwargs),
                 self.cfg.startup_timeout_s,
             )
         except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
+        try:
+            self.signer = Signer.from_identity_file(identity_path, self.mac_key)
+        except (OSError, ValueError) as exc:
+            raise DhtError(f"identity key {identity_path}: unreadable ({exc})") from exc
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if self.signer.peer_id != self.node.peer_id.to_base58():
+            raise DhtError(f"identity key {identity_path} does not match p2pd's peer id")
+
+    def _count_invalid(self) -> None:
+        self.invalid_records += 1
 
     async def visible_maddrs(self) -> list[str]:
         """Multiaddrs other peers can bootstrap from."""
@@ -193,11 +228,34 @@ class Membership:
     async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
         """Publish this peer's record with a TTL (a short TTL announces departure)."""
         assert self.node is not None
+        assert self.signer is not None and record.peer_id == self.signer.peer_id
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
+        value = self.signer.seal(self._peers_key, record.to_value(), expiration)
         ok = await self._bounded(
-            "store", self.node.store(self._peers_key, record.to_value(), expiration, subkey=record.peer_id)
+            "store", self.node.store(self._peers_key, value, expiration, subkey=record.peer_id)
         )
+        if ttl_s is None and time.monotonic() - self._runs_at > 60:  # the runs directory, refreshed rarely
+            exp = get_dht_time() + 180
+            runs = self.signer.seal(RUNS_KEY, {"run": run_tag(self.run_id)}, exp)
+            if await self._bounded("store", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
+                self._runs_at = time.monotonic()
         return ok is True
+
+    async def other_runs(self) -> bool:
+        """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""
+        assert self.node is not None
+        found = await self._bounded("get", self.node.get(RUNS_KEY, latest=True))
+        if found is None or found is _FAILED or not isinstance(found.value, dict):
+            return False
+        mine = run_tag(self.run_id)
+        for subkey, item in found.value.items():
+            try:
+                body = open_sealed(RUNS_KEY, subkey, item.value, item.expiration_time, None)
+            except ValueError:
+                continue
+            if isinstance(body, dict) and isinstance(body.get("run"), str) and body["run"] != mine:
+                return True
+        return False
 
     async def live_records(self) -> dict[str, PeerRecord] | None:
         """Unexpired, valid records by peer id; None when the lookup itself failed."""
@@ -213,8 +271,9 @@ class Membership:
             return out
         for subkey, item in found.value.items():
             try:
-                rec = PeerRecord.from_value(subkey, item.value)
-            except ValueError:
+                body = open_sealed(self._peers_key, subkey, item.value, item.expiration_time, self.mac_key)
+                rec = PeerRecord.from_value(subkey, body)
+            except ValueError:  # RecordError (forged, replayed, malformed) or a schema violation
                 self.invalid_records += 1
                 continue
             out[rec.peer_id] = rec
@@ -223,23 +282,26 @@ class Membership:
     async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
         """Store a plan under the round's key with the publisher as subkey."""
         assert self.node is not None
+        assert self.signer is not None and plan.publisher == self.signer.peer_id
         key = f"peerd/v1/{self.run_id}/plan.{plan.round}"
-        ok = await self._bounded(
-            "store", self.node.store(key, plan.to_record(), get_dht_time() + ttl_s, subkey=plan.publisher)
-        )
+        expiration = get_dht_time() + ttl_s
+        value = self.signer.seal(key, plan.to_record(), expiration)
+        ok = await self._bounded("store", self.node.store(key, value, expiration, subkey=plan.publisher))
         return ok is True
 
     async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
         """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
         assert self.node is not None
-        found = await self._bounded("get", self.node.get(f"peerd/v1/{self.run_id}/plan.{r}", latest=True))
+        key = f"peerd/v1/{self.run_id}/plan.{r}"
+        found = await self._bounded("get", self.node.get(key, latest=True))
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return []
         plans = []
         for subkey, item in found.value.items():
             try:
-                plan = plan_from_record(item.value, self.run_id, num_fragments)
-            except PlanError:
+                body = open_sealed(key, subkey, item.value, item.expiration_time, self.mac_key)
+                plan = plan_from_record(body, self.run_id, num_fragments)
+            except ValueError:  # RecordError or PlanError
                 self.invalid_records += 1
                 continue
             if plan.publisher != subkey or plan.round != r:

@@ -51,6 +51,8 @@ class Metrics:
                                                ["kind"], buckets=_TRANSFER_BUCKETS, registry=r)
         self.rejected = Counter("peerd_rejected_streams", "Incoming streams refused, by reason.",
                                 ["reason"], registry=r)
+        self.rpc_refused = Counter("peerd_rpc_refused", "Calls refused by admission (swarm secret), by reason.",
+                                   ["reason"], registry=r)
         self.peers_live = Gauge("peerd_peers_live", "Live peers in this peer's view (itself included).",
                                 registry=r)
         self.revision = Gauge("peerd_revision", "Outer-state revision (committed rounds).", registry=r)

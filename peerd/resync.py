@@ -26,6 +26,9 @@ class ResyncMixin:
         """A joiner adopts the swarm's outer state before it trains (never mixes a fresh init)."""
         # Donors may die mid-transfer: retry while any is announced; once the dead ones' records
         # expire and nobody is ahead, this peer is in sync by definition (or starts the swarm).
+        if self.gossip is not None:
+            await self._gossip_join()
+            return
         deadline = time.monotonic() + self.cfg.transport.state_timeout_s
         while time.monotonic() < deadline:
             # A failed lookup is not an empty swarm: never start from a fresh init on a DHT error.
@@ -38,6 +41,8 @@ class ResyncMixin:
 
     def state_for(self, request: Any) -> Any:
         """StateSource for the transport (runs in a thread)."""
+        if self.gossip is not None:
+            return self._gossip_state_for(request)
         assert self.state is not None
         return serve_state(self.state, self.cfg.run_id, request)
 
@@ -46,6 +51,8 @@ class ResyncMixin:
 
         Returns True when this peer is in sync afterwards (or nobody is ahead of it).
         """
+        if self.gossip is not None:
+            return True  # gossip: no shared state to be out of sync with (peerd/gossip/round.py)
         state, transport = self.state, self.transport
         assert state is not None and transport is not None and self.worker is not None
         me = self._my_record(ready=True).candidate()

@@ -67,7 +67,7 @@ class RoundsMixin:
         await self._sync_if_needed(install_into_model=False)
         me = self._my_record().candidate()
         candidates = [rec.candidate() for pid, rec in self.view.items() if not self._suspected(pid, rec)] + [me]
-        elig = sch.eligible(candidates)
+        elig = sch.eligible(candidates, cfg.mixing.mode)
         if me not in elig:
             self._count("skipped", "not_in_sync")
             return
@@ -83,13 +83,18 @@ class RoundsMixin:
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
             return
-        if plan.revision != state.revision or plan.state_hash != state.state_hash():
+        if plan.mode != "gossip" and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
             self._count("skipped", "not_in_sync")
             return
         t0 = time.monotonic()
-        outcome = await self.diloco.run(plan)
+        outcome = await (self.gossip or self.diloco).run(plan)  # mixing mode dispatch
         self.metrics.transfer_duration.observe(time.monotonic() - t0)
         self.metrics.revision.set(state.revision)
+        if plan.final and self.gossip is not None and not outcome.committed:
+            # gossip: a last round without a confirmed partner still ends this fragment's run
+            self.counters.final_fragments.add(plan.fragment)
+            if self.exit_when_done and len(self.counters.final_fragments) == state.layout.num_fragments:
+                self.request_stop("done")
         if outcome.committed:
             if self.counters.failure_at is not None:
                 took = time.monotonic() - self.counters.failure_at
@@ -152,7 +157,8 @@ class RoundsMixin:
                     and time.time() >= sch.publish_time(r, rank, cfg.round.round_s, cfg.round.plan_slot_s,
                                                        cfg.round.settle_s)):
                 plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, elig,
-                                     cfg.round.round_s, cfg.round.deadline_fraction, time.time())
+                                     cfg.round.round_s, cfg.round.deadline_fraction, time.time(),
+                                     cfg.mixing.mode, cfg.mixing.topology)
                 if plan is None or len(plan.members) < cfg.round.min_members:
                     return None
                 if rank == 0:

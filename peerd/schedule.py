@@ -60,15 +60,17 @@ class Candidate:
     done: bool
 
 
-def eligible(candidates: Iterable[Candidate]) -> list[Candidate]:
+def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:
     """Ready peers at the top revision that agree with the majority hash there.
 
     A peer behind the top revision, or off the majority hash at it, must resync before it may
-    take part (PCCL's rule), so it is left out of plans.
+    take part (PCCL's rule), so it is left out of plans. In ``gossip`` mode parameters differ per
+    peer by design and a revision is only a peer's own count of committed exchanges, so every
+    ready peer is eligible.
     """
     ready = [c for c in candidates if c.ready]
-    if not ready:
-        return []
+    if not ready or mode == "gossip":
+        return ready
     top = max(c.revision for c in ready)
     at_top = [c for c in ready if c.revision == top]
     counts: dict[str, int] = {}
@@ -94,6 +96,8 @@ class RoundPlan:
     collect_deadline: float  # owners stop waiting for contributions
     deadline: float  # members stop waiting for reduced shards
     final: bool  # every member has finished training
+    mode: str = "diloco"  # mixing mode every member runs this round
+    topology: str = ""  # gossip: pairing rule over the hash-ordered members (peerd/gossip/topology.py)
 
     @property
     def plan_id(self) -> str:
@@ -117,7 +121,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "run_id": str, "round": int, "fragment": int, "revision": int, "state_hash": str,
     "members": (list, tuple), "endpoints": (list, tuple), "publisher": str,
     "publisher_rank": int, "collect_deadline": (int, float), "deadline": (int, float), "final": bool,
+    "mode": str, "topology": str,
 }
+_TOPOLOGIES = {"diloco": ("",), "gossip": ("random", "hypercube", "ring")}
 MAX_MEMBERS = 1024
 
 
@@ -137,6 +143,9 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
     endpoints = tuple(record["endpoints"])
     if record["run_id"] != run_id:
         raise PlanError("plan for another run")
+    # Element types first: set() below would raise TypeError on an unhashable member.
+    if not all(isinstance(x, str) and x for x in members + endpoints):
+        raise PlanError("plan members and endpoints must be non-empty strings")
     if not 0 < len(members) <= MAX_MEMBERS or len(set(members)) != len(members):
         raise PlanError("plan members empty, too many or duplicated")
     if len(endpoints) != len(members) or not all(isinstance(x, str) and x for x in members + endpoints):
@@ -147,6 +156,8 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
         raise PlanError("plan fragment does not match its round")
     if record["publisher"] not in members or not record["collect_deadline"] <= record["deadline"]:
         raise PlanError("plan publisher or deadlines inconsistent")
+    if record["topology"] not in _TOPOLOGIES.get(record["mode"], ()):
+        raise PlanError("plan mode or topology unknown")
     return RoundPlan(**{**record, "members": members, "endpoints": endpoints,
                         "collect_deadline": float(record["collect_deadline"]),
                         "deadline": float(record["deadline"])})
@@ -161,13 +172,15 @@ def make_plan(
     round_s: float,
     deadline_fraction: float,
     now: float,
+    mode: str = "diloco",
+    topology: str = "",
 ) -> RoundPlan | None:
     """The plan ``publisher`` would publish at time ``now`` for round ``r``, or None if it may not.
 
     Only an eligible candidate publishes; members are all eligible candidates. Owners collect
     contributions for a bit more than half of the time left, and reduced shards use the rest.
     """
-    elig = eligible(candidates)
+    elig = eligible(candidates, mode)
     by_id = {c.peer_id: c for c in elig}
     if publisher not in by_id:
         return None
@@ -178,8 +191,9 @@ def make_plan(
         run_id=run_id,
         round=r,
         fragment=fragment_for_round(r, num_fragments),
-        revision=by_id[publisher].revision,
-        state_hash=by_id[publisher].state_hash,
+        # gossip: no shared state, so no shared revision or hash to agree on
+        revision=by_id[publisher].revision if mode != "gossip" else 0,
+        state_hash=by_id[publisher].state_hash if mode != "gossip" else "",
         members=tuple(order),
         endpoints=tuple(by_id[p].endpoint for p in order),
         publisher=publisher,
@@ -187,6 +201,8 @@ def make_plan(
         collect_deadline=max(start, now) + 0.55 * max(0.0, deadline - max(start, now)),
         deadline=deadline,
         final=all(by_id[p].done for p in order),
+        mode=mode,
+        topology=topology if mode == "gossip" else "",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from peerd.config import load_config
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
@@ -46,6 +49,10 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
             p.wait(5)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def run_swarm(
     peers: int,
     config: str | None,
@@ -67,9 +74,17 @@ def run_swarm(
     base += ["--set", "transport.host=127.0.0.1", "--set", "dht.host=127.0.0.1",
              "--set", f"data.num_shards={peers}", "--set", f"train.max_steps={max_steps}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sec = load_config(config, overrides).security
+    if sec.secret is None and sec.secret_file is None:
+        # The local demo is not left open: its peers share a fresh secret nobody else knows.
+        env["PEERD_SECURITY__SECRET"] = secrets.token_hex(32)
     procs: list[subprocess.Popen[bytes]] = []
     t0 = time.monotonic()
     console = Console(stderr=True)
+    # The peers run in their own sessions (a Ctrl-C in the terminal must not hit them before the
+    # launcher asks them to leave), so a SIGTERM to the launcher must be turned into the same
+    # orderly stop as Ctrl-C, or they would outlive it.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         bootstrap: list[str] = []
         for i in range(peers):
@@ -92,6 +107,7 @@ def run_swarm(
         console.print(f"[red]swarm stopping: {exc!r}[/red]")
     finally:
         _stop(procs)
+        signal.signal(signal.SIGTERM, previous)
     entries = []
     mode = "diloco"
     run_id = "peerd"

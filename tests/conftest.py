@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ class Swarm:
         self.peers: list[Peer] = []
         # Discovery files of `peerd status` go to the test's directory, not the user's home.
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(workdir / "state")}
+        # Admission on for the whole suite: every peer of a test swarm shares one fresh secret.
+        self.secret = secrets.token_hex(16)
+        self.env["PEERD_SECURITY__SECRET"] = self.secret
 
     def start(self, extra: list[str] = (), bootstrap: list[str] | None = None, flags: list[str] = (),
               env: dict[str, str] | None = None) -> Peer:

@@ -19,6 +19,7 @@ FAMILIES = {
     "peerd_sync_duration_seconds": "gauge", "peerd_sync_bytes": "counter", "peerd_dht_operations": "counter",
     "peerd_worker_utilization_ratio": "gauge", "peerd_build_info": "gauge", "peerd_rejected_streams": "counter",
     "peerd_dht_invalid_records": "counter", "peerd_transfer_duration_seconds": "histogram",
+    "peerd_rpc_refused": "counter",
 }
 
 

@@ -37,6 +37,10 @@ class _PayloadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadKi
     """A member's quantized outer gradient for one shard, sent to the shard's owner."""
     PAYLOAD_KIND_REDUCED: _PayloadKind.ValueType  # 2
     """The owner's reduced (weighted mean) shard, sent back to every member."""
+    PAYLOAD_KIND_GOSSIP: _PayloadKind.ValueType  # 3
+    """Gossip mode: a peer's whole-fragment AMPG message (quantized z - w*anchor) to its partner."""
+    PAYLOAD_KIND_HANDOFF: _PayloadKind.ValueType  # 4
+    """Gossip mode: a graceful leaver's fp32 parameters and weight, absorbed by the receiver."""
 
 class PayloadKind(_PayloadKind, metaclass=_PayloadKindEnumTypeWrapper):
     """What a shard push carries."""
@@ -47,6 +51,10 @@ PAYLOAD_KIND_CONTRIBUTION: PayloadKind.ValueType  # 1
 """A member's quantized outer gradient for one shard, sent to the shard's owner."""
 PAYLOAD_KIND_REDUCED: PayloadKind.ValueType  # 2
 """The owner's reduced (weighted mean) shard, sent back to every member."""
+PAYLOAD_KIND_GOSSIP: PayloadKind.ValueType  # 3
+"""Gossip mode: a peer's whole-fragment AMPG message (quantized z - w*anchor) to its partner."""
+PAYLOAD_KIND_HANDOFF: PayloadKind.ValueType  # 4
+"""Gossip mode: a graceful leaver's fp32 parameters and weight, absorbed by the receiver."""
 Global___PayloadKind: _TypeAlias = PayloadKind  # noqa: Y015
 
 @_typing.final
@@ -70,6 +78,7 @@ class ShardHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
     CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the sender belongs to; a different run is refused."""
     round: _builtins.int
@@ -77,7 +86,7 @@ class ShardHeader(_message.Message):
     fragment: _builtins.int
     """Fragment id being synchronised; must equal the plan's fragment."""
     revision: _builtins.int
-    """Outer-state revision the sender holds; must equal the plan's revision."""
+    """Outer-state revision the sender holds; must equal the plan's revision (gossip: informational)."""
     sender: _builtins.str
     """Sender's peer id; must be a member of the plan."""
     plan_id: _builtins.str
@@ -98,6 +107,8 @@ class ShardHeader(_message.Message):
     """Exact payload length in bytes; must equal the codec's size for numel."""
     checksum: _builtins.bytes
     """blake2b (16-byte digest) of the payload, checked after the last chunk."""
+    anchor: _builtins.str
+    """Gossip: id (hash) of the anchor the payload is relative to; must equal the receiver's."""
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Contributors included in a reduced shard (peer ids, plan order); empty for contributions."""
@@ -120,10 +131,11 @@ class ShardHeader(_message.Message):
         payload_bytes: _builtins.int = ...,
         checksum: _builtins.bytes = ...,
         contributors: _abc.Iterable[_builtins.str] | None = ...,
+        anchor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size", b"block_size", "checksum", b"checksum", "codec", b"codec", "contributors", b"contributors", "fragment", b"fragment", "kind", b"kind", "numel", b"numel", "payload_bytes", b"payload_bytes", "plan_id", b"plan_id", "revision", b"revision", "round", b"round", "run_id", b"run_id", "sender", b"sender", "shard", b"shard", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "block_size", b"block_size", "checksum", b"checksum", "codec", b"codec", "contributors", b"contributors", "fragment", b"fragment", "kind", b"kind", "numel", b"numel", "payload_bytes", b"payload_bytes", "plan_id", b"plan_id", "revision", b"revision", "round", b"round", "run_id", b"run_id", "sender", b"sender", "shard", b"shard", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,10 +203,13 @@ class FetchStateRequest(_message.Message):
     REQUESTER_FIELD_NUMBER: _builtins.int
     FRAGMENT_HASHES_FIELD_NUMBER: _builtins.int
     FRAGMENTS_FIELD_NUMBER: _builtins.int
+    TAKE_MASS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the caller belongs to."""
     requester: _builtins.str
     """Caller's peer id (for logs and accounting)."""
+    take_mass: _builtins.bool
+    """Gossip mode: the caller joins by cloning; the donor hands it half of its mass."""
     @_builtins.property
     def fragment_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Caller's fragment hashes indexed by fragment id; empty strings force a transfer."""
@@ -210,10 +225,11 @@ class FetchStateRequest(_message.Message):
         requester: _builtins.str = ...,
         fragment_hashes: _abc.Iterable[_builtins.str] | None = ...,
         fragments: _abc.Iterable[_builtins.int] | None = ...,
+        take_mass: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "requester", b"requester", "run_id", b"run_id", "take_mass", b"take_mass"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,6 +247,7 @@ class StateHeader(_message.Message):
     NUMELS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
+    MASS_WEIGHTS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Donor's outer-state revision at the snapshot."""
     total_bytes: _builtins.int
@@ -249,6 +266,10 @@ class StateHeader(_message.Message):
     def numels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Float count of each sent fragment (parameters; momentum has the same count)."""
 
+    @_builtins.property
+    def mass_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Gossip mode with take_mass: the push-sum weight handed over, per sent fragment (same order)."""
+
     def __init__(
         self,
         *,
@@ -258,10 +279,11 @@ class StateHeader(_message.Message):
         numels: _abc.Iterable[_builtins.int] | None = ...,
         total_bytes: _builtins.int = ...,
         samples_per_s: _builtins.float = ...,
+        mass_weights: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "numels", b"numels", "revision", b"revision", "samples_per_s", b"samples_per_s", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "mass_weights", b"mass_weights", "numels", b"numels", "revision", b"revision", "samples_per_s", b"samples_per_s", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [--quick]`` (see bench/run.py and BENCHMARKS.md)."""

@@ -1,0 +1,197 @@
+"""Admission: swarm-secret credentials on every gRPC call, a deny-by-default interceptor, TLS files.
+
+Every call carries four metadata entries: the caller's peer id, a Unix time in milliseconds, a
+random nonce and ``HMAC-SHA256(key, peer id | method | time | nonce)``. The key is derived from
+the swarm secret with HKDF (salt: the run id, info: the purpose), so one secret gives unrelated
+keys to different runs and to the RPC and DHT layers. The server refuses, with UNAUTHENTICATED
+and before any handler runs, every call whose credential is missing, malformed, forged, older or
+newer than ``security.credential_window_s``, or seen before (nonces are remembered for the
+window, in a bounded cache that refuses rather than forgets when full).
+
+Limit: the secret is shared, so a credential proves swarm membership, not which member is
+calling; a member can claim another's peer id. Per-peer identity on gRPC needs mTLS with
+per-peer certificates (``security.tls_*``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from peerd.config import SecurityConfig
+
+H_PEER, H_TIME, H_NONCE, H_MAC = "x-peerd-peer", "x-peerd-time", "x-peerd-nonce", "x-peerd-mac"
+MAX_PEER_CHARS = 128
+
+
+class AuthConfigError(ValueError):
+    """The security section points at something unusable; the message says how to fix it."""
+
+
+class CredentialError(ValueError):
+    """A call's credential is refused; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str) -> None:
+        """Remember the reason."""
+        super().__init__(reason)
+        self.reason = reason
+
+
+def derive_key(secret: str, run_id: str, purpose: str) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of the secret, salted with the run id, one 32-byte key per purpose."""
+    prk = hmac.new(run_id.encode(), secret.encode(), hashlib.sha256).digest()
+    return hmac.new(prk, f"peerd/{purpose}".encode() + b"\x01", hashlib.sha256).digest()
+
+
+def resolve_secret(sec: SecurityConfig) -> str | None:
+    """The swarm secret from ``security.secret`` or ``security.secret_file`` (None: open swarm).
+
+    Raises:
+        AuthConfigError: the secret file is unreadable or too short.
+    """
+    if sec.secret is not None:
+        return sec.secret.get_secret_value()
+    if sec.secret_file is None:
+        return None
+    try:
+        text = Path(sec.secret_file).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not text"
+        raise AuthConfigError(f"security.secret_file {sec.secret_file}: cannot read ({why}); create it with "
+                              "`openssl rand -hex 32 > FILE` and copy it to every peer") from None
+    if len(text) < 16:
+        raise AuthConfigError(f"security.secret_file {sec.secret_file}: secret shorter than 16 characters; "
+                              "use `openssl rand -hex 32 > FILE`")
+    return text
+
+
+def _mac(key: bytes, peer_id: str, method: str, t_ms: str, nonce: str) -> str:
+    msg = "\x00".join((peer_id, method, t_ms, nonce)).encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def credential(key: bytes, peer_id: str, method: str, now: float | None = None,
+               nonce: str | None = None) -> tuple[tuple[str, str], ...]:
+    """GRPC metadata that admits one call of ``method`` (full name, e.g. ``/peerd.v1.Peer/PushShard``)."""
+    t_ms = str(int((time.time() if now is None else now) * 1000))
+    nonce = nonce or secrets.token_hex(16)
+    return ((H_PEER, peer_id), (H_TIME, t_ms), (H_NONCE, nonce), (H_MAC, _mac(key, peer_id, method, t_ms, nonce)))
+
+
+class Verifier:
+    """Checks credentials against one key, with a time window and a bounded replay cache."""
+
+    def __init__(self, key: bytes, window_s: float, cache_size: int, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` is injectable for tests."""
+        self.key, self.window_s, self.cache_size, self.clock = key, window_s, cache_size, clock
+        self._seen: dict[str, float] = {}  # nonce -> time after which it can no longer be replayed
+
+    def check(self, metadata: Iterable[tuple[str, Any]], method: str) -> str:
+        """Return the caller's (claimed) peer id.
+
+        Raises:
+            CredentialError: reason ``missing``, ``malformed``, ``bad_mac``, ``expired``, ``replay``
+                or ``replay_cache_full``.
+        """
+        md: dict[str, Any] = {}
+        for k, v in metadata:
+            if k in (H_PEER, H_TIME, H_NONCE, H_MAC):
+                if k in md:
+                    raise CredentialError("malformed")
+                md[k] = v
+        if len(md) < 4:
+            raise CredentialError("missing")
+        peer, t_ms, nonce, mac = md[H_PEER], md[H_TIME], md[H_NONCE], md[H_MAC]
+        if not all(isinstance(x, str) for x in (peer, t_ms, nonce, mac)) or not (
+            0 < len(peer) <= MAX_PEER_CHARS and 16 <= len(nonce) <= 64 and t_ms.isdigit() and len(t_ms) <= 15
+            and len(mac) == 64
+        ):
+            raise CredentialError("malformed")
+        if not hmac.compare_digest(mac, _mac(self.key, peer, method, t_ms, nonce)):
+            raise CredentialError("bad_mac")
+        now, t = self.clock(), int(t_ms) / 1000.0
+        if abs(now - t) > self.window_s:
+            raise CredentialError("expired")
+        if nonce in self._seen:
+            raise CredentialError("replay")
+        if len(self._seen) >= self.cache_size:
+            self._seen = {n: until for n, until in self._seen.items() if until >= now}
+            if len(self._seen) >= self.cache_size:  # refuse rather than forget a nonce still in its window
+                raise CredentialError("replay_cache_full")
+        self._seen[nonce] = t + self.window_s
+        return peer
+
+
+def caller(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """Peer id named in a call's credential (verified by the interceptor when a secret is set)."""
+    for k, v in metadata or ():
+        if k == H_PEER and isinstance(v, str):
+            return v
+    return None
+
+
+def _deny_handler(handler: grpc.RpcMethodHandler | None, detail: str) -> grpc.RpcMethodHandler:
+    async def deny(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
+
+    if handler is None:  # unknown method: still UNAUTHENTICATED, never a hint of what exists
+        return grpc.unary_unary_rpc_method_handler(deny)
+    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    factory = kind[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return factory(deny, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Deny by default: no call of any kind reaches a handler without a valid credential."""
+
+    def __init__(self, verifier: Verifier, on_refused: Callable[[str], None]) -> None:
+        """``on_refused(reason)`` counts refusals."""
+        self.verifier = verifier
+        self.on_refused = on_refused
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Check the credential, then hand over to the real handler or to one that refuses."""
+        try:
+            self.verifier.check(handler_call_details.invocation_metadata or (), handler_call_details.method)
+        except CredentialError as exc:
+            self.on_refused(exc.reason)
+            return _deny_handler(await continuation(handler_call_details), f"credential refused: {exc.reason}")
+        return await continuation(handler_call_details)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise AuthConfigError(f"security.{what} {path}: cannot read ({exc.strerror}); "
+                              "fix the path or unset it") from None
+
+
+def server_credentials(sec: SecurityConfig) -> grpc.ServerCredentials | None:
+    """TLS (mTLS when ``tls_ca`` is set) for the server; None without ``tls_cert``."""
+    if sec.tls_cert is None or sec.tls_key is None:
+        return None
+    ca = _read(sec.tls_ca, "tls_ca") if sec.tls_ca else None
+    pair = (_read(sec.tls_key, "tls_key"), _read(sec.tls_cert, "tls_cert"))
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def channel_credentials(sec: SecurityConfig) -> grpc.ChannelCredentials | None:
+    """TLS for outgoing channels (presents this peer's cert for mTLS); None without ``tls_cert``."""
+    if sec.tls_cert is None or sec.tls_key is None:
+        return None
+    ca = _read(sec.tls_ca, "tls_ca") if sec.tls_ca else None
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=_read(sec.tls_key, "tls_key"),
+                                        certificate_chain=_read(sec.tls_cert, "tls_cert"))

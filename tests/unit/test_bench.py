@@ -1,0 +1,44 @@
+"""Smoke test of the benchmark harness: numbers come out positive and the report regenerates.
+
+No timing assertions: performance is measured by ``python -m bench``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import codecs, report
+
+
+def test_codec_bench_small_tensor_gives_positive_numbers() -> None:
+    res = codecs.run(numel=1 << 14, repeats=1, include_hivemind=False)  # hivemind's import alone takes seconds
+    for key in ("memcpy_gbps", "fp32_gbps", "bf16_gbps", "int8_gbps", "int4_gbps", "int8_alloc_gbps"):
+        assert res[key] > 0, key
+    assert res["int8_ratio"] > 3.9 and res["int4_ratio"] > 7.5
+    assert "hivemind_float16_gbps" not in res and res["hivemind_error"]
+
+
+def test_report_regenerates_only_the_marked_block(tmp_path: Path) -> None:
+    results = {
+        "meta": {"command": "python -m bench --quick"},
+        "convergence": {"ddp": {"final_eval_loss": 2.0, "tx_bytes_per_peer": 1e9, "wall_s": 10.0, "command": "x"},
+                        "peerd_diloco_int8": {"final_eval_loss": 2.02, "tx_bytes_per_peer": 1e6, "wall_s": 9.0,
+                                              "command": "peerd swarm"},
+                        "peerd_gossip": {"error": "mixing.mode: not implemented", "command": "peerd swarm"}},
+        "codec": {"memcpy_gbps": 10.0, "memcpy_clone_gbps": 2.0, "int8_gbps": 4.0, "int8_vs_memcpy": 0.4},
+        "transport": {"raw_tcp_gbps": 1.0, "grpc_gbps": 0.4, "grpc_vs_raw": 0.4, "sizes": []},
+        "utilization": {"loopback": 0.99}, "scaling": [],
+    }
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(results))
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(f"# Benchmarks\n\nhand-written\n\n{report.BEGIN}\nold\n{report.END}\n\ntail\n")
+    out = report.regenerate(path, md)
+    text = md.read_text()
+    assert "hand-written" in text and "tail" in text and "old" not in text
+    verdicts = {t["target"]: t["verdict"] for t in out["targets"]}
+    assert verdicts["diloco int8 eval loss within 2% of DDP"] == "pass"
+    assert verdicts["gRPC goodput >= 0.5x raw TCP"] == "miss"
+    assert "| peerd_gossip | error: mixing.mode" in text
+    assert (tmp_path / "convergence.png").exists()
