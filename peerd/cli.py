@@ -34,15 +34,27 @@ def _load(config: str | None, overrides: list[str] | None) -> PeerdConfig:
 
 @app.command()
 def join(
-    bootstrap: Annotated[list[str] | None, typer.Option("--bootstrap", help="DHT multiaddr of a peer (repeatable).")] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option("--bootstrap", help="DHT multiaddr of a peer (repeatable).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     summary: SummaryOpt = None,
-    ready_file: Annotated[str | None, typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")] = None,
-    exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds.")] = False,
+    ready_file: Annotated[
+        str | None, typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")
+    ] = None,
+    exit_when_done: Annotated[
+        bool,
+        typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds."),
+    ] = False,
     log_format: Annotated[str | None, typer.Option("--log-format", help="auto, console or json.")] = None,
-    wait_for_peers: Annotated[int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")] = 1,
-    bootstrap_file: Annotated[str | None, typer.Option("--bootstrap-file", help="Bootstrap from another daemon's ready file (waits up to 120 s for it).")] = None,
+    wait_for_peers: Annotated[
+        int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")
+    ] = 1,
+    bootstrap_file: Annotated[
+        str | None,
+        typer.Option("--bootstrap-file", help="Bootstrap from another daemon's ready file (waits up to 120 s for it)."),
+    ] = None,
 ) -> None:
     """Run one daemon; without --bootstrap it starts a new swarm."""
     overrides = list(set_ or [])
@@ -134,7 +146,8 @@ def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if time.monotonic() > deadline:
-            typer.echo(f"peerd: --bootstrap-file {path}: no ready file with dht_maddrs after {timeout_s:.0f}s", err=True)
+            typer.echo(f"peerd: --bootstrap-file {path}: no ready file with dht_maddrs after {timeout_s:.0f}s",
+                       err=True)
             raise typer.Exit(3)
         time.sleep(0.5)
 
@@ -143,7 +156,9 @@ def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:
 def status(
     admin: Annotated[str | None, typer.Option("--admin", help="host:port of a daemon's admin endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    probe: Annotated[bool, typer.Option("--probe", help="Health check: exit 0 if every daemon is healthy, else 1.")] = False,
+    probe: Annotated[
+        bool, typer.Option("--probe", help="Health check: exit 0 if every daemon is healthy, else 1.")
+    ] = False,
 ) -> None:
     """Show the local daemon(s): identity, swarm size, step, loss, last round, rates, revision."""
     from peerd.status import fetch_statuses, render
@@ -161,7 +176,9 @@ def status(
 
 @app.command()
 def report(
-    summaries: Annotated[list[Path], typer.Argument(help="Summary JSON files (from --summary).", exists=True, dir_okay=False)],
+    summaries: Annotated[
+        list[Path], typer.Argument(help="Summary JSON files (from --summary).", exists=True, dir_okay=False)
+    ],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNG plots.")] = Path("peerd-report"),
 ) -> None:
     """Plot eval loss vs steps and vs bytes sent, per peer, as PNG files."""

@@ -281,7 +281,9 @@ class Diloco:
                 self._rounds.pop(old, None)
                 self._plan_ready.pop(old, None)
 
-    def _encode_contribution(self, p: int, snap: Snapshot, bounds: list[tuple[int, int]]) -> tuple[list[bytes], torch.Tensor]:
+    def _encode_contribution(
+        self, p: int, snap: Snapshot, bounds: list[tuple[int, int]]
+    ) -> tuple[list[bytes], torch.Tensor]:
         delta = self.state.theta(p) - snap.theta
         residual = self.residuals[p] if self.mix.error_feedback else None
         payloads, pending = [], torch.zeros_like(delta)

@@ -30,7 +30,8 @@ class PersistMixin:
             log.warning("checkpoint_skipped", problem=problem)
         if loaded is None:
             if problems:
-                log.warning("checkpoint_none_usable", dir=str(ckpt_dir), fix="starting fresh; state resyncs from the swarm")
+                log.warning("checkpoint_none_usable", dir=str(ckpt_dir),
+                            fix="starting fresh; state resyncs from the swarm")
             return
         c = loaded.content
         layout = self.state.layout

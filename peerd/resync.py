@@ -112,7 +112,7 @@ class ResyncMixin:
                 assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
             by_id = {d.peer_id: d for d in live}
 
-            async def part(pid: str, frags: list[int]) -> SyncedState:
+            async def part(pid: str, frags: list[int], by_id: dict = by_id) -> SyncedState:
                 header, payload = await transport.fetch_state(
                     by_id[pid].endpoint, request_for(state, self.cfg.run_id, self.peer_id, frags),
                     max_bytes=8 * sum(state.layout.numels) + 1024)

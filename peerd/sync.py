@@ -36,7 +36,9 @@ class SyncedState:
     fragment_hashes: tuple[str, ...] = ()  # the donor's hashes at that revision
 
 
-def serve_state(state: OuterState, run_id: str, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+def serve_state(
+    state: OuterState, run_id: str, request: peer_pb2.FetchStateRequest
+) -> tuple[peer_pb2.StateHeader, bytes]:
     """Donor side: snapshot and serialise the fragments whose hash differs from the caller's."""
     if request.run_id != run_id:
         raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")

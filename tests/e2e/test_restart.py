@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 
 from peerd import checkpoint
-
 from tests.conftest import Swarm, wait_for
 
 

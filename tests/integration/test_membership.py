@@ -81,7 +81,8 @@ async def _count(m: Membership):
 
 @given(st.dictionaries(st.sampled_from(["v", "peer_id", "endpoint", "incarnation", "revision", "state_hash",
                                         "fragment_hashes", "samples_per_s", "step", "ready", "done", "x"]),
-                       st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4) | st.lists(st.text(max_size=3)),
+                       st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4)
+                       | st.lists(st.text(max_size=3)),
                        max_size=12))
 @settings(max_examples=300, deadline=None)
 def test_record_decoder_rejects_garbage_cleanly(value: dict) -> None:

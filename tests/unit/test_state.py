@@ -35,7 +35,7 @@ def test_strided_partition_balanced_and_complete() -> None:
 def test_shard_bounds_cover_and_align(numel: int, n: int, block: int) -> None:
     bounds = shard_bounds(numel, n, block)
     assert len(bounds) == n and bounds[0][0] == 0 and bounds[-1][1] == numel
-    for (s0, e0), (s1, _) in zip(bounds, bounds[1:]):
+    for (s0, e0), (s1, _) in zip(bounds, bounds[1:], strict=False):
         assert e0 == s1 and s0 <= e0
     for s, _ in bounds:
         assert s % block == 0 or s == numel
