@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peerd.swarm import wait_ready_file
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,17 +33,6 @@ class PeerSpec:
     prefix: list[str] = field(default_factory=list)
     run_id: str = "bench"
     bootstrap_from: int | None = 0  # index of the peer whose ready file we bootstrap from; None: alone
-
-
-def _wait_ready(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        if proc.poll() is not None:
-            raise RuntimeError(f"peer exited with code {proc.returncode} before it was ready")
-        time.sleep(0.1)
-    raise TimeoutError(f"peer not ready after {timeout_s:.0f}s")
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
@@ -94,7 +85,7 @@ def run_peers(specs: list[PeerSpec], overrides: list[str], max_steps: int, workd
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True))
             if any(s.bootstrap_from == i for j, s in enumerate(specs) if j != i):
-                ready[i] = _wait_ready(rf, procs[i], 180)
+                ready[i] = wait_ready_file(rf, procs[i], 180)
         deadline = t0 + timeout_s
         for p in procs:
             p.wait(max(0.1, deadline - time.monotonic()))

@@ -298,7 +298,7 @@ class Diloco:
         start, end = rs.bounds[rs.me]
         acc = torch.zeros(end - start, dtype=torch.float32)
         total = 0.0
-        names = tuple(m for m in rs.plan.members if m in rs.contributions and self._plausible(rs, m))
+        names = self._plausible(rs)
         for name in names:  # plan order: the same arithmetic on every machine
             c = rs.contributions[name]
             if c.weight > 0:
@@ -310,20 +310,25 @@ class Diloco:
         values = codec.decode(payload, self.mix.codec, end - start, self.mix.block_size)
         return _Shard(total, values, payload, names)
 
-    def _plausible(self, rs: _Round, name: str) -> bool:
-        """Norm gate: drop (and count) a contribution far above the round's median (see NormGate)."""
-        c = rs.contributions[name]
-        if c.weight <= 0:
-            return True  # weightless: it does not move the mean whatever its values
-        value = rms(c.values)
-        if name != self.peer_id:
-            ref = self.norm_gate.reference(
-                rs.plan.fragment, [rms(o.values) for o in rs.contributions.values() if o.weight > 0])
-            if not self.norm_gate.admits(value, ref):
+    def _plausible(self, rs: _Round) -> tuple[str, ...]:
+        """Contributors in plan order, less those the norm gate drops (counted; see NormGate).
+
+        One RMS per contribution and one reference per round, so the verdict on a contribution
+        does not depend on the order the others are looked at in.
+        """
+        present = [m for m in rs.plan.members if m in rs.contributions]
+        norms = {m: rms(rs.contributions[m].values) for m in present if rs.contributions[m].weight > 0}
+        ref = self.norm_gate.reference(rs.plan.fragment, list(norms.values()))
+        kept = []
+        for name in present:
+            value = norms.get(name)  # None: weightless, it does not move the mean whatever its values
+            if value is not None and name != self.peer_id and not self.norm_gate.admits(value, ref):
                 self.on_rejected("norm_outlier")
-                return False
-        self.norm_gate.record(rs.plan.fragment, value)
-        return True
+                continue
+            if value is not None:
+                self.norm_gate.record(rs.plan.fragment, value)
+            kept.append(name)
+        return tuple(kept)
 
     def _commit(self, rs: _Round, pending_residual: torch.Tensor) -> None:
         plan = rs.plan

@@ -25,7 +25,8 @@ from rich.table import Table
 from peerd.config import load_config
 
 
-def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+def wait_ready_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+    """A daemon's ready file (JSON) once written; raises if the daemon exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.exists():
@@ -97,7 +98,7 @@ def run_swarm(
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True))
             if i == 0:
-                info = _wait_file(ready, procs[0], 180)
+                info = wait_ready_file(ready, procs[0], 180)
                 bootstrap = list(info["dht_maddrs"])[:2]
                 console.print(f"peer 0 up: {info['peer_id']} (logs in {work})")
         deadline = t0 + timeout_s

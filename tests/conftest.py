@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -23,6 +24,17 @@ FAST = [
     "task_options.d_model=48", "task_options.n_layers=2", "task_options.seq_len=48",
     "data.max_corpus_bytes=1000000",
 ]
+
+
+async def eventually(cond: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:
+    """Await the coroutine function ``cond`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await cond()  # type: ignore[misc]
+        if value:
+            return value
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def wait_for(cond: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:

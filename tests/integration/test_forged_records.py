@@ -7,7 +7,6 @@ without the secret. Honest nodes refuse the bad records at store time and drop t
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from peerd.config import DhtConfig
 from peerd.membership import Membership, PeerRecord
 from peerd.records import SealValidator, Signer
 from peerd.schedule import Candidate, make_plan
+from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)
 DHT_KEY = derive_key("swarm-secret-0123456789", "run", "dht")
@@ -26,16 +26,6 @@ PEERS = "peerd/v1/run/peers"
 
 def record(pid: str, endpoint: str = "127.0.0.1:1") -> PeerRecord:
     return PeerRecord(pid, endpoint, 1, 0, "h", ("a", "b"), 1.0, 3, True, False)
-
-
-async def eventually(cond, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await cond()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(180)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -12,22 +11,13 @@ from hypothesis import strategies as st
 from peerd.config import DhtConfig
 from peerd.membership import Membership, PeerRecord
 from peerd.schedule import Candidate, make_plan
+from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)
 
 
 def record(pid: str, revision: int = 0) -> PeerRecord:
     return PeerRecord(pid, "127.0.0.1:1", 1, revision, "h", ("a", "b"), 1.0, 3, True, False)
-
-
-async def wait_until(cond, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await cond()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.timeout(120)
@@ -45,18 +35,18 @@ async def test_heartbeats_views_expiry_and_plans() -> None:
             view = await a.live_records()
             return view if view and set(view) == {ida, idb} else None
 
-        view = await wait_until(both_seen, 20)
+        view = await eventually(both_seen, 20, "both peers in each view")
         assert view[idb].revision == 2
         # A record written under another peer's subkey is dropped and counted.
         forged = record(ida).to_value()
         await b.node.store("peerd/v1/run/peers", forged, time.time() + 10, subkey="someone-else")
-        await wait_until(lambda: _count(a), 10)
+        await eventually(lambda: _count(a), 10, "an invalid record counted")
         assert "someone-else" not in (await a.live_records())
         # Plans: published once, read back valid by the other node.
         cands = [Candidate(ida, "x:1", 0, "h", True, False), Candidate(idb, "x:2", 0, "h", True, False)]
         plan = make_plan("run", 7, 2, ida, cands, 2.0, 0.9, now=14.0)
         assert plan is not None and await a.publish_plan(plan, ttl_s=10)
-        plans = await wait_until(lambda: b.read_plans(7, 2), 10)
+        plans = await eventually(lambda: b.read_plans(7, 2), 10, "the published plan")
         assert plans == [plan]
         # A departed peer disappears once its short-TTL record expires.
         await b.heartbeat(record(idb), ttl_s=0.3)
@@ -65,7 +55,7 @@ async def test_heartbeats_views_expiry_and_plans() -> None:
             view = await a.live_records()
             return view is not None and idb not in view
 
-        await wait_until(b_gone, 10)
+        await eventually(b_gone, 10, "the departed peer gone from the view")
         assert a.p2pd_alive()
         assert ("store", "ok") in ops and ("get", "ok") in ops
     finally:
