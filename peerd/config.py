@@ -46,6 +46,10 @@ class TrainConfig(_Section):
     max_steps: int = Field(0, ge=0)  # 0: train until stopped
     threads: int = Field(1, ge=1)  # torch intra-op threads of the worker
     eval_every_steps: int = Field(0, ge=0)  # 0: evaluate only at start and end
+    # At most this many inner steps per wall-clock round (0: no limit). Bounds DiLoCo's H (inner
+    # steps between syncs of a fragment, about num_fragments x this) whatever the device speed:
+    # without it a fast box drifts hundreds of steps between syncs and the average gets worse.
+    max_steps_per_round: int = Field(0, ge=0)
     log_every_s: float = Field(10.0, gt=0)
 
 

@@ -94,6 +94,7 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         self.view: dict[str, PeerRecord] = {}
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
+        self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
         self.ready = False
         self.started_at = time.monotonic()
@@ -193,7 +194,8 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
             self.gossip.transport = self.transport
         self.endpoint = f"{cfg.transport.announce_host or detect_host(cfg.transport.host)}:{port}"
         self.worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self._on_step,
-                             cfg.train.eval_every_steps, self._on_eval)
+                             cfg.train.eval_every_steps, self._on_eval,
+                             pace=(cfg.train.max_steps_per_round, cfg.round.round_s))
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
         await self._initial_sync()

@@ -46,8 +46,14 @@ class ResyncMixin:
         assert self.state is not None
         return serve_state(self.state, self.cfg.run_id, request)
 
-    async def _sync_if_needed(self, install_into_model: bool) -> bool:
+    async def _sync_if_needed(self, install_into_model: bool, not_before: float | None = None) -> bool:
         """Resync from a donor when the swarm is ahead or this peer's hash is off the majority.
+
+        ``not_before`` (Unix time; a laggard inside the round loop): fetch only then, from one
+        donor that sends whatever differs at its *current* revision. A laggard that fetched at
+        the settle point got the revision the others held before this round and was behind
+        again once they committed; fetching after the round's deadline gets what they
+        committed, and the next heartbeat makes it a member again.
 
         Returns True when this peer is in sync afterwards (or nobody is ahead of it).
         """
@@ -63,7 +69,9 @@ class ResyncMixin:
         if elig and elig[0].revision == me.revision:
             self.metrics.hash_mismatches.inc()
         donors = [c for c in elig if c.peer_id != self.peer_id]
-        synced = await self._fetch_from_donors(donors)
+        if not_before is not None:
+            await asyncio.sleep(max(0.0, not_before - time.time()))
+        synced = await self._fetch_from_donors(donors, donor_decides=not_before is not None)
         if synced is not None:
             state.install(synced.revision, synced.theta, synced.momentum)
             assert self.diloco is not None
@@ -89,11 +97,13 @@ class ResyncMixin:
             return True
         return False
 
-    async def _fetch_from_donors(self, donors: list[sch.Candidate]) -> SyncedState | None:
+    async def _fetch_from_donors(self, donors: list[sch.Candidate], donor_decides: bool = False
+                                 ) -> SyncedState | None:
         """Fetch the differing fragments, spread across donors; retry a failed part elsewhere.
 
         Every part is verified per fragment (hash) and the parts must agree on revision and
-        hashes before anything is installed.
+        hashes before anything is installed. ``donor_decides``: one donor at a time sends every
+        fragment that differs from ours at its current revision (the records may be a round old).
         """
         state, transport = self.state, self.transport
         assert state is not None and transport is not None
@@ -110,6 +120,8 @@ class ResyncMixin:
             assignment: dict[str, list[int]] = {}
             for i, f in enumerate(wanted):
                 assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
+            if donor_decides:
+                assignment = {live[0].peer_id: []}  # an empty list asks for every differing fragment
             by_id = {d.peer_id: d for d in live}
 
             async def part(pid: str, frags: list[int], by_id: dict = by_id) -> SyncedState:
@@ -117,7 +129,7 @@ class ResyncMixin:
                     by_id[pid].endpoint, request_for(state, self.cfg.run_id, self.peer_id, frags),
                     max_bytes=8 * sum(state.layout.numels) + 1024)
                 return await asyncio.to_thread(verify_state, state, header, payload, time.monotonic() - t0,
-                                               set(frags))
+                                               set(frags) or None)
 
             results = await asyncio.gather(*(part(pid, frags) for pid, frags in assignment.items()),
                                            return_exceptions=True)

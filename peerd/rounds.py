@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 
 log = get_logger("peerd.rounds")
 
+# Readers look for the round's plan until this fraction of the exchange window (round start to
+# deadline) has passed; later than that a member could not contribute before collection closes.
+PLAN_READ_FRACTION = 0.4
+# A laggard fetches state this fraction of a round after the round's deadline (commits are done).
+CATCH_UP_AFTER = 0.02
+# At the end of a finite run, rounds the in-sync peers hold so a peer behind them can resync.
+LAGGARD_WAIT_ROUNDS = 3
+
 
 class RoundsMixin:
     """Runs one round per ``round.round_s`` of wall time."""
@@ -51,6 +59,8 @@ class RoundsMixin:
 
     def _count(self, outcome: str, reason: str) -> None:
         self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
+        if outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
+            log.info("round_skipped", reason=reason, peers=len(self.view) + 1)
         self.last_round = {"outcome": outcome, "reason": reason, "at": time.time()}
 
     async def _round(self, r: int) -> None:
@@ -64,19 +74,27 @@ class RoundsMixin:
         await asyncio.wait([beat], timeout=max(0.0, settle_at - time.time()))
         await asyncio.sleep(max(0.0, settle_at - time.time()))
         await self._refresh_view()
-        await self._sync_if_needed(install_into_model=False)
         me = self._my_record().candidate()
         candidates = [rec.candidate() for pid, rec in self.view.items() if not self._suspected(pid, rec)] + [me]
         elig = sch.eligible(candidates, cfg.mixing.mode)
         if me not in elig:
+            # Behind, or off the majority hash: no plan of this round names us. Fetch what the
+            # others commit in it once its deadline has passed, and be a member next round.
             self._count("skipped", "not_in_sync")
+            fetch_at = sch.round_start(r, cfg.round.round_s) + (cfg.round.deadline_fraction + CATCH_UP_AFTER) \
+                * cfg.round.round_s
+            await self._sync_if_needed(install_into_model=False, not_before=fetch_at)
+            await self._heartbeat_once()
             return
         if len(elig) < cfg.round.min_members:
             self._count("skipped", "too_few_peers")
             if self.exit_when_done and me.done and not self.view:
                 self.request_stop("done")
             return
-        plan = await self._obtain_plan(r, elig)
+        if self._await_laggards(candidates, elig):
+            self._count("skipped", "awaiting_sync")
+            return
+        plan = await self._obtain_plan(r, candidates)
         if plan is None:
             self._count("skipped", "no_plan")
             return
@@ -115,6 +133,22 @@ class RoundsMixin:
                      missing=[m[-8:] for m in outcome.missing])
             self._suspect(outcome.missing)
 
+    def _await_laggards(self, candidates: list[sch.Candidate], elig: list[sch.Candidate]) -> bool:
+        """Whether to hold this round so that finished peers behind the swarm can catch up.
+
+        When every live peer has finished training, the last rounds decide the run's final
+        state. A peer behind the top revision resyncs at a round's settle point, but if the
+        others commit in that round it is behind again (it chases them forever) and ends the
+        run on a state of its own. So while everyone is done and someone ready is not in sync,
+        the in-sync peers hold for at most ``LAGGARD_WAIT_ROUNDS`` rounds; the laggard's next
+        record then matches and the final rounds include it.
+        """
+        ready = [c for c in candidates if c.ready]
+        waiting = (self.cfg.mixing.mode != "gossip" and len(elig) < len(ready)
+                   and all(c.done for c in ready))
+        self.laggard_waits = self.laggard_waits + 1 if waiting else 0
+        return waiting and self.laggard_waits <= LAGGARD_WAIT_ROUNDS
+
     def _suspect(self, peer_ids: tuple[str, ...]) -> None:
         """Leave members that failed a round out of the next plans.
 
@@ -140,31 +174,49 @@ class RoundsMixin:
             return False
         return True
 
-    async def _obtain_plan(self, r: int, elig: list[sch.Candidate]) -> sch.RoundPlan | None:
+    async def _obtain_plan(self, r: int, candidates: list[sch.Candidate]) -> sch.RoundPlan | None:
+        """This round's plan: read from the DHT, or published by this peer when its slot comes.
+
+        A DHT read or store can take a few hundred ms on a busy box (the remote loop threads
+        share the GIL with training), so readers keep looking until ``PLAN_READ_FRACTION`` of
+        the exchange window has passed rather than only during the publication slots, and a
+        publisher uses its own plan at once unless it already saw a better-ranked one: reading
+        it back cost the whole window on a loaded 2-core machine (CI) and the round was lost.
+        """
         cfg = self.cfg
         assert self.membership is not None
+        elig = sch.eligible(candidates, cfg.mixing.mode)
         order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
         rank = order.index(self.peer_id)
-        start = sch.round_start(r, cfg.round.round_s) + cfg.round.settle_s
-        give_up = start + cfg.round.plan_slot_s * (cfg.round.plan_candidates + 1)
-        published = False
+        r0 = sch.round_start(r, cfg.round.round_s)
+        start = r0 + cfg.round.settle_s
+        give_up = max(start + cfg.round.plan_slot_s * (cfg.round.plan_candidates + 1),
+                      r0 + PLAN_READ_FRACTION * cfg.round.deadline_fraction * cfg.round.round_s)
+        reads, tried, mine = 0, False, None
         while time.time() < give_up:
+            reads += 1
             plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
-            chosen = sch.choose_plan(plans)
-            if chosen is not None:
+            chosen = sch.choose_plan(plans + ([mine] if mine is not None else []))
+            if chosen is not None and (chosen is not mine or reads > 1):
                 return chosen
-            if (not published and rank < cfg.round.plan_candidates
+            if (not tried and rank < cfg.round.plan_candidates
                     and time.time() >= sch.publish_time(r, rank, cfg.round.round_s, cfg.round.plan_slot_s,
                                                        cfg.round.settle_s)):
-                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, elig,
+                tried = True  # once: a store that timed out may still land, and a second plan would split
+                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, candidates,
                                      cfg.round.round_s, cfg.round.deadline_fraction, time.time(),
                                      cfg.mixing.mode, cfg.mixing.topology)
                 if plan is None or len(plan.members) < cfg.round.min_members:
                     return None
                 if rank == 0:
                     FAULTS.hit("leader_before_publish")
-                published = await self.membership.publish_plan(plan, ttl_s=4 * cfg.round.round_s)
-                if published:
-                    continue  # read back: another candidate may have published first
+                if await self.membership.publish_plan(plan, ttl_s=4 * cfg.round.round_s):
+                    if rank == 0:
+                        return plan  # nobody outranks the leader: no need to read it back
+                    mine = plan  # read back once: a better-ranked plan may have landed meanwhile
+                    continue
             await asyncio.sleep(0.05)
+        if mine is not None:
+            return mine
+        log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(time.time() - give_up, 3))
         return None

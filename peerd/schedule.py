@@ -180,6 +180,8 @@ def make_plan(
     Only an eligible candidate publishes; members are all eligible candidates. Owners collect
     contributions for a bit more than half of the time left, and reduced shards use the rest.
     """
+    candidates = list(candidates)
+    ready = [c for c in candidates if c.ready]
     elig = eligible(candidates, mode)
     by_id = {c.peer_id: c for c in elig}
     if publisher not in by_id:
@@ -200,7 +202,9 @@ def make_plan(
         publisher_rank=order.index(publisher),
         collect_deadline=max(start, now) + 0.55 * max(0.0, deadline - max(start, now)),
         deadline=deadline,
-        final=all(by_id[p].done for p in order),
+        # Final only when every ready peer is a member and done: a laggard that is resyncing
+        # must take part in the last rounds, or it would end the run on a state of its own.
+        final=all(c.done for c in ready) and len(ready) == len(elig),
         mode=mode,
         topology=topology if mode == "gossip" else "",
     )

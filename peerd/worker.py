@@ -36,8 +36,12 @@ class Worker:
         on_step: Callable[[float, float, int], None],
         eval_every_steps: int = 0,
         on_eval: Callable[[float], None] | None = None,
+        pace: tuple[int, float] = (0, 1.0),
     ) -> None:
-        """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals."""
+        """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals.
+
+        ``pace = (steps, round_s)``: at most ``steps`` inner steps per wall-clock round (0: no limit).
+        """
         self.task = task
         self.layout = layout
         self.bridge = bridge
@@ -46,6 +50,7 @@ class Worker:
         self.on_step = on_step
         self.eval_every_steps = eval_every_steps
         self.on_eval = on_eval
+        self.pace_steps, self.pace_round_s = pace
         self.params = dict(task.model.named_parameters())
         self.optimizer = task.make_optimizer(task.model.parameters())
         self.samples_since = [0] * layout.num_fragments
@@ -85,10 +90,18 @@ class Worker:
     def _train(self) -> None:
         stats = self.bridge.stats
         t_rate, samples_at_rate = time.monotonic(), 0
+        pace_round, pace_steps = -1, 0
         while not self._stop.is_set():
-            self._serve_commands(block=stats.done)
-            if stats.done:
+            paused = False
+            if self.pace_steps:
+                r = int(time.time() // self.pace_round_s)  # the same wall-clock rounds as the schedule
+                if r != pace_round:
+                    pace_round, pace_steps = r, 0
+                paused = pace_steps >= self.pace_steps
+            self._serve_commands(block=stats.done or paused)  # blocking waits 50 ms at most
+            if stats.done or paused:
                 continue
+            pace_steps += 1
             t0 = time.perf_counter()
             batch = self.task.batches.next_batch()
             loss = self.task.loss(self.task.model, batch)

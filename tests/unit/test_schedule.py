@@ -103,6 +103,19 @@ def test_final_flag_only_when_every_member_is_done() -> None:
     assert not sch.make_plan(RUN, 1, P, "peer0", view, ROUND_S, 0.9, now=2.0).final  # type: ignore[union-attr]
 
 
+def test_no_final_plan_while_a_done_peer_is_behind() -> None:
+    # The laggard is not a member (it must resync first), and the plan is not final: the run's
+    # last rounds wait for it, so it cannot end the run on a state of its own.
+    view = cands(3, revision=5, done=True)
+    view[2] = sch.Candidate("peer2", "x:2", 4, "h", True, True)
+    plan = sch.make_plan(RUN, 1, P, "peer0", view, ROUND_S, 0.9, now=2.0)
+    assert plan is not None and "peer2" not in plan.members and not plan.final
+    # A peer that is not ready (still joining) neither blocks nor joins the final rounds.
+    view[2] = sch.Candidate("peer2", "x:2", 4, "h", False, True)
+    plan = sch.make_plan(RUN, 1, P, "peer0", view, ROUND_S, 0.9, now=2.0)
+    assert plan is not None and plan.final
+
+
 def test_plan_record_round_trip_and_validation() -> None:
     plan = sch.make_plan(RUN, 4, P, "peer0", cands(3), ROUND_S, 0.9, now=8.0)
     assert plan is not None
