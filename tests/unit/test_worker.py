@@ -97,3 +97,30 @@ async def test_timed_out_command_is_skipped_not_fatal() -> None:
         assert snap.theta.numel() > 0 and worker.error is None
     finally:
         assert worker.stop(10)
+
+
+def test_pacing_caps_steps_per_wall_clock_round_and_keeps_training() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    task = Task(model=model, make_optimizer=lambda ps: torch.optim.SGD(ps, lr=0.01), batches=Batches(),
+                loss=lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]), evaluate=lambda m: 1.0)
+    layout = FragmentLayout.build([(n, tuple(p.shape)) for n, p in model.named_parameters()], 2)
+    bridge = Bridge()
+    round_s, cap = 0.25, 5
+    rounds: dict[int, int] = {}
+
+    def on_step(dt: float, _loss: float, _n: int) -> None:
+        r = int((time.time() - dt) // round_s)  # the round the step started in
+        rounds[r] = rounds.get(r, 0) + 1
+
+    worker = Worker(task, layout, bridge, 0, 1, on_step, pace=(cap, round_s))
+    worker.start()
+    try:
+        wait_steps(bridge, 4 * cap)  # needs at least four rounds: training goes on across rounds
+        # Unpaced, this model takes hundreds of steps per round. +1: a step that starts right at
+        # a boundary is counted by the worker in one round and here in the next.
+        assert max(rounds.values()) <= cap + 1, rounds
+        assert len(rounds) >= 4
+        assert bridge.submit("snapshot", fragment=0).result(10).step >= 4 * cap  # commands still served
+    finally:
+        assert worker.stop(10)
