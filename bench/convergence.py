@@ -28,6 +28,10 @@ PEERD_METHODS = {
     # loss-vs-bytes frontier (the schedule settings are the ones the test suite uses for 2 s rounds).
     "peerd_diloco_int8_round2s": ["mixing.codec=int8", "round.round_s=2", "round.settle_s=0.15",
                                   "round.plan_slot_s=0.15", "round.plan_candidates=2"],
+    # Not a required key: the same 2 s rounds with the worker paced to 16 inner steps per round,
+    # so a fragment is averaged every ~32 steps however fast the machine runs (DiLoCo's H).
+    "peerd_diloco_int8_paced": ["mixing.codec=int8", "round.round_s=2", "round.settle_s=0.15",
+                                "round.plan_slot_s=0.15", "round.plan_candidates=2", "train.max_steps_per_round=16"],
 }
 COMMON = ["train.threads=1", "train.log_every_s=1"]  # 1 s history points: train_s
 

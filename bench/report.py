@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 METHODS = ("ddp", "hivemind", "peerd_diloco_fp32", "peerd_diloco_int8", "peerd_diloco_int4", "peerd_gossip",
-           "peerd_diloco_int8_round2s")
+           "peerd_diloco_int8_round2s", "peerd_diloco_int8_paced")
 
 
 def _num(x: Any, spec: str = ".4g") -> str:
@@ -55,6 +55,19 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             + ("" if verdict is not None else " (lower loss but more wall time: equal-time not established)"))
     else:
         add("lower eval loss than hivemind at equal wall time", None, None, "a run failed")
+    paced = conv.get("peerd_diloco_int8_paced", {})
+    if ddp.get("final_eval_loss") and paced.get("final_eval_loss"):  # informative rows, same targets
+        rel = (paced["final_eval_loss"] - ddp["final_eval_loss"]) / ddp["final_eval_loss"]
+        add("(paced int8 variant) eval loss within 2% of DDP", rel, rel <= 0.02,
+            f"{rel:+.1%} vs DDP" + ("" if rel <= 0.02 else f" ({rel - 0.02:.1%} over)"))
+        if ddp.get("wire_tx_bytes_per_peer") and paced.get("wire_tx_bytes_per_peer"):
+            f = ddp["wire_tx_bytes_per_peer"] / paced["wire_tx_bytes_per_peer"]
+            add("(paced int8 variant) >= 100x fewer bytes than DDP (on the wire)", f, f >= 100,
+                f"{f:.0f}x fewer" + ("" if f >= 100 else f" ({100 / f:.2f}x short)"))
+        if hm.get("final_eval_loss"):
+            d = paced["final_eval_loss"] - hm["final_eval_loss"]
+            add("(paced int8 variant) lower eval loss than hivemind", d, d < 0,
+                f"loss {d:+.4f} vs hivemind, wall {paced['wall_s']:.0f}s vs {hm['wall_s']:.0f}s")
     util = r.get("utilization", {}).get("loopback")
     add("utilization on loopback >= 0.97", util, None if util is None else util >= 0.97,
         "n/a" if util is None else f"{util:.3f} ({'+' if util >= 0.97 else ''}{util - 0.97:.3f} vs 0.97)")
