@@ -137,11 +137,12 @@ class RoundsMixin:
         """Whether to hold this round so that finished peers behind the swarm can catch up.
 
         When every live peer has finished training, the last rounds decide the run's final
-        state. A peer behind the top revision resyncs at a round's settle point, but if the
-        others commit in that round it is behind again (it chases them forever) and ends the
-        run on a state of its own. So while everyone is done and someone ready is not in sync,
-        the in-sync peers hold for at most ``LAGGARD_WAIT_ROUNDS`` rounds; the laggard's next
-        record then matches and the final rounds include it.
+        state. A laggard catches up just after a round's deadline; if its fetch or its next
+        heartbeat is late (a busy box), the others' next commit leaves it behind again, and
+        once they have left it would end the run on a state of its own. So while everyone is
+        done and someone ready is not in sync, the in-sync peers hold for at most
+        ``LAGGARD_WAIT_ROUNDS`` rounds; the laggard's record then matches and the final rounds
+        include it.
         """
         ready = [c for c in candidates if c.ready]
         waiting = (self.cfg.mixing.mode != "gossip" and len(elig) < len(ready)
@@ -197,7 +198,7 @@ class RoundsMixin:
             reads += 1
             plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
             chosen = sch.choose_plan(plans + ([mine] if mine is not None else []))
-            if chosen is not None and (chosen is not mine or reads > 1):
+            if chosen is not None:  # with ``mine``: this was the read-back, take the best we know
                 return chosen
             if (not tried and rank < cfg.round.plan_candidates
                     and time.time() >= sch.publish_time(r, rank, cfg.round.round_s, cfg.round.plan_slot_s,
