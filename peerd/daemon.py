@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from peerd import auth
-from peerd import schedule as sch
 from peerd.admin import AdminServer
 from peerd.aio import abandon
 from peerd.bridge import Bridge
@@ -96,8 +95,6 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
-        self.offered_plans: dict[int, dict[str, sch.RoundPlan]] = {}  # round -> publisher -> plan offered to us
-        self.background: set[asyncio.Task[None]] = set()  # fire-and-forget calls (plan offers), referenced
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
         self.ready = False
         self.started_at = time.monotonic()
@@ -187,7 +184,7 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         self.transport = Transport(cfg.transport, self.gossip or self.diloco, self, self._on_bytes, self._on_rejected,
                                    lambda kind, sec: self.metrics.transfer_duration_one.labels(kind=kind).observe(sec),
                                    security=cfg.security, key=rpc_key, peer_id=self.peer_id,
-                                   on_refused=self._on_refused, plan_sink=self)
+                                   on_refused=self._on_refused)
         try:
             port = await self.transport.start()
         except OSError as exc:

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgpack
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
@@ -29,7 +28,6 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.aio import bounded
 from peerd.config import DhtConfig
-from peerd.proto.v1 import peer_pb2
 from peerd.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
 from peerd.schedule import Candidate, RoundPlan, plan_from_record
 
@@ -281,50 +279,20 @@ class Membership:
             out[rec.peer_id] = rec
         return out
 
-    def seal_plan(self, plan: RoundPlan, ttl_s: float) -> tuple[dict[str, Any], float]:
-        """The signed DHT value of a plan this peer publishes, and its expiration (DHT time)."""
-        assert self.signer is not None and plan.publisher == self.signer.peer_id
-        expiration = get_dht_time() + ttl_s
-        return self.signer.seal(self._plan_key(plan.round), plan.to_record(), expiration), expiration
-
-    async def publish_plan(self, plan: RoundPlan, ttl_s: float = 0.0,
-                           sealed: tuple[dict[str, Any], float] | None = None) -> bool:
-        """Store a plan under the round's key, publisher as subkey (sealed here unless ``sealed``)."""
+    async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
+        """Store a plan under the round's key with the publisher as subkey."""
         assert self.node is not None
-        value, expiration = sealed if sealed is not None else self.seal_plan(plan, ttl_s)
-        ok = await self._bounded("store", self.node.store(self._plan_key(plan.round), value, expiration,
-                                                          subkey=plan.publisher))
+        assert self.signer is not None and plan.publisher == self.signer.peer_id
+        key = f"peerd/v1/{self.run_id}/plan.{plan.round}"
+        expiration = get_dht_time() + ttl_s
+        value = self.signer.seal(key, plan.to_record(), expiration)
+        ok = await self._bounded("store", self.node.store(key, value, expiration, subkey=plan.publisher))
         return ok is True
-
-    def plan_offer(self, plan: RoundPlan, sealed: tuple[dict[str, Any], float]) -> peer_pb2.PlanOffer:
-        """The same sealed plan as a gRPC offer to the members (msgpack: plain data, no code)."""
-        return peer_pb2.PlanOffer(round=plan.round, publisher=plan.publisher,
-                                  sealed=msgpack.packb(sealed[0], use_bin_type=True))
-
-    def open_offer(self, offer: peer_pb2.PlanOffer, num_fragments: int) -> RoundPlan:
-        """Verify an offered plan exactly like one read from the DHT.
-
-        Raises:
-            ValueError: not plain msgpack, bad signature or MAC, malformed plan, or a plan whose
-                publisher or round differs from the offer's.
-        """
-        try:
-            value = msgpack.unpackb(offer.sealed, raw=False, strict_map_key=True)  # size: capped by the transport
-        except Exception as exc:  # noqa: BLE001 - msgpack raises several types on garbage
-            raise ValueError(f"plan offer is not msgpack: {type(exc).__name__}") from None
-        body = open_sealed(self._plan_key(offer.round), offer.publisher, value, None, self.mac_key)
-        plan = plan_from_record(body, self.run_id, num_fragments)
-        if plan.publisher != offer.publisher or plan.round != offer.round:
-            raise ValueError("offered plan is for another publisher or round")
-        return plan
-
-    def _plan_key(self, r: int) -> str:
-        return f"peerd/v1/{self.run_id}/plan.{r}"
 
     async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
         """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
         assert self.node is not None
-        key = self._plan_key(r)
+        key = f"peerd/v1/{self.run_id}/plan.{r}"
         found = await self._bounded("get", self.node.get(key, latest=True))
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return []

@@ -36,8 +36,6 @@ MAX_MESSAGE_BYTES = 4 << 20
 MAX_CHUNK_BYTES = 3 << 20
 PUSH_METHOD = "/peerd.v1.Peer/PushShard"
 FETCH_METHOD = "/peerd.v1.Peer/FetchState"
-PLAN_METHOD = "/peerd.v1.Peer/OfferPlan"
-MAX_PLAN_OFFER_BYTES = 64 << 10
 
 
 class Rejected(Exception):
@@ -58,13 +56,6 @@ class ShardSink(Protocol):
 
     async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
         """Take a complete, checksum-verified payload or raise Rejected (state untouched)."""
-
-
-class PlanSink(Protocol):
-    """Takes round plans offered by their publishers (implemented by the daemon)."""
-
-    async def offer_plan(self, offer: peer_pb2.PlanOffer) -> bool:
-        """Verify and keep an offered plan; False (counted by the sink) when it does not verify."""
 
 
 class StateSource(Protocol):
@@ -208,21 +199,6 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
 
-    async def OfferPlan(  # noqa: N802 - gRPC method name
-        self, request: peer_pb2.PlanOffer, context: grpc.aio.ServicerContext
-    ) -> peer_pb2.PlanOfferReply:
-        t = self.t
-        if t.plan_sink is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this peer takes no plan offers")
-        if len(request.sealed) > MAX_PLAN_OFFER_BYTES:
-            t.on_rejected("invalid_argument")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "plan offer oversized")
-        who = auth.caller(context.invocation_metadata())
-        if t.key is not None and who != request.publisher:
-            t.on_rejected("permission_denied")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "offer publisher differs from the credential")
-        return peer_pb2.PlanOfferReply(accepted=await t.plan_sink.offer_plan(request))
-
     async def FetchState(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.FetchStateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[peer_pb2.StateChunk]:
@@ -254,7 +230,6 @@ class Transport:
         key: bytes | None = None,
         peer_id: str = "",
         on_refused: Callable[[str], None] = lambda reason: None,
-        plan_sink: PlanSink | None = None,
     ) -> None:
         """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``.
 
@@ -270,7 +245,6 @@ class Transport:
         self._channel_creds = auth.channel_credentials(self.security)
         self.sink = sink
         self.state_source = state_source
-        self.plan_sink = plan_sink
         self.on_bytes = on_bytes
         self.on_rejected = on_rejected
         self.on_transfer = on_transfer
@@ -352,16 +326,6 @@ class Transport:
                                              metadata=self._credential(PUSH_METHOD))
         self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
-
-    async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
-        """Hand a plan to one member; True when it verified there.
-
-        Raises:
-            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
-        """
-        reply = await self._stub(endpoint).OfferPlan(offer, timeout=max(timeout_s, 0.001),
-                                                     metadata=self._credential(PLAN_METHOD))
-        return bool(reply.accepted)
 
     async def fetch_state(
         self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
