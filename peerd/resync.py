@@ -113,15 +113,16 @@ class ResyncMixin:
             live = [d for d in donors if d.peer_id in records]
             if not live:
                 return None
-            ref = records[live[0].peer_id].fragment_hashes
-            local = state.fragment_hashes
-            wanted = [f for f in range(state.layout.num_fragments) if f >= len(ref) or ref[f] != local[f]] or \
-                list(range(state.layout.num_fragments))  # revision differs only: let the donor decide
             assignment: dict[str, list[int]] = {}
-            for i, f in enumerate(wanted):
-                assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
             if donor_decides:
-                assignment = {live[0].peer_id: []}  # an empty list asks for every differing fragment
+                assignment[live[0].peer_id] = []  # an empty list asks for every differing fragment
+            else:
+                ref = records[live[0].peer_id].fragment_hashes
+                local = state.fragment_hashes
+                wanted = [f for f in range(state.layout.num_fragments) if f >= len(ref) or ref[f] != local[f]] or \
+                    list(range(state.layout.num_fragments))  # revision differs only: let the donor decide
+                for i, f in enumerate(wanted):
+                    assignment.setdefault(live[i % len(live)].peer_id, []).append(f)
             by_id = {d.peer_id: d for d in live}
 
             async def part(pid: str, frags: list[int], by_id: dict = by_id) -> SyncedState:
