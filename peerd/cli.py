@@ -70,7 +70,7 @@ def join(
     setup_logging(cfg.log.level, cfg.log.format)
     import uvloop
 
-    from peerd.daemon import Daemon
+    from peerd.node.daemon import Daemon
 
     daemon_ref: list[Daemon] = []
 

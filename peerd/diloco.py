@@ -24,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import torch
@@ -34,13 +33,21 @@ import torch
 from peerd import codec
 from peerd.bridge import Bridge, BridgeFull, Snapshot
 from peerd.config import PeerdConfig
-from peerd.faults import FAULTS
+from peerd.core.clock import RoundClock
+from peerd.errors import Counters
+from peerd.faults import FaultInjector
 from peerd.fragments import shard_bounds
 from peerd.limits import NormGate, rms
+from peerd.metrics import Metrics
+from peerd.mixing.base import ModelWriter, RoundOutcome
+from peerd.mixing.resync import StateSync
+from peerd.node.ports import NetworkPort
+from peerd.node.view import SwarmView
 from peerd.proto.v1 import peer_pb2
-from peerd.schedule import RoundPlan, round_start
+from peerd.schedule import RoundPlan
 from peerd.state import OuterState
-from peerd.transport import Rejected, Transport
+from peerd.sync import serve_state
+from peerd.transport import Rejected
 
 MAX_WEIGHT = 1e15
 CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
@@ -68,27 +75,25 @@ class _Round:
     all_reduced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass(frozen=True)
-class RoundOutcome:
-    """How a round ended for this peer."""
-
-    committed: bool
-    reason: str  # "ok" or why it aborted (a small fixed set: used as a metric label)
-    contributors: int = 0
-    missing: tuple[str, ...] = ()  # owners whose reduced shard never arrived (for logs only)
-
-
 class Diloco:
-    """Runs rounds for one daemon and receives its shard pushes (a transport ShardSink)."""
+    """The Streaming DiLoCo mixer of one peer: rounds, shard pushes, state serving and resync."""
 
-    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge) -> None:
-        """The transport is attached later (it needs this object as its sink)."""
+    mode = "diloco"
+    shared_state = True
+
+    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,
+                 view: SwarmView, rounds: RoundClock, metrics: Metrics, counters: Counters,
+                 faults: FaultInjector) -> None:
+        """Dependencies are the peer's own services; nothing is attached later."""
         self.cfg = cfg
         self.mix = cfg.mixing
         self.peer_id = peer_id
         self.state = state
         self.bridge = bridge
-        self.transport: Transport | None = None
+        self.network = network
+        self.rc = rounds
+        self.metrics = metrics
+        self.faults = faults
         self.residuals = [torch.zeros(n) for n in state.layout.numels]
         self._rounds: dict[int, _Round] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
@@ -96,7 +101,47 @@ class Diloco:
         # pairs a new outer state with a worker that has not merged it yet.
         self.commit_lock = asyncio.Lock()
         self.norm_gate = NormGate(cfg.security.norm_factor, cfg.security.norm_history)
-        self.on_rejected: Callable[[str], None] = lambda reason: None  # metrics hook, set by the daemon
+        self.sync = StateSync(cfg, peer_id, state, network, view, bridge, rounds.clock, metrics, counters,
+                              self._clear_residuals)
+
+    def on_rejected(self, reason: str) -> None:
+        """Count a refused stream or dropped contribution."""
+        self.metrics.rejected.labels(reason=reason).inc()
+
+    def _clear_residuals(self, fragments: list[int]) -> None:
+        for f in fragments:
+            self.residuals[f].zero_()
+
+    # ---- join, leave, donors, checkpoints ----
+
+    async def join(self, write_model: ModelWriter) -> None:
+        """Adopt the swarm's outer state before training (see :class:`StateSync`)."""
+        await self.sync.initial(write_model)
+
+    async def catch_up(self, not_before: float) -> bool:
+        """A laggard fetches what the others commit in the current round, after its deadline."""
+        return await self.sync.if_needed(not_before=not_before)
+
+    async def leave(self, swarm_finishing: bool) -> None:
+        """Nothing to hand over: every committed member holds the same outer state."""
+
+    async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Serve the fragments a joiner or laggard lacks (serialised in a thread)."""
+        return await asyncio.to_thread(serve_state, self.state, self.cfg.run_id, request)
+
+    def export(self) -> dict[str, Any]:
+        """Error-feedback residuals (the outer state is saved by the checkpointer itself)."""
+        return {"residuals": [r.clone() for r in self.residuals]}
+
+    def restore(self, content: dict[str, Any]) -> None:
+        """Load residuals saved by :meth:`export` (absent: zeros)."""
+        saved = content.get("residuals")
+        if saved is not None and [r.numel() for r in saved] == [r.numel() for r in self.residuals]:
+            self.residuals = [r.clone() for r in saved]
+
+    def status(self) -> dict[str, Any]:
+        """No mode-specific status fields."""
+        return {}
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -174,12 +219,12 @@ class Diloco:
             return rs
         # A fast member may push before this peer has read the plan from the DHT: wait for it,
         # but never past the round's deadline, and only for rounds near the current one.
-        rs_deadline = round_start(r, self.cfg.round.round_s) + self.cfg.round.round_s * self.cfg.round.deadline_fraction
-        if not time.time() - self.cfg.round.round_s <= round_start(r, self.cfg.round.round_s) <= time.time() + 1.0:
+        rs_deadline = self.rc.deadline(r)
+        if not self.rc.accepts_pushes_for(r, self.rc.now()):
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
         event = self._plan_ready.setdefault(r, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - time.time()))
+            await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - self.rc.now()))
         except TimeoutError:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
         finally:
@@ -200,11 +245,9 @@ class Diloco:
 
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:
-        assert self.transport is not None
-
         async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
             try:
-                await self.transport.push_shard(plan.endpoints[idx], header, payload, deadline - time.time())
+                await self.network.push_shard(plan.endpoints[idx], header, payload, deadline - self.rc.now())
                 return True
             except (grpc.aio.AioRpcError, OSError):
                 return False
@@ -235,7 +278,7 @@ class Diloco:
             if self.state.revision != plan.revision:
                 return RoundOutcome(False, "revision_moved")
             try:
-                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()), fragment=p)
+                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()), fragment=p)
             except (TimeoutError, BridgeFull):
                 return RoundOutcome(False, "worker_busy")
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
@@ -245,11 +288,11 @@ class Diloco:
                                                              bounds[me][1] - bounds[me][0], self.mix.block_size))
             if len(rs.contributions) == n:
                 rs.all_contributed.set()
-            FAULTS.hit("before_send")
+            self.faults.hit("before_send")
             sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], float(snap.samples)), payloads[i])
                      for i in range(n) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
-            await _wait_until(rs.all_contributed, plan.collect_deadline)
+            await self._wait_until(rs.all_contributed, plan.collect_deadline)
             rs.collecting = False
             reduced = await asyncio.to_thread(self._reduce, rs)
             rs.reduced[me] = reduced
@@ -259,8 +302,8 @@ class Diloco:
                                     reduced.contributors), reduced.payload) for i in range(n) if i != me]
             await self._push_all(plan, out, plan.deadline)
             await send_task
-            FAULTS.hit("after_send")
-            await _wait_until(rs.all_reduced, plan.deadline)
+            self.faults.hit("after_send")
+            await self._wait_until(rs.all_reduced, plan.deadline)
             rs.open = False
             if len(rs.reduced) < n:
                 missing = tuple(m for i, m in enumerate(plan.members) if i not in rs.reduced)
@@ -341,9 +384,6 @@ class Diloco:
         if self.mix.error_feedback:
             self.residuals[plan.fragment] = pending_residual
 
-
-async def _wait_until(event: asyncio.Event, deadline: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
-    except TimeoutError:
-        pass
+    async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - self.rc.now()))

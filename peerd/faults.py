@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import signal
 
-from peerd.config import test_faults_spec
-
 POINTS = ("before_send", "mid_stream", "after_send", "leader_before_publish", "donor_mid_transfer")
 
 
@@ -44,4 +42,4 @@ class FaultInjector:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-FAULTS = FaultInjector(test_faults_spec())
+NO_FAULTS = FaultInjector("")  # the real daemon builds one from PEERD_TEST_FAULTS (test_faults_spec)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 
 from peerd import codec
-from peerd.config import test_hostile_spec
 from peerd.proto.v1 import peer_pb2
 
 MODES = ("nan", "huge", "shape", "truncate", "oversize")
@@ -61,4 +60,4 @@ class Hostile:
         return [payload[i : i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
 
 
-HOSTILE = Hostile(test_hostile_spec())
+NOT_HOSTILE = Hostile("")  # the real daemon builds one from PEERD_TEST_HOSTILE (test_hostile_spec)

@@ -25,8 +25,8 @@ import grpc
 
 from peerd import auth
 from peerd.config import SecurityConfig, TransportConfig
-from peerd.faults import FAULTS
-from peerd.hostile import HOSTILE
+from peerd.faults import NO_FAULTS, FaultInjector
+from peerd.hostile import NOT_HOSTILE, Hostile
 from peerd.limits import LimitExceeded, PeerLimits
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
@@ -59,10 +59,14 @@ class ShardSink(Protocol):
 
 
 class StateSource(Protocol):
-    """Serves outer state to joiners and resyncing peers (implemented by the daemon)."""
+    """Serves outer state to joiners and resyncing peers (implemented by the mixer)."""
 
-    def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+    async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Snapshot the fragments the requester lacks; raise Rejected to refuse."""
+
+
+class Handler(ShardSink, StateSource, Protocol):
+    """What a server hands its calls to: one mixer takes pushes and serves state."""
 
 
 def _hasher() -> hashlib._Hash:
@@ -163,13 +167,14 @@ async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: fl
 
 
 class _Servicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, handler: Handler) -> None:
         self.t = transport
+        self.handler = handler
 
     async def PushShard(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[peer_pb2.ShardChunk], context: grpc.aio.ServicerContext
     ) -> peer_pb2.PushShardResponse:
-        t = self.t
+        t, handler = self.t, self.handler
         try:
             first = await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
             if first.WhichOneof("part") != "header":
@@ -178,12 +183,12 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
             who = auth.caller(context.invocation_metadata())
             if t.key is not None and who != header.sender:
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
-            deadline = await t.sink.admit(header)
+            deadline = await handler.admit(header)
             # Without a secret the caller is unauthenticated: cap by its address instead.
             holder = (who or "") if t.key is not None else _host_of(context.peer())
             with t.limits.hold(holder, header.payload_bytes):
                 payload = await _read_payload(t, header, deadline, request_iterator)
-            await t.sink.deliver(header, payload)
+            await handler.deliver(header, payload)
         except LimitExceeded as exc:
             t.on_rejected("resource_exhausted")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -203,14 +208,14 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
         self, request: peer_pb2.FetchStateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[peer_pb2.StateChunk]:
         try:
-            header, payload = await asyncio.to_thread(self.t.state_source.state_for, request)
+            header, payload = await self.handler.state_for(request)
         except Rejected as rej:
             self.t.on_rejected(rej.code.name.lower())
             await context.abort(rej.code, rej.detail)
         yield peer_pb2.StateChunk(header=header)
         for i, chunk in enumerate(_chunks(payload, self.t.cfg.chunk_bytes)):
             if i == 1:
-                FAULTS.hit("donor_mid_transfer")
+                self.t.faults.hit("donor_mid_transfer")
             self.t.on_bytes("tx", len(chunk))
             yield peer_pb2.StateChunk(data=chunk)
 
@@ -221,8 +226,6 @@ class Transport:
     def __init__(
         self,
         cfg: TransportConfig,
-        sink: ShardSink,
-        state_source: StateSource,
         on_bytes: Callable[[str, int], None],
         on_rejected: Callable[[str], None],
         on_transfer: Callable[[str, float], None] = lambda kind, seconds: None,
@@ -230,6 +233,8 @@ class Transport:
         key: bytes | None = None,
         peer_id: str = "",
         on_refused: Callable[[str], None] = lambda reason: None,
+        faults: FaultInjector = NO_FAULTS,
+        hostile: Hostile = NOT_HOSTILE,
     ) -> None:
         """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``.
 
@@ -243,8 +248,8 @@ class Transport:
         self.on_refused = on_refused
         self.limits = PeerLimits(self.security.max_streams_per_peer, self.security.max_inflight_bytes_per_peer)
         self._channel_creds = auth.channel_credentials(self.security)
-        self.sink = sink
-        self.state_source = state_source
+        self.faults = faults
+        self.hostile = hostile
         self.on_bytes = on_bytes
         self.on_rejected = on_rejected
         self.on_transfer = on_transfer
@@ -252,8 +257,8 @@ class Transport:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.port = 0
 
-    async def start(self) -> int:
-        """Bind and start the server; returns the bound port.
+    def bind(self) -> int:
+        """Create the server and bind its port (the endpoint is known before the handler exists).
 
         Raises:
             OSError: the address cannot be bound (port in use, bad host).
@@ -264,7 +269,6 @@ class Transport:
             interceptors.append(auth.AdmissionInterceptor(verifier, self.on_refused))
         self._server = grpc.aio.server(options=server_options(self.cfg), interceptors=interceptors,
                                        maximum_concurrent_rpcs=self.security.max_concurrent_rpcs)
-        peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), self._server)
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
         server_creds = auth.server_credentials(self.security)
         try:
@@ -276,6 +280,14 @@ class Transport:
             raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port} (in use?)")
+        return self.port
+
+    async def start(self, handler: Handler) -> int:
+        """Serve, handing every call to ``handler``; binds first if :meth:`bind` was not called."""
+        if self._server is None:
+            self.bind()
+        assert self._server is not None
+        peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self, handler), self._server)
         await self._server.start()
         return self.port
 
@@ -311,14 +323,14 @@ class Transport:
         header.payload_bytes = len(payload)
         header.checksum = checksum(payload)
         chunks = _chunks(payload, self.cfg.chunk_bytes)
-        if HOSTILE.mode and header.kind == peer_pb2.PAYLOAD_KIND_CONTRIBUTION:  # tests only: see peerd/hostile.py
-            chunks = HOSTILE.corrupt(header, payload, self.cfg.chunk_bytes)
+        if self.hostile.mode and header.kind == peer_pb2.PAYLOAD_KIND_CONTRIBUTION:  # tests only: see peerd/hostile.py
+            chunks = self.hostile.corrupt(header, payload, self.cfg.chunk_bytes)
 
         async def messages() -> AsyncIterator[peer_pb2.ShardChunk]:
             yield peer_pb2.ShardChunk(header=header)
             for i, chunk in enumerate(chunks):
                 if i == len(chunks) // 2 and i > 0:
-                    FAULTS.hit("mid_stream")
+                    self.faults.hit("mid_stream")
                 yield peer_pb2.ShardChunk(data=chunk)
 
         t0 = time.monotonic()

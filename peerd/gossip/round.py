@@ -29,21 +29,28 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import torch
 
 from peerd.bridge import Bridge, BridgeFull
 from peerd.config import PeerdConfig
-from peerd.diloco import MAX_WEIGHT, RoundOutcome
+from peerd.core.clock import RoundClock
+from peerd.diloco import MAX_WEIGHT
+from peerd.errors import Counters
 from peerd.gossip import a2cid2, mixing, topology
+from peerd.gossip.churn import GossipChurn
 from peerd.log import get_logger
+from peerd.metrics import Metrics
+from peerd.mixing.base import ModelWriter, RoundOutcome
+from peerd.node.ports import NetworkPort
+from peerd.node.view import SwarmView
 from peerd.proto.v1 import peer_pb2
-from peerd.schedule import RoundPlan, round_start
+from peerd.schedule import RoundPlan
 from peerd.state import OuterState
-from peerd.transport import Rejected, Transport
+from peerd.transport import Rejected
 
 log = get_logger("peerd.gossip")
 GOSSIP = peer_pb2.PAYLOAD_KIND_GOSSIP
@@ -78,9 +85,14 @@ class _Pending:
 class GossipMixer:
     """Per-peer gossip state (mass ``z``, weight ``w`` per fragment) and its round protocol."""
 
-    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge) -> None:
+    mode = "gossip"
+    shared_state = False
+
+    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,
+                 view: SwarmView, rounds: RoundClock, metrics: Metrics, counters: Counters) -> None:
         """Starts from the outer state's current (initial) parameters; they also become the anchors."""
         self.cfg, self.mix, self.peer_id, self.outer, self.bridge = cfg, cfg.mixing, peer_id, state, bridge
+        self.network, self.rc, self.metrics = network, rounds, metrics
         snap = state.snapshot()
         nf = state.layout.num_fragments
         self.anchors = [snap.theta[f].clone() for f in range(nf)]
@@ -90,17 +102,48 @@ class GossipMixer:
         self.m = [snap.momentum[f].clone() for f in range(nf)]
         self.zt = [z.clone() for z in self.z] if self.mix.a2cid2 else None
         self.last_round: list[int | None] = [None] * nf
-        self.transport: Transport | None = None
-        try:  # donors split mass on the loop from a transport thread (run_coroutine_threadsafe)
-            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self.loop = None
         self.lock = asyncio.Lock()  # one exchange, donation or hand-off at a time
+        self.commit_lock = self.lock
         self.leaving = False
         self._last_error = ""  # why the last push failed (for the unconfirmed-round log line)
         self._rounds: dict[int, _Pair] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
         self._acc: dict[tuple[str, int], a2cid2.A2cid2Constants] = {}
+        self.churn = GossipChurn(cfg, peer_id, state, network, view, rounds.clock, counters, self)
+
+    def on_rejected(self, reason: str) -> None:
+        """Count a refused stream."""
+        self.metrics.rejected.labels(reason=reason).inc()
+
+    # ---- join, leave, donors, checkpoints (see peerd/gossip/churn.py) ----
+
+    async def join(self, write_model: ModelWriter) -> None:
+        """Clone a donor and take half of its mass; start alone when nobody is ready."""
+        await self.churn.join(write_model)
+
+    async def catch_up(self, not_before: float) -> bool:
+        """Nothing to catch up: gossip peers hold parameters of their own by design."""
+        return True
+
+    async def leave(self, swarm_finishing: bool) -> None:
+        """Hand this peer's mass to a ready partner (not when the whole swarm is finishing)."""
+        if not swarm_finishing:
+            await self.churn.leave()
+
+    async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Serve ``theta``; a cloning joiner (``take_mass``) gets half of this peer's mass."""
+        return await self.churn.serve(request)
+
+    def export(self) -> dict[str, Any]:
+        """Gossip mass is not checkpointed: a restarted peer rejoins by cloning."""
+        return {}
+
+    def restore(self, content: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`export`)."""
+
+    def status(self) -> dict[str, Any]:
+        """Push-sum weights per fragment."""
+        return {"mass_weights": self.mass_weights()}
 
     def reset(self, weights: list[float]) -> None:
         """Re-derive the mass from the outer state (after a join, restore or resync)."""
@@ -133,7 +176,7 @@ class GossipMixer:
                 raise Rejected(grpc.StatusCode.UNAVAILABLE, "this peer is leaving too")
             if header.codec != "fp32" or header.payload_bytes != 4 * header.numel:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "hand-off must be fp32")
-            return time.time() + self.cfg.transport.rpc_timeout_s
+            return self.rc.now() + self.cfg.transport.rpc_timeout_s
         if header.kind != GOSSIP:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "gossip mode takes gossip payloads only")
         if header.codec != self.mix.codec or header.block_size != self.mix.block_size:
@@ -158,7 +201,7 @@ class GossipMixer:
             await self.absorb(header.fragment, theta, header.weight)
             return
         rs = self._rounds.get(header.round)
-        if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or time.time() > rs.plan.collect_deadline:
+        if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or self.rc.now() > rs.plan.collect_deadline:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
         try:
             u = await asyncio.to_thread(mixing.decode, payload, header.codec, header.numel, header.block_size)
@@ -174,13 +217,11 @@ class GossipMixer:
         if rs is not None:
             return rs
         # The partner may push before this peer has read the plan: wait, bounded by the round.
-        rnd = self.cfg.round
-        start = round_start(r, rnd.round_s)
-        if not time.time() - rnd.round_s <= start <= time.time() + 1.0:
+        if not self.rc.accepts_pushes_for(r, self.rc.now()):
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
         event = self._plan_ready.setdefault(r, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), max(0.0, start + rnd.round_s * rnd.deadline_fraction - time.time()))
+            await asyncio.wait_for(event.wait(), max(0.0, self.rc.deadline(r) - self.rc.now()))
         except TimeoutError:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
         return self._rounds[r]
@@ -239,14 +280,14 @@ class GossipMixer:
             if partner is None:
                 return RoundOutcome(False, "unpaired")
             try:
-                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - time.time()),
+                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()),
                                               fragment=plan.fragment)
             except (TimeoutError, BridgeFull):
                 return RoundOutcome(False, "worker_busy")
             async with self.lock:
                 pend = await asyncio.to_thread(self._prepare, plan, snap.theta)
                 acked = await self._push(plan, partner, pend)
-                await _wait_until(rs.received, plan.deadline)
+                await self._wait_until(rs.received, plan.deadline)
                 rs.open = False
                 if not acked or rs.other_u is None:
                     log.info("gossip_unconfirmed", round=plan.round, partner=partner[-8:], acked=acked,
@@ -273,11 +314,10 @@ class GossipMixer:
             weight=weight, anchor=self.anchor_ids[fragment])
 
     async def _push(self, plan: RoundPlan, partner: str, pend: _Pending) -> bool:
-        assert self.transport is not None
         header = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec)
         endpoint = plan.endpoints[plan.index_of(partner)]
         try:
-            await self.transport.push_shard(endpoint, header, pend.payload, plan.deadline - time.time())
+            await self.network.push_shard(endpoint, header, pend.payload, plan.deadline - self.rc.now())
             return True
         except grpc.aio.AioRpcError as exc:
             self._last_error = f"{exc.code().name}: {exc.details()}"[:120]
@@ -327,7 +367,6 @@ class GossipMixer:
 
     async def hand_off(self, endpoints: list[str]) -> bool:
         """Graceful leave: push every fragment's mass (fp32 theta, weight) to the first peer that takes it."""
-        assert self.transport is not None
         self.leaving = True
         async with self.lock:
             snap = self.outer.snapshot()
@@ -337,7 +376,7 @@ class GossipMixer:
                         if self.w[f] == 0.0:
                             continue
                         header = self._header(None, HANDOFF, f, self.w[f], "fp32")  # type: ignore[arg-type]
-                        await self.transport.push_shard(endpoint, header, snap.theta[f].numpy().tobytes(),
+                        await self.network.push_shard(endpoint, header, snap.theta[f].numpy().tobytes(),
                                                         self.cfg.transport.rpc_timeout_s)
                         self.w[f] = 0.0  # this fragment's mass now lives at the partner
                         self.z[f] = torch.zeros_like(self.z[f])
@@ -346,7 +385,6 @@ class GossipMixer:
                     continue
             return False
 
-
-async def _wait_until(event: asyncio.Event, deadline: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
+    async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - self.rc.now()))

@@ -1,0 +1,1 @@
+"""Pure foundations shared by every layer: configuration, errors, clocks and round arithmetic."""

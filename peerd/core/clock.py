@@ -1,0 +1,119 @@
+"""Clocks and the round clock: every piece of round-time arithmetic, with an injectable ``now``.
+
+The protocol never calls ``time.time()`` itself: it asks a :class:`Clock`. Real daemons use
+:data:`SYSTEM`; the simulation tier (tests/sim) passes a virtual clock that follows its event
+loop, so the same round driver and mixers run for N peers in one process on virtual time.
+
+:class:`RoundClock` is a small frozen value: round ``r`` covers ``[r*round_s, (r+1)*round_s)``
+of wall time and every phase of it (settle point, plan slots, how long a reader looks for a plan,
+the exchange deadline, the laggard's catch-up point) is a method here, so a change of timing
+policy is a change of this one type.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from peerd.config import RoundConfig
+
+
+class Clock(Protocol):
+    """Wall and monotonic time as one peer sees them."""
+
+    def time(self) -> float:
+        """Unix time in seconds (may be skewed between peers)."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (durations, expiries)."""
+
+
+class SystemClock:
+    """The process's real clocks."""
+
+    def time(self) -> float:
+        """``time.time()``."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """``time.monotonic()``."""
+        return time.monotonic()
+
+
+SYSTEM = SystemClock()
+
+# Readers look for a round's plan until this fraction of the exchange window (round start to
+# deadline) has passed; later than that a member could not contribute before collection closes.
+PLAN_READ_FRACTION = 0.4
+# A laggard fetches state this fraction of a round after the round's deadline (commits are done).
+CATCH_UP_AFTER = 0.02
+
+
+@dataclass(frozen=True)
+class RoundClock:
+    """Round boundaries and phase times of the wall-clock round schedule."""
+
+    round_s: float
+    settle_s: float
+    plan_slot_s: float
+    plan_candidates: int
+    deadline_fraction: float
+    clock: Clock = SYSTEM
+
+    @classmethod
+    def from_config(cls, cfg: RoundConfig, clock: Clock = SYSTEM) -> RoundClock:
+        """The round clock a config describes."""
+        return cls(cfg.round_s, cfg.settle_s, cfg.plan_slot_s, cfg.plan_candidates, cfg.deadline_fraction, clock)
+
+    def now(self) -> float:
+        """Current Unix time of this peer."""
+        return self.clock.time()
+
+    def index(self, t: float | None = None) -> int:
+        """Round containing Unix time ``t`` (default: now)."""
+        return math.floor((self.now() if t is None else t) / self.round_s)
+
+    def start(self, r: int) -> float:
+        """Unix time at which round ``r`` starts."""
+        return r * self.round_s
+
+    def settle_at(self, r: int) -> float:
+        """When the view for round ``r``'s plan is read: heartbeats of the round's start have landed."""
+        return self.start(r) + self.settle_s
+
+    def deadline(self, r: int) -> float:
+        """End of round ``r``'s exchange: members stop waiting for reduced shards."""
+        return self.start(r) + self.deadline_fraction * self.round_s
+
+    def collect_deadline(self, r: int, now: float) -> float:
+        """Owners stop waiting for contributions: a bit more than half of the time left at ``now``."""
+        begin = max(self.start(r), now)
+        return begin + 0.55 * max(0.0, self.deadline(r) - begin)
+
+    def publish_at(self, r: int, rank: int) -> float:
+        """Earliest time candidate ``rank`` may publish a plan for round ``r``."""
+        return self.settle_at(r) + rank * self.plan_slot_s
+
+    def plan_give_up(self, r: int) -> float:
+        """Readers stop looking for round ``r``'s plan at this time (a member could not contribute after)."""
+        return max(self.settle_at(r) + self.plan_slot_s * (self.plan_candidates + 1),
+                   self.start(r) + PLAN_READ_FRACTION * self.deadline_fraction * self.round_s)
+
+    def catch_up_at(self, r: int) -> float:
+        """When a laggard fetches what round ``r``'s members committed (just after its deadline)."""
+        return self.deadline(r) + CATCH_UP_AFTER * self.round_s
+
+    def accepts_pushes_for(self, r: int, now: float) -> bool:
+        """Whether a push for round ``r`` may wait here for its plan (only rounds near the current one)."""
+        return now - self.round_s <= self.start(r) <= now + 1.0
+
+    def first_round(self, now: float) -> int:
+        """The round a peer that starts its loop at ``now`` takes part in first.
+
+        Before the current round's settle point this peer's ready record may be in the views
+        others read, so they may name it in the plan: taking part beats making the round abort.
+        """
+        r = self.index(now)
+        return r if now < self.start(r) + self.settle_s * 0.5 else r + 1

@@ -1,0 +1,199 @@
+"""Round driver: one round per ``round.round_s`` of wall time, plan election, dispatch to the mixer.
+
+For each round: publish this peer's record, read the view at the settle point, decide whether
+this peer is in sync, obtain the round's plan (read it, or publish one when this peer's slot
+comes), run it through the mixer, count the outcome. Time comes from the injected
+:class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this very code on virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from peerd import schedule as sch
+from peerd.config import PeerdConfig
+from peerd.core.clock import RoundClock
+from peerd.errors import Counters, FatalError
+from peerd.faults import FaultInjector
+from peerd.log import get_logger
+from peerd.metrics import Metrics
+from peerd.mixing.base import Mixer, RoundOutcome
+from peerd.node.ports import MembershipPort
+from peerd.node.view import SwarmView
+
+log = get_logger("peerd.rounds")
+
+# At the end of a finite run, rounds the in-sync peers hold so a peer behind them can resync.
+LAGGARD_WAIT_ROUNDS = 3
+
+
+class RoundDriver:
+    """Runs the round loop of one peer."""
+
+    def __init__(self, cfg: PeerdConfig, rounds: RoundClock, view: SwarmView, mixer: Mixer,
+                 membership: MembershipPort, metrics: Metrics, counters: Counters, faults: FaultInjector,
+                 exit_when_done: bool, request_stop: Callable[[str], None]) -> None:
+        """``request_stop("done")`` ends the peer once a finite run's final rounds are committed."""
+        self.cfg, self.rc, self.view, self.mixer, self.membership = cfg, rounds, view, mixer, membership
+        self.metrics, self.counters, self.faults = metrics, counters, faults
+        self.exit_when_done, self.request_stop = exit_when_done, request_stop
+        self.peer_id = view.peer_id
+        self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
+        self.last_round: dict[str, Any] = {}
+
+    async def loop(self) -> None:
+        """Run rounds until cancelled; a broken round is counted, never fatal."""
+        r = self.rc.first_round(self.rc.now())
+        while True:
+            await asyncio.sleep(max(0.0, self.rc.start(r) - self.rc.now()))
+            try:
+                await self.round(r)
+            except (FatalError, asyncio.CancelledError):
+                raise
+            except Exception:  # noqa: BLE001 - one broken round must not take the peer down
+                log.exception("round_failed", round=r)
+                self.counters.rounds_aborted += 1
+                self._count("aborted", "internal_error")
+            r = max(r + 1, self.rc.index())
+
+    def failure(self) -> None:
+        """Note the first failure since the last commit (recovery time starts)."""
+        if self.counters.failure_at is None and self.counters.rounds_committed > 0:
+            self.counters.failure_at = self.rc.clock.monotonic()
+
+    def _count(self, outcome: str, reason: str) -> None:
+        self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
+        if outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
+            log.info("round_skipped", reason=reason, peers=len(self.view.records) + 1)
+        self.last_round = {"outcome": outcome, "reason": reason, "at": self.rc.now()}
+
+    async def round(self, r: int) -> None:
+        """Take part in round ``r`` (or skip it, counted with the reason)."""
+        rc, view = self.rc, self.view
+        # Publish this peer's post-commit revision first, then read everyone's after a short
+        # settle time, so the plan is built from this round's records rather than last round's.
+        beat = asyncio.ensure_future(view.heartbeat())
+        # Bounded: a slow DHT store must not eat the round (the heartbeat loop retries anyway).
+        await asyncio.wait([beat], timeout=max(0.0, rc.settle_at(r) - rc.now()))
+        await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
+        await view.refresh()
+        me = view.my_record().candidate()
+        candidates = view.unsuspected(view.candidates())
+        elig = sch.eligible(candidates, self.mixer.mode)
+        if me not in elig:
+            # Behind, or off the majority hash: no plan of this round names us. Fetch what the
+            # others commit in it once its deadline has passed, and be a member next round.
+            self._count("skipped", "not_in_sync")
+            await self.mixer.catch_up(not_before=rc.catch_up_at(r))
+            await view.heartbeat()
+            return
+        if len(elig) < self.cfg.round.min_members:
+            self._count("skipped", "too_few_peers")
+            if self.exit_when_done and me.done and not view.records:
+                self.request_stop("done")
+            return
+        if self._await_laggards(candidates, elig):
+            self._count("skipped", "awaiting_sync")
+            return
+        plan = await self._obtain_plan(r, candidates)
+        if plan is None:
+            self._count("skipped", "no_plan")
+            return
+        if plan.index_of(self.peer_id) < 0:
+            self._count("skipped", "not_in_plan")
+            return
+        state = self.view.state
+        if self.mixer.shared_state and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
+            self._count("skipped", "not_in_sync")
+            return
+        t0 = rc.clock.monotonic()
+        outcome = await self.mixer.run(plan)
+        self.metrics.transfer_duration.observe(rc.clock.monotonic() - t0)
+        self.metrics.revision.set(state.revision)
+        self._account(r, plan, outcome)
+
+    def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
+        nf = self.view.state.layout.num_fragments
+        if plan.final and not self.mixer.shared_state and not outcome.committed:
+            # gossip: a last round without a confirmed partner still ends this fragment's run
+            self.counters.final_fragments.add(plan.fragment)
+            if self.exit_when_done and len(self.counters.final_fragments) == nf:
+                self.request_stop("done")
+        if outcome.committed:
+            if self.counters.failure_at is not None:
+                took = self.rc.clock.monotonic() - self.counters.failure_at
+                self.counters.recoveries_s.append(round(took, 3))
+                self.metrics.recovery.observe(took)
+                self.counters.failure_at = None
+            self.counters.rounds_committed += 1
+            self._count("committed", "ok")
+            if plan.final:
+                self.counters.final_fragments.add(plan.fragment)
+                if self.exit_when_done and len(self.counters.final_fragments) == nf:
+                    self.request_stop("done")
+        else:
+            self.failure()
+            self.counters.rounds_aborted += 1
+            self._count("aborted", outcome.reason)
+            log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
+                     missing=[m[-8:] for m in outcome.missing])
+            self.view.suspect(outcome.missing)
+
+    def _await_laggards(self, candidates: list[sch.Candidate], elig: list[sch.Candidate]) -> bool:
+        """Whether to hold this round so that finished peers behind the swarm can catch up.
+
+        When every live peer has finished training, the last rounds decide the run's final
+        state. A laggard catches up just after a round's deadline; if its fetch or its next
+        heartbeat is late (a busy box), the others' next commit leaves it behind again, and
+        once they have left it would end the run on a state of its own. So while everyone is
+        done and someone ready is not in sync, the in-sync peers hold for at most
+        ``LAGGARD_WAIT_ROUNDS`` rounds; the laggard's record then matches and the final rounds
+        include it.
+        """
+        ready = [c for c in candidates if c.ready]
+        waiting = self.mixer.shared_state and len(elig) < len(ready) and all(c.done for c in ready)
+        self.laggard_waits = self.laggard_waits + 1 if waiting else 0
+        return waiting and self.laggard_waits <= LAGGARD_WAIT_ROUNDS
+
+    async def _obtain_plan(self, r: int, candidates: list[sch.Candidate]) -> sch.RoundPlan | None:
+        """This round's plan: read from the DHT, or published by this peer when its slot comes.
+
+        A DHT read or store can take a few hundred ms on a busy box (the remote loop threads
+        share the GIL with training), so readers keep looking until the round clock's
+        ``plan_give_up`` rather than only during the publication slots, and a publisher uses its
+        own plan at once unless it already saw a better-ranked one: reading it back cost the
+        whole window on a loaded 2-core machine (CI) and the round was lost.
+        """
+        cfg, rc = self.cfg, self.rc
+        elig = sch.eligible(candidates, self.mixer.mode)
+        order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
+        rank = order.index(self.peer_id)
+        give_up = rc.plan_give_up(r)
+        reads, tried, mine = 0, False, None
+        while rc.now() < give_up:
+            reads += 1
+            plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
+            chosen = sch.choose_plan(plans + ([mine] if mine is not None else []))
+            if chosen is not None:  # with ``mine``: this was the read-back, take the best we know
+                return chosen
+            if not tried and rank < rc.plan_candidates and rc.now() >= rc.publish_at(r, rank):
+                tried = True  # once: a store that timed out may still land, and a second plan would split
+                now = rc.now()
+                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, candidates,
+                                     rc.round_s, rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology)
+                if plan is None or len(plan.members) < cfg.round.min_members:
+                    return None
+                if rank == 0:
+                    self.faults.hit("leader_before_publish")
+                if await self.membership.publish_plan(plan, ttl_s=4 * rc.round_s):
+                    if rank == 0:
+                        return plan  # nobody outranks the leader: no need to read it back
+                    mine = plan  # read back once: a better-ranked plan may have landed meanwhile
+                    continue
+            await asyncio.sleep(0.05)
+        if mine is not None:
+            return mine
+        log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(rc.now() - give_up, 3))
+        return None

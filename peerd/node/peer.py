@@ -1,0 +1,92 @@
+"""The protocol side of one peer: swarm view, one mixer and the round driver, over injected ports.
+
+Everything with I/O arrives through the constructor: membership (a DHT or an in-memory stand-in),
+the network (gRPC or an in-memory network), the clock, and the bridge to a worker. The real
+daemon (:mod:`peerd.node.daemon`) and the simulation tier (tests/sim) both build this object, so
+the round protocol they run is the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from peerd.bridge import Bridge
+from peerd.config import PeerdConfig
+from peerd.core.clock import Clock, RoundClock
+from peerd.diloco import Diloco
+from peerd.errors import Counters
+from peerd.faults import FaultInjector
+from peerd.gossip.round import GossipMixer
+from peerd.metrics import Metrics
+from peerd.mixing.base import Mixer, ModelWriter
+from peerd.node.driver import RoundDriver
+from peerd.node.ports import MembershipPort, NetworkPort
+from peerd.node.view import SwarmView
+from peerd.state import OuterState
+
+
+def build_mixer(cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,
+                view: SwarmView, rounds: RoundClock, metrics: Metrics, counters: Counters,
+                faults: FaultInjector) -> Mixer:
+    """The one mixer of ``mixing.mode`` (the only place the mode is branched on)."""
+    if cfg.mixing.mode == "gossip":
+        return GossipMixer(cfg, peer_id, state, bridge, network, view, rounds, metrics, counters)
+    return Diloco(cfg, peer_id, state, bridge, network, view, rounds, metrics, counters, faults)
+
+
+class PeerNode:
+    """View, mixer and round driver of one peer."""
+
+    def __init__(self, cfg: PeerdConfig, peer_id: str, endpoint: str, incarnation: int,
+                 membership: MembershipPort, network: NetworkPort, state: OuterState, bridge: Bridge,
+                 clock: Clock, metrics: Metrics, counters: Counters, faults: FaultInjector,
+                 bootstrap: list[str], exit_when_done: bool, request_stop: Callable[[str], None]) -> None:
+        """Build the services; nothing runs until :meth:`join` and :meth:`loops`."""
+        self.cfg, self.peer_id, self.state, self.bridge = cfg, peer_id, state, bridge
+        self.membership, self.network, self.metrics, self.counters = membership, network, metrics, counters
+        self.rounds = RoundClock.from_config(cfg.round, clock)
+        self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, lambda: bridge.stats,
+                              clock, cfg.dht.heartbeat_s, cfg.dht.ttl_s + cfg.round.round_s, bootstrap,
+                              on_lost_ready=self._lost_ready, on_refresh=self._refreshed)
+        self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
+                                 faults)
+        self.driver = RoundDriver(cfg, self.rounds, self.view, self.mixer, membership, metrics, counters, faults,
+                                  exit_when_done, request_stop)
+        self._invalid_seen = 0
+
+    def _lost_ready(self) -> None:
+        self.driver.failure()
+
+    def _refreshed(self, live: int, invalid: int) -> None:
+        self.metrics.peers_live.set(live)
+        self.metrics.invalid_records.inc(max(0, invalid - self._invalid_seen))
+        self._invalid_seen = invalid
+
+    async def start_serving(self) -> int:
+        """Hand incoming calls to the mixer; returns the bound port."""
+        return await self.network.start(self.mixer)
+
+    async def join(self, write_model: ModelWriter) -> None:
+        """Adopt the swarm's state (before the worker trains)."""
+        await self.mixer.join(write_model)
+
+    async def become_ready(self) -> None:
+        """Start taking part in rounds."""
+        self.view.ready = True
+        await self.view.heartbeat()
+
+    def loops(self, check: Callable[[], None]) -> dict[str, Coroutine[Any, Any, None]]:
+        """The peer's never-ending tasks by name; ``check()`` raises to stop the peer."""
+        return {"heartbeat": self.view.heartbeat_loop(check), "rounds": self.driver.loop(),
+                "reping": self.view.reping_loop()}
+
+    async def leave(self, swarm_finishing: bool) -> None:
+        """Announce departure (a record that is not ready and expires almost at once), then hand over."""
+        await self.view.heartbeat(ready=False, ttl_s=0.5)
+        await self.mixer.leave(swarm_finishing or not self.view.records)
+
+    def status(self) -> dict[str, Any]:
+        """Protocol fields of ``peerd status``."""
+        return {"swarm_size": len(self.view.records) + 1, "last_round": dict(self.driver.last_round),
+                "revision": self.state.revision, "state_hash": self.state.state_hash(), **self.mixer.status()}
