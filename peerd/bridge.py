@@ -38,7 +38,7 @@ class Snapshot:
 class Command:
     """One request to the worker."""
 
-    kind: str  # snapshot | merge | discard | install | evaluate | finalize
+    kind: str  # snapshot | merge | rebase | discard | install | evaluate | finalize | checkpoint
     args: dict[str, Any]
     future: Future[Any] = field(default_factory=Future)
 

@@ -277,19 +277,24 @@ class Diloco:
         try:
             if self.state.revision != plan.revision:
                 return RoundOutcome(False, "revision_moved")
+            old_theta = self.state.theta(p)
             try:
                 snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()), fragment=p)
             except (TimeoutError, BridgeFull):
-                return RoundOutcome(False, "worker_busy")
+                # A busy worker (a long step, a loaded box) must not abort the round for everyone:
+                # this member still owns its shard, so it takes part with a weightless zero
+                # contribution and, on commit, rebases its worker onto the new outer state.
+                snap = None
+            weight = float(snap.samples) if snap is not None else 0.0
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             own = payloads[me]
             rs.contributions[self.peer_id] = _Shard(
-                float(snap.samples), await asyncio.to_thread(codec.decode, own, self.mix.codec,
-                                                             bounds[me][1] - bounds[me][0], self.mix.block_size))
+                weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
+                                                bounds[me][1] - bounds[me][0], self.mix.block_size))
             if len(rs.contributions) == n:
                 rs.all_contributed.set()
             self.faults.hit("before_send")
-            sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], float(snap.samples)), payloads[i])
+            sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], weight), payloads[i])
                      for i in range(n) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
             await self._wait_until(rs.all_contributed, plan.collect_deadline)
@@ -312,8 +317,11 @@ class Diloco:
                 await asyncio.to_thread(self._commit, rs, pending)
                 # Committed: from here on the worker must get the merge even if it is slow, so it
                 # is queued without waiting for it (the worker applies commands in order).
-                self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
-                snap = None
+                if snap is not None:
+                    self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    snap = None
+                else:
+                    self.bridge.submit("rebase", fragment=p, old=old_theta, new=self.state.theta(p))
             return RoundOutcome(True, "ok", len(reduced.contributors))
         finally:
             rs.open = rs.collecting = False
@@ -325,8 +333,11 @@ class Diloco:
                 self._plan_ready.pop(old, None)
 
     def _encode_contribution(
-        self, p: int, snap: Snapshot, bounds: list[tuple[int, int]]
-    ) -> tuple[list[bytes], torch.Tensor]:
+        self, p: int, snap: Snapshot | None, bounds: list[tuple[int, int]]
+    ) -> tuple[list[bytes], torch.Tensor | None]:
+        if snap is None:  # weightless: zeros, and the residual stays as it is
+            return [codec.encode(torch.zeros(end - start), self.mix.codec, self.mix.block_size)
+                    for start, end in bounds], None
         delta = self.state.theta(p) - snap.theta
         residual = self.residuals[p] if self.mix.error_feedback else None
         payloads, pending = [], torch.zeros_like(delta)
@@ -373,7 +384,7 @@ class Diloco:
             kept.append(name)
         return tuple(kept)
 
-    def _commit(self, rs: _Round, pending_residual: torch.Tensor) -> None:
+    def _commit(self, rs: _Round, pending_residual: torch.Tensor | None) -> None:
         plan = rs.plan
         mean = torch.cat([rs.reduced[i].values for i in range(len(plan.members))])
         if sum(rs.reduced[i].weight for i in range(len(plan.members))) > 0:
@@ -381,7 +392,7 @@ class Diloco:
                                         self.mix.nesterov, plan.revision)
         else:
             self.state.bump_revision(plan.revision)
-        if self.mix.error_feedback:
+        if self.mix.error_feedback and pending_residual is not None:
             self.residuals[plan.fragment] = pending_residual
 
     async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:

@@ -11,6 +11,7 @@ costs liveness (an aborted round), never correctness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -99,9 +100,9 @@ class RoundPlan:
     mode: str = "diloco"  # mixing mode every member runs this round
     topology: str = ""  # gossip: pairing rule over the hash-ordered members (peerd/gossip/topology.py)
 
-    @property
+    @functools.cached_property
     def plan_id(self) -> str:
-        """Content hash that identifies this plan in every message of the round."""
+        """Content hash that identifies this plan in every message of the round (computed once)."""
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.blake2b(blob, digest_size=12).hexdigest()
 

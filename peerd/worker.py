@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from peerd.bridge import Bridge, Command, Snapshot, WorkerStats
+from peerd.core.clock import SYSTEM, Clock
 from peerd.fragments import FragmentLayout
 from peerd.tasks.base import Task
 
@@ -37,6 +38,7 @@ class Worker:
         eval_every_steps: int = 0,
         on_eval: Callable[[float], None] | None = None,
         pace: tuple[int, float] = (0, 1.0),
+        clock: Clock = SYSTEM,
     ) -> None:
         """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals.
 
@@ -51,6 +53,9 @@ class Worker:
         self.eval_every_steps = eval_every_steps
         self.on_eval = on_eval
         self.pace_steps, self.pace_round_s = pace
+        self.clock = clock
+        self._pace_round, self._pace_steps = -1, 0
+        self._t_rate, self._samples_at_rate = clock.monotonic(), 0
         self.params = dict(task.model.named_parameters())
         self.optimizer = task.make_optimizer(task.model.parameters())
         self.samples_since = [0] * layout.num_fragments
@@ -88,47 +93,54 @@ class Worker:
             self._fail_pending(exc)
 
     def _train(self) -> None:
-        stats = self.bridge.stats
-        t_rate, samples_at_rate = time.monotonic(), 0
-        pace_round, pace_steps = -1, 0
         while not self._stop.is_set():
-            paused = False
-            if self.pace_steps:
-                r = int(time.time() // self.pace_round_s)  # the same wall-clock rounds as the schedule
-                if r != pace_round:
-                    pace_round, pace_steps = r, 0
-                paused = pace_steps >= self.pace_steps
-            self._serve_commands(block=stats.done or paused)  # blocking waits 50 ms at most
-            if stats.done or paused:
-                continue
-            pace_steps += 1
-            t0 = time.perf_counter()
-            batch = self.task.batches.next_batch()
-            loss = self.task.loss(self.task.model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            value = float(loss.detach())
-            dt = time.perf_counter() - t0
-            n = self.task.batches.samples_per_batch()
-            self.samples_since = [s + n for s in self.samples_since]
-            now = time.monotonic()
-            rate = stats.samples_per_s
-            if now - t_rate >= 2.0:
-                rate = (stats.samples + n - samples_at_rate) / (now - t_rate)
-                t_rate, samples_at_rate = now, stats.samples + n
-            step = stats.step + 1
-            stats = WorkerStats(
-                step=step, samples=stats.samples + n, loss=value if math.isfinite(value) else stats.loss,
-                samples_per_s=rate, busy_s=stats.busy_s + dt,
-                done=self.max_steps > 0 and step >= self.max_steps,
-            )
-            self.bridge.stats = stats
-            self.on_step(dt, value, n)
-            if self.eval_every_steps and step % self.eval_every_steps == 0 and self.on_eval is not None:
-                self.on_eval(self.task.evaluate(self.task.model))
+            idle = self.idle()
+            self.serve_commands(block=idle)  # blocking waits 50 ms at most
+            if not idle:
+                self.train_step()
 
-    def _serve_commands(self, block: bool) -> None:
+    def idle(self) -> bool:
+        """Whether the worker has nothing to train now (done, or paced out of this round)."""
+        if self.bridge.stats.done:
+            return True
+        if not self.pace_steps:
+            return False
+        r = int(self.clock.time() // self.pace_round_s)  # the same wall-clock rounds as the schedule
+        if r != self._pace_round:
+            self._pace_round, self._pace_steps = r, 0
+        return self._pace_steps >= self.pace_steps
+
+    def train_step(self) -> None:
+        """One inner step; publishes the new stats (the simulation tier calls this directly)."""
+        stats = self.bridge.stats
+        self._pace_steps += 1
+        t0 = time.perf_counter()
+        batch = self.task.batches.next_batch()
+        loss = self.task.loss(self.task.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        value = float(loss.detach())
+        dt = time.perf_counter() - t0
+        n = self.task.batches.samples_per_batch()
+        self.samples_since = [s + n for s in self.samples_since]
+        now = self.clock.monotonic()
+        rate = stats.samples_per_s
+        if now - self._t_rate >= 2.0:
+            rate = (stats.samples + n - self._samples_at_rate) / (now - self._t_rate)
+            self._t_rate, self._samples_at_rate = now, stats.samples + n
+        step = stats.step + 1
+        self.bridge.stats = WorkerStats(
+            step=step, samples=stats.samples + n, loss=value if math.isfinite(value) else stats.loss,
+            samples_per_s=rate, busy_s=stats.busy_s + dt,
+            done=self.max_steps > 0 and step >= self.max_steps,
+        )
+        self.on_step(dt, value, n)
+        if self.eval_every_steps and step % self.eval_every_steps == 0 and self.on_eval is not None:
+            self.on_eval(self.task.evaluate(self.task.model))
+
+    def serve_commands(self, block: bool) -> None:
+        """Execute queued bridge commands (at a step boundary); ``block`` waits 50 ms for the first."""
         while True:
             try:
                 cmd = self.bridge.commands.get(timeout=0.05) if block else self.bridge.commands.get_nowait()
@@ -162,6 +174,13 @@ class Worker:
             progress = self.layout.flatten(self.params, p) - snap.theta
             self.layout.unflatten_into(self.params, p, a["theta"] + progress)
             self.samples_since[p] = max(0, self.samples_since[p] - snap.samples)
+            return None
+        if cmd.kind == "rebase":
+            # A round committed without this worker's contribution: keep all of its local
+            # progress, relative to the new outer parameters (its samples stay unsent).
+            p = a["fragment"]
+            progress = self.layout.flatten(self.params, p) - a["old"]
+            self.layout.unflatten_into(self.params, p, a["new"] + progress)
             return None
         if cmd.kind == "discard":
             self._snapshots.pop(a["token"], None)

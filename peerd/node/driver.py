@@ -41,6 +41,7 @@ class RoundDriver:
         self.exit_when_done, self.request_stop = exit_when_done, request_stop
         self.peer_id = view.peer_id
         self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
+        self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
 
     async def loop(self) -> None:
@@ -80,8 +81,15 @@ class RoundDriver:
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
         await view.refresh()
         me = view.my_record().candidate()
-        candidates = view.unsuspected(view.candidates())
+        # Membership is the plan's to decide: eligibility (and whether to read this round's
+        # plan) uses every live record. Suspicions shape only the plans this peer publishes;
+        # a reader that skipped rounds over its own suspicions went out of phase with a peer
+        # suspecting it back, and two finished peers aborted every round for 20 minutes.
+        candidates = view.candidates()
         elig = sch.eligible(candidates, self.mixer.mode)
+        if self._finished(r, candidates):
+            self.request_stop("done")
+            return
         if me not in elig:
             # Behind, or off the majority hash: no plan of this round names us. Fetch what the
             # others commit in it once its deadline has passed, and be a member next round.
@@ -115,12 +123,9 @@ class RoundDriver:
         self._account(r, plan, outcome)
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
-        nf = self.view.state.layout.num_fragments
         if plan.final and not self.mixer.shared_state and not outcome.committed:
             # gossip: a last round without a confirmed partner still ends this fragment's run
             self.counters.final_fragments.add(plan.fragment)
-            if self.exit_when_done and len(self.counters.final_fragments) == nf:
-                self.request_stop("done")
         if outcome.committed:
             if self.counters.failure_at is not None:
                 took = self.rc.clock.monotonic() - self.counters.failure_at
@@ -131,8 +136,6 @@ class RoundDriver:
             self._count("committed", "ok")
             if plan.final:
                 self.counters.final_fragments.add(plan.fragment)
-                if self.exit_when_done and len(self.counters.final_fragments) == nf:
-                    self.request_stop("done")
         else:
             self.failure()
             self.counters.rounds_aborted += 1
@@ -140,6 +143,28 @@ class RoundDriver:
             log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
                      missing=[m[-8:] for m in outcome.missing])
             self.view.suspect(outcome.missing)
+
+    def _finished(self, r: int, candidates: list[sch.Candidate]) -> bool:
+        """Whether a finite run is over for this peer (at round ``r``'s settle point).
+
+        Shared state: this peer committed a final round of every fragment and every ready peer
+        it sees is done and at its revision and hash, in two consecutive rounds. Between the two
+        it publishes no plan (it still takes part in a plan that names it, so a peer still
+        missing final rounds gets them, and then the revisions moved and the count restarts).
+        The second look guards against a view one heartbeat old: a peer that left on a stale
+        view would end the run on a state of its own. Gossip: every fragment's final round.
+        """
+        nf = self.view.state.layout.num_fragments
+        if not self.exit_when_done or len(self.counters.final_fragments) < nf:
+            return False
+        if not self.mixer.shared_state:
+            return True
+        me = self.view.my_record().candidate()
+        settled = all(c.done and c.revision == me.revision and c.state_hash == me.state_hash
+                      for c in candidates if c.ready)
+        mark = (r, me.revision, me.state_hash)
+        previous, self.finishing = self.finishing, mark if settled else None
+        return settled and previous is not None and previous[0] == r - 1 and previous[1:] == mark[1:]
 
     def _await_laggards(self, candidates: list[sch.Candidate], elig: list[sch.Candidate]) -> bool:
         """Whether to hold this round so that finished peers behind the swarm can catch up.
@@ -178,13 +203,18 @@ class RoundDriver:
             chosen = sch.choose_plan(plans + ([mine] if mine is not None else []))
             if chosen is not None:  # with ``mine``: this was the read-back, take the best we know
                 return chosen
-            if not tried and rank < rc.plan_candidates and rc.now() >= rc.publish_at(r, rank):
+            may_publish = self.finishing is None and rank < rc.plan_candidates
+            if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
                 tried = True  # once: a store that timed out may still land, and a second plan would split
                 now = rc.now()
-                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, candidates,
-                                     rc.round_s, rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology)
+                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
+                                     self.view.unsuspected(candidates), rc.round_s, rc.deadline_fraction, now,
+                                     self.mixer.mode, cfg.mixing.topology)
                 if plan is None or len(plan.members) < cfg.round.min_members:
-                    return None
+                    # Everyone else is suspected: publish nothing, but a better-ranked or later
+                    # candidate may still publish a plan that names this peer.
+                    await asyncio.sleep(0.05)
+                    continue
                 if rank == 0:
                     self.faults.hit("leader_before_publish")
                 if await self.membership.publish_plan(plan, ttl_s=4 * rc.round_s):

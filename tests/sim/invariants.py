@@ -1,0 +1,97 @@
+"""Invariants checked on every simulated round, and at the end of a run.
+
+- **safety**: any two live peers at one revision hold one state hash (DiLoCo), and a peer's
+  revision never goes back.
+- **liveness**: whenever at least two ready peers can reach each other and no fault is active
+  for ``LIVENESS_ROUNDS`` consecutive rounds, one of those rounds commits.
+- **termination**: a finite run (``--exit-when-done``) ends with every peer done, at one
+  revision and hash.
+- **bounded loss**: a crash costs the survivors at most ``CRASH_ROUNDS`` rounds without a commit.
+- **mass** (gossip): the swarm's total push-sum weight per fragment is conserved by exchanges
+  (only crashes lose mass).
+"""
+
+from __future__ import annotations
+
+from tests.sim.world import World
+
+LIVENESS_ROUNDS = 4
+CRASH_ROUNDS = 6  # suspicion of a dead member lasts ttl + one round: 3 rounds at 2 s rounds, plus slack
+
+
+def safety(w: World, r: int) -> None:
+    """Every round: one hash per revision among live peers; revisions never decrease."""
+    if w.sc.mode != "diloco":
+        return
+    by_rev: dict[int, set[str]] = {}
+    for p in w.live():
+        if p.node.view.ready:
+            by_rev.setdefault(p.state.revision, set()).add(p.state.state_hash())
+    for rev, hashes in by_rev.items():
+        if len(hashes) > 1:
+            w.fail(f"safety: round {r}: {len(hashes)} different states at revision {rev}")
+    if len(w.log) >= 2:
+        prev, cur = w.log[-2].rows, w.log[-1].rows
+        for pid, (rev, _, _) in cur.items():
+            if pid in prev and rev < prev[pid][0]:
+                w.fail(f"safety: round {r}: {pid} went back from revision {prev[pid][0]} to {rev}")
+
+
+def _fault_active(w: World, t0: float, t1: float) -> bool:
+    """Whether any fault event touches [t0 - settle, t1] (a stall's whole span counts)."""
+    for e in w.sc.events:
+        end = e.at + (e.arg if e.kind == "stall" else 0.0)
+        if e.kind in ("cut", "heal", "crash", "restart", "join", "stall") and e.at <= t1 and end >= t0 - 6.0:
+            return True
+    return bool(w.net.cut)
+
+
+def liveness(w: World) -> None:
+    """After the run: every quiet stretch of LIVENESS_ROUNDS rounds with >= 2 ready peers commits."""
+    round_s = w.cfg.round.round_s
+    logs = w.log[2:]  # the first rounds include joining
+    for i in range(len(logs) - LIVENESS_ROUNDS + 1):
+        window = logs[i:i + LIVENESS_ROUNDS]
+        t0 = window[0].r * round_s - w.epoch
+        t1 = (window[-1].r + 1) * round_s - w.epoch
+        if _fault_active(w, t0, t1) or min(len(x.rows) for x in window) < 2:
+            continue
+        if any(row[2] == "ok" for x in window for row in x.rows.values()):
+            continue
+        revs_before = {pid: row[0] for pid, row in window[0].rows.items()}
+        if any(row[0] > revs_before.get(pid, 10**9) for pid, row in window[-1].rows.items()):
+            continue
+        # A finished swarm that has left is not stuck.
+        if all(p.stopped is not None for p in w.peers.values()):
+            continue
+        w.fail(f"liveness: rounds {window[0].r}..{window[-1].r}: no commit with "
+               f"{min(len(x.rows) for x in window)} reachable ready peers and no fault active")
+
+
+def termination(w: World) -> None:
+    """After a finite run: every peer left done, all at one revision and hash."""
+    if not w.exit_when_done:
+        return
+    left = [p for p in [*w.peers.values(), *w.gone] if p.stopped != "killed"]
+    not_done = [p.peer_id for p in left if p.stopped != "done"]
+    if not_done:
+        w.fail(f"termination: {not_done} did not finish within {w.sc.duration_s}s")
+    if w.sc.mode == "diloco":
+        ends = {(p.state.revision, p.state.state_hash()) for p in left}
+        if len(ends) > 1:
+            w.fail(f"termination: peers ended on {len(ends)} different revisions/hashes: {sorted(ends)}")
+
+
+def bounded_loss(w: World) -> None:
+    """After the run: within CRASH_ROUNDS rounds of a crash, the survivors commit again."""
+    round_s = w.cfg.round.round_s
+    for e in w.sc.events:
+        if e.kind != "crash":
+            continue
+        later = [x for x in w.log if x.r * round_s - w.epoch > e.at and len(x.rows) >= 2]
+        if _fault_active(w, e.at + 0.1, e.at + CRASH_ROUNDS * round_s) and any(
+                o is not e and o.kind != "crash" for o in w.sc.events):
+            continue
+        window = later[:CRASH_ROUNDS]
+        if len(window) == CRASH_ROUNDS and not any(row[2] == "ok" for x in window for row in x.rows.values()):
+            w.fail(f"bounded loss: no commit within {CRASH_ROUNDS} rounds after the crash at t={e.at:.2f}")

@@ -1,0 +1,190 @@
+"""In-memory network and DHT for the simulation tier.
+
+:class:`SimNetwork` connects the peers' real mixers: a push or a state fetch is delivered to the
+destination's handler after a per-link latency (plus seeded jitter) and serialisation time at the
+link's bandwidth; links can lose calls, be cut (partitions) or lead to a crashed peer. A stalled
+peer (a busy box) handles nothing until its stall ends. :class:`SimDht` is one global store
+with TTLs on virtual time; each peer's :class:`SimMembership` reaches it after a seeded delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from peerd.membership import PeerRecord
+from peerd.proto.v1 import peer_pb2
+from peerd.schedule import RoundPlan
+from peerd.transport import Handler, Rejected, checksum
+
+
+class SimRpcError(ConnectionError):
+    """A simulated call failed (unreachable, lost, refused or timed out)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction of a link."""
+
+    latency_s: float = 0.005
+    jitter_s: float = 0.002
+    bandwidth_bps: float = 1e9
+    loss: float = 0.0
+
+
+class SimNetwork:
+    """Peers' handlers by endpoint, links, partitions, crashes and stalls."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rng: random.Random, default: Link) -> None:
+        self.loop, self.rng, self.default = loop, rng, default
+        self.handlers: dict[str, tuple[str, Handler]] = {}  # endpoint -> (peer id, handler)
+        self.links: dict[tuple[str, str], Link] = {}
+        self.cut: set[frozenset[str]] = set()
+        self.down: set[str] = set()
+        self.stalled_until: dict[str, float] = {}
+        self.calls = 0
+
+    def link(self, a: str, b: str) -> Link:
+        return self.links.get((a, b), self.default)
+
+    def reachable(self, a: str, b: str) -> bool:
+        return a not in self.down and b not in self.down and frozenset((a, b)) not in self.cut
+
+    async def gate(self, peer: str) -> None:
+        """Wait out a stall of ``peer`` (its loop is frozen: it does nothing meanwhile)."""
+        while self.loop.time() < self.stalled_until.get(peer, 0.0):
+            await asyncio.sleep(self.stalled_until[peer] - self.loop.time())
+
+    async def hop(self, a: str, b: str, nbytes: int) -> None:
+        """One message from ``a`` to ``b``: latency, jitter and serialisation time."""
+        link = self.link(a, b)
+        await asyncio.sleep(link.latency_s + self.rng.random() * link.jitter_s + 8 * nbytes / link.bandwidth_bps)
+        if not self.reachable(a, b) or (link.loss and self.rng.random() < link.loss):
+            raise SimRpcError(f"{a}->{b}: lost")
+
+    def resolve(self, endpoint: str) -> tuple[str, Handler]:
+        found = self.handlers.get(endpoint)
+        if found is None:
+            raise SimRpcError(f"{endpoint}: connection refused")
+        return found
+
+
+class SimTransport:
+    """One peer's network port (see :class:`peerd.node.ports.NetworkPort`)."""
+
+    def __init__(self, net: SimNetwork, peer_id: str, endpoint: str) -> None:
+        self.net, self.peer_id, self.endpoint = net, peer_id, endpoint
+        self.tx_bytes = 0
+
+    async def start(self, handler: Handler) -> int:
+        self.net.handlers[self.endpoint] = (self.peer_id, handler)
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    async def forget(self, endpoints: Sequence[str]) -> None:
+        return None
+
+    async def _call(self, endpoint: str, timeout_s: float, body: object) -> object:
+        net = self.net
+        net.calls += 1
+        try:
+            return await asyncio.wait_for(body, max(timeout_s, 0.001))  # type: ignore[arg-type]
+        except TimeoutError:
+            raise SimRpcError(f"{endpoint}: deadline exceeded") from None
+        except Rejected as rej:
+            raise SimRpcError(f"{endpoint}: {rej.code.name}: {rej.detail}") from None
+
+    async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
+        header.payload_bytes = len(payload)
+        header.checksum = checksum(payload)
+        sent = peer_pb2.ShardHeader()
+        sent.CopyFrom(header)
+
+        async def body() -> None:
+            dst, handler = self.net.resolve(endpoint)
+            await self.net.gate(self.peer_id)
+            await self.net.hop(self.peer_id, dst, 256)
+            await self.net.gate(dst)
+            deadline = await handler.admit(sent)
+            await self.net.hop(self.peer_id, dst, len(payload))
+            await self.net.gate(dst)
+            del deadline  # the mixer closes collection itself at its deadlines
+            await handler.deliver(sent, payload)
+            await self.net.hop(dst, self.peer_id, 64)
+            self.tx_bytes += len(payload)
+
+        await self._call(endpoint, timeout_s, body())
+
+    async def fetch_state(self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
+                          ) -> tuple[peer_pb2.StateHeader, bytes]:
+        async def body() -> tuple[peer_pb2.StateHeader, bytes]:
+            dst, handler = self.net.resolve(endpoint)
+            await self.net.hop(self.peer_id, dst, 256)
+            await self.net.gate(dst)
+            header, payload = await handler.state_for(request)
+            if header.total_bytes > max_bytes:
+                raise SimRpcError("oversized state")
+            await self.net.hop(dst, self.peer_id, len(payload))
+            return header, payload
+
+        return await self._call(endpoint, 30.0, body())  # type: ignore[return-value]
+
+
+class SimDht:
+    """One global DHT: key -> subkey -> (value, expiry on virtual time)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.data: dict[str, dict[str, tuple[object, float]]] = {}
+
+    def store(self, key: str, subkey: str, value: object, ttl_s: float) -> None:
+        self.data.setdefault(key, {})[subkey] = (value, self.loop.time() + ttl_s)
+
+    def get(self, key: str) -> dict[str, object]:
+        now = self.loop.time()
+        return {sk: v for sk, (v, exp) in self.data.get(key, {}).items() if exp > now}
+
+
+class SimMembership:
+    """One peer's DHT port (see :class:`peerd.node.ports.MembershipPort`)."""
+
+    def __init__(self, dht: SimDht, net: SimNetwork, peer_id: str, ttl_s: float, delay_s: float,
+                 rng: random.Random) -> None:
+        self.dht, self.net, self.peer_id, self.ttl_s, self.delay_s, self.rng = dht, net, peer_id, ttl_s, delay_s, rng
+        self.invalid_records = 0
+        self.ops = 0
+
+    async def _op(self) -> None:
+        self.ops += 1
+        await self.net.gate(self.peer_id)
+        await asyncio.sleep(self.delay_s * (0.5 + self.rng.random()))
+        await self.net.gate(self.peer_id)
+
+    async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
+        await self._op()
+        if self.peer_id in self.net.down:
+            return False
+        self.dht.store("peers", record.peer_id, record, self.ttl_s if ttl_s is None else ttl_s)
+        return True
+
+    async def live_records(self) -> dict[str, PeerRecord] | None:
+        await self._op()
+        return dict(self.dht.get("peers"))  # type: ignore[arg-type]
+
+    async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
+        await self._op()
+        if self.peer_id in self.net.down:
+            return False
+        self.dht.store(f"plan.{plan.round}", plan.publisher, plan, ttl_s)
+        return True
+
+    async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
+        await self._op()
+        return list(self.dht.get(f"plan.{r}").values())  # type: ignore[arg-type]
+
+    async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
+        return 0
+
+    def p2pd_alive(self) -> bool:
+        return True
