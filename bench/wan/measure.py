@@ -15,7 +15,8 @@ from typing import Any
 
 from bench.wan.netns import WanEmulator
 
-PROBE = [sys.executable, "-m", "bench.wan.probe"]
+# run as a script: it imports nothing of ours, so it needs no PYTHONPATH or working directory
+PROBE = [sys.executable, os.path.join(os.path.dirname(__file__), "probe.py")]
 
 
 def _json_line(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Small measuring programs run inside the emulator's namespaces (``python -m bench.wan.probe ...``).
+"""Small measuring programs run inside the emulator's namespaces (``python bench/wan/probe.py CMD ...``).
 
 Each prints one JSON line on stdout. Times are ``time.monotonic()``, which is one clock for
 every namespace, so a sender's and a receiver's figures can be compared.
