@@ -11,8 +11,8 @@ random loss) and the receiver's down queue. Times are computed when the packet i
 packet is written to the receiver's TUN at its delivery time (a heap and ``select`` with a
 microsecond timeout, which epoll's millisecond timeout would not give). Jitter never reorders a
 link's packets: TCP reads reordering as loss, and real paths reorder rarely. Each link draws its
-loss and jitter from its own ``random.Random`` seeded from the run seed, so the same seed gives
-the same sequence of decisions.
+loss and jitter from its own generators seeded from the run seed, so the same seed drops the
+same packets (the n-th packet of a link is lost or not, whatever the timing).
 """
 
 from __future__ import annotations
@@ -71,11 +71,44 @@ class Queue:
         return self.free_at
 
 
-class Link:
-    """One direction between two hosts: delay, jitter, loss, FIFO delivery."""
+class Jitter:
+    """A delay offset in ``[-amp, amp]`` that drifts linearly between random knots ``period`` apart.
 
-    def __init__(self, delay_s: float, jitter_s: float, loss: float, rng: random.Random) -> None:
-        self.delay_s, self.jitter_s, self.loss, self.rng = delay_s, jitter_s, loss, rng
+    Per-packet independent jitter would reorder packets, and holding them in order instead
+    raises the mean delay by nearly ``amp`` under load (every packet waits for the slowest before
+    it). A drifting offset whose slope stays below 1 keeps order and a zero mean: queueing
+    delay on a real path varies like that too, over tens of milliseconds rather than per packet.
+    """
+
+    def __init__(self, amp: float, rng: random.Random) -> None:
+        self.amp, self.rng = amp, rng
+        self.period = max(0.05, 4 * amp)  # slope <= 2 amp / period <= 0.5
+        self.t0 = self.t1 = -1.0
+        self.v0 = self.v1 = 0.0
+
+    def offset(self, t: float) -> float:
+        """The offset at time ``t`` (non-decreasing ``t`` across calls)."""
+        if not self.amp:
+            return 0.0
+        if t >= self.t1 + self.period:  # idle for a while (or first packet): start afresh here
+            self.t1, self.v1 = t, self.rng.uniform(-self.amp, self.amp)
+        while t >= self.t1:
+            self.t0, self.v0 = self.t1, self.v1
+            self.t1, self.v1 = self.t1 + self.period, self.rng.uniform(-self.amp, self.amp)
+        return self.v0 + (self.v1 - self.v0) * (t - self.t0) / self.period
+
+
+class Link:
+    """One direction between two hosts: delay, jitter, loss, FIFO delivery.
+
+    Loss and jitter draw from two generators seeded from ``seed``, so which packets are lost
+    depends on the seed and on nothing else (not on timing).
+    """
+
+    def __init__(self, delay_s: float, jitter_s: float, loss: float, seed: str) -> None:
+        self.delay_s, self.loss = delay_s, loss
+        self.rng = random.Random(f"{seed}:loss")
+        self.jitter = Jitter(jitter_s, random.Random(f"{seed}:jitter"))
         self.last = 0.0
         self.sent = self.delivered = self.lost = self.queue_drops = self.bytes = 0
 
@@ -84,10 +117,7 @@ class Link:
         if self.loss and self.rng.random() < self.loss:
             self.lost += 1
             return None
-        d = self.delay_s
-        if self.jitter_s:
-            d = max(0.0, d + self.rng.uniform(-self.jitter_s, self.jitter_s))
-        self.last = max(self.last, t + d)
+        self.last = max(self.last, t + max(0.0, self.delay_s + self.jitter.offset(t)))
         return self.last
 
 
@@ -102,8 +132,9 @@ class Forwarder:
         self.up = [Queue(h.get("up_bps"), h["queue_s"]) for h in hosts]
         self.down = [Queue(h.get("down_bps"), h["queue_s"]) for h in hosts]
         seed = cfg.get("seed", 0)
-        self.links = [[Link(**lk, rng=random.Random(f"{seed}:{i}:{j}")) for j, lk in enumerate(row)]
+        self.links = [[Link(**lk, seed=f"{seed}:{i}:{j}") for j, lk in enumerate(row)]
                       for i, row in enumerate(cfg["links"])]
+        self.by_port: dict[tuple[int, int, int, int], int] | None = {} if cfg.get("count_ports") else None
         self.heap: list[tuple[float, int, int, bytes]] = []
         self.seq = 0
         self.unroutable = self.write_errors = 0
@@ -119,6 +150,11 @@ class Forwarder:
             return
         link = self.links[src][dst]
         link.sent += 1
+        if self.by_port is not None and pkt[9] in (6, 17):  # TCP, UDP: bytes per (src, sport, dst, dport)
+            ihl = (pkt[0] & 0x0F) * 4
+            sport, dport = struct.unpack_from("!HH", pkt, ihl)
+            key = (src, sport, dst, dport)
+            self.by_port[key] = self.by_port.get(key, 0) + len(pkt)
         t = self.up[src].admit(now, len(pkt))
         if t is not None:
             t = link.arrival(t)
@@ -148,8 +184,11 @@ class Forwarder:
         links = {f"{i}->{j}": {"sent": lk.sent, "delivered": lk.delivered, "lost": lk.lost,
                                "queue_drops": lk.queue_drops, "bytes": lk.bytes}
                  for i, row in enumerate(self.links) for j, lk in enumerate(row) if lk.sent}
-        return {"links": links, "unroutable": self.unroutable, "write_errors": self.write_errors,
-                "in_flight": len(self.heap)}
+        out = {"links": links, "unroutable": self.unroutable, "write_errors": self.write_errors,
+               "in_flight": len(self.heap)}
+        if self.by_port is not None:  # as sent, before any loss
+            out["by_port"] = [[*k, n] for k, n in self.by_port.items()]
+        return out
 
     def run(self, control: int) -> None:
         """Forward until ``control`` (stdin) reaches end of file."""

@@ -87,10 +87,13 @@ def clean_stale() -> list[str]:
 
 
 class WanEmulator:
-    """``n_hosts`` namespaces under one profile (or one profile per host), with a seeded delay line."""
+    """``n_hosts`` namespaces under one profile (or one profile per host), with a seeded delay line.
+
+    ``count_ports`` makes the forwarder count bytes per TCP/UDP port pair (costs some CPU per packet).
+    """
 
     def __init__(self, n_hosts: int, profile: str | Profile | list[str | Profile] = "lan", seed: int = 0,
-                 start_timeout_s: float = 20.0) -> None:
+                 start_timeout_s: float = 20.0, count_ports: bool = False) -> None:
         """Nothing is created until ``start()`` (or entering the ``with`` block)."""
         if not 2 <= n_hosts <= 250:
             raise ValueError("n_hosts must be between 2 and 250")
@@ -98,7 +101,7 @@ class WanEmulator:
         if len(plist) != n_hosts:
             raise ValueError(f"{len(plist)} profiles for {n_hosts} hosts")
         self.profiles = [profiles.get(p) for p in plist]
-        self.n, self.seed, self.start_timeout_s = n_hosts, seed, start_timeout_s
+        self.n, self.seed, self.start_timeout_s, self.count_ports = n_hosts, seed, start_timeout_s, count_ports
         self.tag = f"{PREFIX}{os.getpid()}"
         self.ns: list[str] = []
         self.procs: list[subprocess.Popen[Any]] = []
@@ -129,7 +132,10 @@ class WanEmulator:
         return subprocess.run([*self.prefix(i), *argv], timeout=timeout, **kw)
 
     def stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The forwarder's counters per directed link (``"0->1"``: sent, delivered, lost, queue_drops, bytes)."""
+        """The forwarder's counters per directed link (``"0->1"``: sent, delivered, lost, queue_drops, bytes).
+
+        With ``count_ports``, also ``by_port``: ``[src, sport, dst, dport, bytes]`` per TCP/UDP flow direction.
+        """
         assert self._fwd and self._fwd.stdin and self._fwd.stdout
         with self._lock:
             self._fwd.stdin.write(b"stats\n")
@@ -175,7 +181,8 @@ class WanEmulator:
                                      stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert self._fwd.stdin
-        self._fwd.stdin.write(json.dumps({"hosts": hosts, "links": links, "seed": self.seed}).encode() + b"\n")
+        self._fwd.stdin.write(json.dumps({"hosts": hosts, "links": links, "seed": self.seed,
+                                          "count_ports": self.count_ports}).encode() + b"\n")
         self._fwd.stdin.flush()
         if not self._read_line(self.start_timeout_s).get("ready"):
             raise RuntimeError("delay line did not start")
