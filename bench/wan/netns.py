@@ -12,6 +12,7 @@ process is dead (a SIGKILLed benchmark) are deleted when the next emulator start
 from __future__ import annotations
 
 import atexit
+import functools
 import ipaddress
 import json
 import os
@@ -35,14 +36,22 @@ BASE = ipaddress.IPv4Address("198.18.0.0")
 _STALE = re.compile(rf"^{PREFIX}(\d+)-\d+$")
 
 
+@functools.cache
 def available() -> str | None:
-    """None when the emulator can run here, else why not."""
+    """None when the emulator can run here, else why not (tried once: a namespace and /dev/net/tun)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, TUN devices)"
     if not shutil.which("ip"):
         return "iproute2 (the ip command) is not installed"
-    if not os.path.exists("/dev/net/tun"):
-        return "no /dev/net/tun"
+    try:
+        os.close(os.open("/dev/net/tun", os.O_RDWR))
+    except OSError as exc:
+        return f"cannot open /dev/net/tun: {exc}"
+    probe = f"{PREFIX}{os.getpid()}-999"  # named like ours, so a crash here is cleaned up later too
+    res = _ip("netns", "add", probe, check=False)
+    _ip("netns", "del", probe, check=False)
+    if res.returncode:
+        return f"cannot create a network namespace: {res.stderr.strip()}"
     return None
 
 
@@ -169,8 +178,6 @@ class WanEmulator:
             ns = f"{self.tag}-{i}"
             _ip("netns", "add", ns)
             self.ns.append(ns)
-            for key in ("all", "default"):  # no IPv6: no router solicitations through the delay line
-                self.run_in(i, ["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"], timeout=10, check=True)
             _ip("-n", ns, "link", "set", "lo", "up")
         devs = [f"wt{os.getpid()}x{i}" for i in range(self.n)]
         hosts = [{"dev": d, "addr": self.addr(i), "queue_s": profiles.queue_s(p),
@@ -189,6 +196,8 @@ class WanEmulator:
         for i, (ns, dev) in enumerate(zip(self.ns, devs, strict=True)):
             _ip("link", "set", "dev", dev, "netns", ns)
             _ip("-n", ns, "link", "set", "dev", dev, "name", "wan0")
+            # no IPv6 link-local address, so no router solicitations or DAD through the delay line
+            _ip("-n", ns, "link", "set", "dev", "wan0", "addrgenmode", "none")
             _ip("-n", ns, "addr", "add", f"{self.addr(i)}/15", "dev", "wan0")
             _ip("-n", ns, "link", "set", "dev", "wan0", "up", "txqueuelen", "1000")
 
