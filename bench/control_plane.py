@@ -1,0 +1,124 @@
+"""DHT control-plane bytes per peer: ``python -m bench.control_plane --peers 4 8 --seconds 60``.
+
+Each ``peerd join`` daemon runs in its own namespace of a :class:`bench.wan.WanEmulator` with
+zero added delay and no shaping (loopback-like: the forwarder adds ~0.1 ms), so every byte a
+peer sends crosses the forwarder, which counts bytes per TCP/UDP port pair. A packet is DHT
+traffic when it leaves a peer's DHT port or goes to one (the port in its ready file's
+``dht_maddrs``), gRPC traffic likewise with its ``grpc`` port; anything else is ``other``. Bytes
+are counted as IP packets (headers included) over a window of ``--seconds`` that starts once
+every peer is ready, and reported per peer and per second, as sent. Results go to
+``bench/results/control_plane.json`` under the peer count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.wan import PROFILES, WanEmulator
+from peerd.swarm import wait_ready_file
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "control_plane.json"
+LOOPBACK = PROFILES["lan"].with_(name="loopback", rtt_ms=0.0)
+
+
+def _tx_by_kind(stats: dict[str, Any], dht: dict[int, int], grpc: dict[int, int], n: int) -> list[dict[str, int]]:
+    out = [{"dht": 0, "grpc": 0, "other": 0} for _ in range(n)]
+    for src, sport, dst, dport, nbytes in stats.get("by_port", []):
+        kind = ("dht" if sport == dht[src] or dport == dht[dst] else
+                "grpc" if sport == grpc[src] or dport == grpc[dst] else "other")
+        out[src][kind] += nbytes
+    return out
+
+
+def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict[str, Any]:
+    """One swarm of ``peers``; bytes per peer per second by kind over the window."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(workdir / "state"),
+           "PEERD_SECURITY__SECRET": secrets.token_hex(16)}
+    procs: list[subprocess.Popen[bytes]] = []
+    with WanEmulator(peers, LOOPBACK, count_ports=True) as wan:
+        try:
+            ready: list[dict[str, Any]] = []
+            for i in range(peers):
+                rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
+                for stale in (rf, sf):
+                    stale.unlink(missing_ok=True)
+                cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf)]
+                for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
+                             f"data.num_shards={peers}", "run_id=control-plane", *overrides]:
+                    cmd += ["--set", item]
+                for m in ready[0]["dht_maddrs"][:2] if ready else []:
+                    cmd += ["--bootstrap", m]
+                with open(workdir / f"peer-{i}.log", "wb") as log:
+                    procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
+                if i == 0:
+                    ready.append(wait_ready_file(rf, procs[0], 180))
+            ready = [wait_ready_file(workdir / f"peer-{i}.ready.json", p, 240) for i, p in enumerate(procs)]
+            dht = {i: int(r["dht_maddrs"][0].split("/tcp/")[1].split("/")[0]) for i, r in enumerate(ready)}
+            grpc = {i: int(r["grpc"].rsplit(":", 1)[1]) for i, r in enumerate(ready)}
+            before, t0 = _tx_by_kind(wan.stats(), dht, grpc, peers), time.monotonic()
+            end = t0 + seconds
+            while time.monotonic() < end:
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"a peer exited early (logs in {workdir})")
+                time.sleep(1.0)
+            after, dt = _tx_by_kind(wan.stats(), dht, grpc, peers), time.monotonic() - t0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 90
+            for p in procs:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+    rates = [{k: round((a[k] - b[k]) / dt) for k in a} for a, b in zip(after, before, strict=True)]
+    summaries = []
+    for i in range(peers):
+        sf = workdir / f"peer-{i}.summary.json"
+        summaries.append(json.loads(sf.read_text())["peers"][0] if sf.exists() else {})
+    committed = sum(s.get("rounds_committed") or 0 for s in summaries)
+    aborted = sum(s.get("rounds_aborted") or 0 for s in summaries)
+    dht_rates = [r["dht"] for r in rates]
+    return {"peers": peers, "window_s": round(dt, 1), "tx_bytes_per_s": rates,
+            "dht_tx_bytes_per_peer_per_s_mean": round(sum(dht_rates) / peers),
+            "dht_tx_bytes_per_peer_per_s_max": max(dht_rates), "rounds_committed": committed,
+            "rounds_aborted": aborted, "overrides": overrides, "loadavg_1m_end": os.getloadavg()[0],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run each peer count, merge into the results file, print the DHT figures."""
+    ap = argparse.ArgumentParser(prog="python -m bench.control_plane", description=__doc__)
+    ap.add_argument("--peers", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra peerd config override")
+    ap.add_argument("--workdir", default="/tmp/peerd-control-plane")
+    a = ap.parse_args(argv)
+    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for n in a.peers:
+        res = run(n, a.seconds, a.overrides, Path(a.workdir) / str(n))
+        res["command"] = f"python -m bench.control_plane --peers {n} --seconds {a.seconds:g}" + "".join(
+            f" --set {o}" for o in a.overrides)
+        doc.setdefault("runs", {})[str(n)] = res
+        RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+        print(json.dumps({k: res[k] for k in ("peers", "dht_tx_bytes_per_peer_per_s_mean",
+                                              "dht_tx_bytes_per_peer_per_s_max", "rounds_committed",
+                                              "rounds_aborted")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Rounds under a WAN profile: ``python -m bench.wan_rounds --profile intercontinental --peers 4 --seconds 120``.
+
+Runs ``--peers`` real ``peerd join`` daemons, each in its own network namespace of a
+:class:`bench.wan.WanEmulator` (transport and DHT bound to the namespace's address, all
+bootstrapping from the first peer), for ``--seconds`` after the last one is ready, then SIGTERMs
+them (each leaves, evaluates and writes its ``--summary``). Reports member-rounds committed and
+aborted (summed over peers, from the summaries), abort reasons (from the ``round_aborted`` log
+events), steps and final eval loss per peer, and the forwarder's link counters. The result is
+stored under its profile in ``bench/results/wan_rounds.json`` (other profiles' entries are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.wan import PROFILES, WanEmulator
+from peerd.swarm import wait_ready_file
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "wan_rounds.json"
+
+
+def _events(log: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if f'"{name}"' in line:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == name:
+                out.append(ev)
+    return out
+
+
+def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str], workdir: Path) -> dict[str, Any]:
+    """One run; returns the result document (also on a peer's failure, with ``error`` set)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(workdir / "state"),
+           "PEERD_SECURITY__SECRET": secrets.token_hex(16)}
+    procs: list[subprocess.Popen[bytes]] = []
+    error = None
+    t0 = time.monotonic()
+    with WanEmulator(peers, profile, seed=seed) as wan:
+        try:
+            boot: list[str] = []
+            for i in range(peers):
+                rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
+                for stale in (rf, sf):
+                    stale.unlink(missing_ok=True)
+                cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf)]
+                for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
+                             f"data.num_shards={peers}", f"run_id=wan-{profile}", *overrides]:
+                    cmd += ["--set", item]
+                for m in boot:
+                    cmd += ["--bootstrap", m]
+                with open(workdir / f"peer-{i}.log", "wb") as log:
+                    procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
+                if i == 0:
+                    boot = list(wait_ready_file(rf, procs[0], 180)["dht_maddrs"])[:2]
+            for i, p in enumerate(procs):
+                wait_ready_file(workdir / f"peer-{i}.ready.json", p, 180)
+            ready_s = time.monotonic() - t0
+            print(f"wan_rounds: {peers} peers ready after {ready_s:.0f}s; running {seconds:.0f}s", file=sys.stderr,
+                  flush=True)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"peers {dead} exited early (logs in {workdir})")
+                time.sleep(1.0)
+            links = wan.stats()["links"]
+        except (RuntimeError, TimeoutError) as exc:
+            error, links = repr(exc), {}
+        finally:
+            for p in procs:  # leave: each evaluates and writes its summary
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 90
+            for p in procs:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+    per_peer, reasons = [], Counter()
+    for i in range(len(procs)):
+        sf = workdir / f"peer-{i}.summary.json"
+        s = json.loads(sf.read_text())["peers"][0] if sf.exists() else {}
+        aborts = _events(workdir / f"peer-{i}.log", "round_aborted")
+        reasons.update(str(ev.get("reason")) for ev in aborts)
+        per_peer.append({k: s.get(k) for k in ("steps", "rounds_committed", "rounds_aborted", "final_eval_loss",
+                                               "initial_eval_loss", "tx_bytes", "rx_bytes", "exit")})
+    committed = sum(p["rounds_committed"] or 0 for p in per_peer)
+    aborted = sum(p["rounds_aborted"] or 0 for p in per_peer)
+    losses = [p["final_eval_loss"] for p in per_peer if p["final_eval_loss"] is not None]
+    return {
+        "profile": PROFILES[profile].as_dict(), "peers": peers, "seconds": seconds, "seed": seed,
+        "overrides": overrides, "committed": committed, "aborted": aborted,
+        "committed_fraction": round(committed / (committed + aborted), 3) if committed + aborted else None,
+        "abort_reasons": dict(reasons), "mean_final_eval_loss": sum(losses) / len(losses) if losses else None,
+        "per_peer": per_peer, "links": links, "wall_s": round(time.monotonic() - t0, 1), "error": error,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1m_end": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, merge into the results file, print the figures."""
+    ap = argparse.ArgumentParser(prog="python -m bench.wan_rounds", description=__doc__)
+    ap.add_argument("--profile", default="intercontinental", choices=sorted(PROFILES))
+    ap.add_argument("--peers", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra peerd config override")
+    ap.add_argument("--workdir", default="/tmp/peerd-wan-rounds")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    res = run(a.profile, a.peers, a.seconds, a.seed, a.overrides, Path(a.workdir) / a.profile)
+    res["command"] = "python -m bench.wan_rounds " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(a.out)
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    doc.setdefault("runs", {})[a.profile] = res
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({k: res[k] for k in ("committed", "aborted", "committed_fraction", "abort_reasons",
+                                          "mean_final_eval_loss", "error")}))
+    return 0 if res["error"] is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
