@@ -17,6 +17,8 @@ Formats (this is a wire format: changing it breaks peers):
   ``absmax / 127`` (0 for an all-zero block) and each code is
   ``round_half_even(x / scale)`` clamped to ``[-127, 127]`` (0 when the scale
   is 0). Dequantized value: ``code * scale``. Code -128 is invalid.
+* ``sparse`` / ``sparse8``: per-block top-k entries (``density`` of each block) as offsets plus
+  2-bit / int8 values with a per-block scale; see ``peerd.codec_sparse`` for the layout.
 * ``int4``: like ``int8`` with ``absmax / 7`` and codes in ``[-7, 7]``, stored
   as nibbles ``code + 8`` (1..15; nibble 0 is invalid), two per byte, low
   nibble first: ``nblocks`` float32 scales then ``ceil(n / 2)`` bytes. For odd
@@ -36,8 +38,10 @@ import warnings
 import numpy as np
 import torch
 
-CODECS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+CODECS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4", "sparse", "sparse8")
+SPARSE = ("sparse", "sparse8")
 DEFAULT_BLOCK_SIZE = 256
+DEFAULT_DENSITY = 0.03  # share of each block a sparse codec sends (peerd.codec_sparse)
 
 _MIN_BLOCK, _MAX_BLOCK = 8, 65536
 _QMAX = {"int8": 127, "int4": 7}
@@ -62,13 +66,16 @@ def _check_args(codec: str, numel: int, block_size: int) -> None:
         raise CodecError(f"block_size must be an int in [{_MIN_BLOCK}, {_MAX_BLOCK}], got {block_size!r}")
 
 
-def encoded_size(codec: str, numel: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
-    """Exact payload length in bytes for `numel` values.
+def encoded_size(codec: str, numel: int, block_size: int = DEFAULT_BLOCK_SIZE,
+                 density: float = DEFAULT_DENSITY) -> int:
+    """Exact payload length in bytes for `numel` values (``density``: sparse codecs only).
 
     Raises:
-        CodecError: unknown codec, negative numel or block size out of range.
+        CodecError: unknown codec, negative numel, block size or density out of range.
     """
     _check_args(codec, numel, block_size)
+    if codec in SPARSE:
+        return codec_sparse.encoded_size(codec, numel, block_size, density)
     if codec == "fp32":
         return 4 * numel
     if codec == "bf16":
@@ -163,19 +170,24 @@ def _encode_int(xc: torch.Tensor, codec: str, bs: int) -> bytes:
     return out.tobytes()
 
 
-def encode(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
+def encode(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLOCK_SIZE,
+           density: float = DEFAULT_DENSITY) -> bytes:
     """Encodes a 1-D float32 CPU tensor (contiguous or not; it is not modified).
 
     Returns:
         Payload bytes of length ``encoded_size(codec, x.numel(), block_size)``.
 
     Raises:
-        CodecError: bad arguments, or NaN/Inf input for int8/int4.
+        CodecError: bad arguments, or NaN/Inf input for int8/int4/sparse codecs.
     """
     _check_args(codec, 0, block_size)
+    if codec in SPARSE:
+        codec_sparse.per_block(block_size, density)  # checks density even for an empty tensor
     xc = _check_tensor(x)
     if xc.numel() == 0:
         return b""
+    if codec in SPARSE:
+        return codec_sparse.encode(xc, codec, block_size, density)
     if codec == "fp32":
         return xc.numpy().astype("<f4", copy=False).tobytes()
     if codec == "bf16":
@@ -211,7 +223,8 @@ def _output(numel: int, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
-           block_size: int = DEFAULT_BLOCK_SIZE, out: torch.Tensor | None = None) -> torch.Tensor:
+           block_size: int = DEFAULT_BLOCK_SIZE, out: torch.Tensor | None = None,
+           density: float = DEFAULT_DENSITY) -> torch.Tensor:
     """Decodes a payload into a writable float32 tensor of length ``numel``.
 
     The result never aliases ``payload``. fp32/bf16 NaN/Inf values are returned
@@ -225,21 +238,26 @@ def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
         out: Optional preallocated destination (reused buffers avoid page faults on
             large fragments); a new tensor is returned when ``None``. On error its
             contents are unspecified.
+        density: Density the payload was encoded with (sparse codecs only).
 
     Returns:
         ``out`` (filled) or a new tensor.
 
     Raises:
         CodecError: bad arguments, wrong payload length, non-finite or negative
-            scale, int8 code -128, int4 nibble 0, non-zero odd-tail nibble, or a
+            scale, int8 code -128, int4 nibble 0, non-zero odd-tail nibble, a sparse
+            index out of its block, duplicated or unordered, non-zero padding bits, or a
             bad ``out``.
     """
-    expected = encoded_size(codec, numel, block_size)
+    expected = encoded_size(codec, numel, block_size, density)
     m = _as_bytes_view(payload)
     if m.nbytes != expected:
         raise CodecError(f"{codec}: payload is {m.nbytes} bytes, expected {expected} for numel={numel}")
     out = _output(numel, out)
     if numel == 0:
+        return out
+    if codec in SPARSE:
+        codec_sparse.decode(m, codec, numel, block_size, density, out)
         return out
     if codec == "fp32":
         out.numpy()[:] = np.frombuffer(m, dtype="<f4")
@@ -311,6 +329,8 @@ def quantization_step(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLO
         A new float32 tensor shaped like ``x`` (NaN/Inf where x is non-finite).
     """
     _check_args(codec, 0, block_size)
+    if codec in SPARSE:
+        raise CodecError(f"{codec}: no per-element step (unselected entries are dropped, not rounded)")
     xc = _check_tensor(x)
     if codec == "fp32":
         return torch.zeros_like(xc)
@@ -324,13 +344,14 @@ def quantization_step(x: torch.Tensor, codec: str, block_size: int = DEFAULT_BLO
 
 
 def encode_with_feedback(x: torch.Tensor, residual: torch.Tensor | None, codec: str,
-                         block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[bytes, torch.Tensor]:
+                         block_size: int = DEFAULT_BLOCK_SIZE,
+                         density: float = DEFAULT_DENSITY) -> tuple[bytes, torch.Tensor]:
     """Encodes ``x`` plus the carried quantization error (error feedback).
 
     ``y = x + residual`` (``None`` means zeros), ``payload = encode(y)``,
     ``new_residual = y - decode(payload)``. Summed over rounds, the decoded
     payloads equal the summed inputs minus the final residual. Inputs are not
-    modified.
+    modified. With a sparse codec the residual holds every entry not sent this time.
 
     Returns:
         ``(payload, new_residual)``.
@@ -345,5 +366,11 @@ def encode_with_feedback(x: torch.Tensor, residual: torch.Tensor | None, codec: 
         if _check_tensor(residual).shape != xc.shape:
             raise CodecError(f"residual shape {tuple(residual.shape)} != x shape {tuple(xc.shape)}")
         y = xc + residual.detach()
-    payload = encode(y, codec, block_size)
-    return payload, y - decode(payload, codec, y.numel(), block_size)
+    payload = encode(y, codec, block_size, density)
+    return payload, y - decode(payload, codec, y.numel(), block_size, density=density)
+
+
+# At the end: codec_sparse imports CodecError from this module.
+from peerd import codec_sparse  # noqa: E402
+
+reduced_spec = codec_sparse.reduced_spec

@@ -57,8 +57,11 @@ class MixingConfig(_Section):
     """How peers combine their progress (DESIGN section 3)."""
 
     mode: Literal["diloco", "gossip"] = "diloco"
-    codec: Literal["fp32", "bf16", "int8", "int4"] = "int8"
+    codec: Literal["fp32", "bf16", "int8", "int4", "sparse", "sparse8"] = "int8"
     block_size: int = Field(256, ge=8, le=65536)
+    # sparse codecs: share of each block's entries sent per round (top-k by magnitude; the rest
+    # waits in the error-feedback residual). Every member must use the same value.
+    sparse_density: float = Field(0.03, gt=0, le=1)
     error_feedback: bool = True
     num_fragments: int = Field(2, ge=1)
     # Plain averaging (lr 1, no momentum) measured best for runs of a few hundred steps; DiLoCo's
@@ -71,6 +74,15 @@ class MixingConfig(_Section):
     # A2CiD2 momentum (helps sparse rings; breaks the hypercube's exact log2 n averaging).
     topology: Literal["random", "hypercube", "ring"] = "random"
     a2cid2: bool = False
+
+    @model_validator(mode="after")
+    def _sparse_needs_diloco(self) -> MixingConfig:
+        # Gossip messages are mass vectors, not outer gradients: top-k of them is not error feedback.
+        if self.mode == "gossip" and self.codec in ("sparse", "sparse8"):
+            raise ValueError("mixing.codec: sparse codecs need mixing.mode=diloco")
+        if self.codec in ("sparse", "sparse8") and not self.error_feedback:
+            raise ValueError("mixing.error_feedback: sparse codecs need error feedback (unsent entries would be lost)")
+        return self
 
 
 class RoundConfig(_Section):

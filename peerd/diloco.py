@@ -7,7 +7,8 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
    block-aligned shards and quantizes each; shard ``i`` goes to its owner ``m_i``.
 2. Owner ``m_i`` waits for contributions until the plan's collect deadline, reduces the ones it
    has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
-   to every member (itself included: it uses the decoded bytes too).
+   to every member (itself included: it uses the decoded bytes too). With a sparse codec the mean
+   goes out in the denser format of ``codec.reduced_spec`` (the contributions' union support).
 3. A member that holds all ``n`` reduced shards by the plan's deadline commits: the identical
    outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
    Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
@@ -158,8 +159,9 @@ class Diloco:
         sender = plan.index_of(header.sender)
         if sender < 0 or header.sender == self.peer_id:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender is not a member of this round")
-        if header.codec != self.mix.codec or header.block_size != self.mix.block_size:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {self.mix.codec}/{self.mix.block_size}")
+        want, density = self._spec(header.kind, plan)
+        if header.codec != want or header.block_size != self.mix.block_size:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {want}/{self.mix.block_size}")
         if header.kind == CONTRIB:
             shard, deadline = rs.me, plan.collect_deadline
             if header.sender in rs.contributions or not rs.collecting:
@@ -173,7 +175,7 @@ class Diloco:
         start, end = rs.bounds[shard]
         if header.shard != shard or header.numel != end - start:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong shard index or shape")
-        if header.payload_bytes != codec.encoded_size(self.mix.codec, end - start, self.mix.block_size):
+        if header.payload_bytes != codec.encoded_size(want, end - start, self.mix.block_size, density):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload size does not match codec and shape")
         if not (math.isfinite(header.weight) and 0 <= header.weight <= MAX_WEIGHT):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "weight out of range")
@@ -185,7 +187,8 @@ class Diloco:
         if rs is None or rs.plan.plan_id != header.plan_id:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
         try:
-            values = await asyncio.to_thread(codec.decode, payload, header.codec, header.numel, header.block_size)
+            values = await asyncio.to_thread(codec.decode, payload, header.codec, header.numel, header.block_size,
+                                             density=self._spec(header.kind, rs.plan)[1])
         except codec.CodecError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
         if not bool(torch.isfinite(values).all()):
@@ -232,6 +235,12 @@ class Diloco:
                 self._plan_ready.pop(r, None)
         return self._rounds[r]
 
+    def _spec(self, kind: int, plan: RoundPlan) -> tuple[str, float]:
+        """Codec and density of a payload kind: a reduced sparse mean is denser (codec.reduced_spec)."""
+        if kind == REDUCED:
+            return codec.reduced_spec(self.mix.codec, self.mix.sparse_density, len(plan.members), self.mix.block_size)
+        return self.mix.codec, self.mix.sparse_density
+
     # ---- sending side ----
 
     def _header(self, plan: RoundPlan, kind: int, shard: int, numel: int, weight: float,
@@ -239,7 +248,7 @@ class Diloco:
         return peer_pb2.ShardHeader(
             run_id=self.cfg.run_id, round=plan.round, fragment=plan.fragment, revision=plan.revision,
             sender=self.peer_id, plan_id=plan.plan_id, kind=kind, shard=shard, numel=numel,
-            codec=self.mix.codec, block_size=self.mix.block_size, weight=weight,
+            codec=self._spec(kind, plan)[0], block_size=self.mix.block_size, weight=weight,
             contributors=list(contributors),
         )
 
@@ -290,7 +299,8 @@ class Diloco:
             own = payloads[me]
             rs.contributions[self.peer_id] = _Shard(
                 weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
-                                                bounds[me][1] - bounds[me][0], self.mix.block_size))
+                                                bounds[me][1] - bounds[me][0], self.mix.block_size,
+                                                density=self.mix.sparse_density))
             if len(rs.contributions) == n:
                 rs.all_contributed.set()
             self.faults.hit("before_send")
@@ -336,14 +346,15 @@ class Diloco:
         self, p: int, snap: Snapshot | None, bounds: list[tuple[int, int]]
     ) -> tuple[list[bytes], torch.Tensor | None]:
         if snap is None:  # weightless: zeros, and the residual stays as it is
-            return [codec.encode(torch.zeros(end - start), self.mix.codec, self.mix.block_size)
+            return [codec.encode(torch.zeros(end - start), self.mix.codec, self.mix.block_size, self.mix.sparse_density)
                     for start, end in bounds], None
         delta = self.state.theta(p) - snap.theta
         residual = self.residuals[p] if self.mix.error_feedback else None
         payloads, pending = [], torch.zeros_like(delta)
         for start, end in bounds:
             res = residual[start:end] if residual is not None else None
-            payload, new_res = codec.encode_with_feedback(delta[start:end], res, self.mix.codec, self.mix.block_size)
+            payload, new_res = codec.encode_with_feedback(delta[start:end], res, self.mix.codec, self.mix.block_size,
+                                                          self.mix.sparse_density)
             payloads.append(payload)
             pending[start:end] = new_res
         return payloads, pending
@@ -360,8 +371,9 @@ class Diloco:
                 total += c.weight
         if total > 0:
             acc.div_(total)
-        payload = codec.encode(acc, self.mix.codec, self.mix.block_size)
-        values = codec.decode(payload, self.mix.codec, end - start, self.mix.block_size)
+        spec, density = self._spec(REDUCED, rs.plan)
+        payload = codec.encode(acc, spec, self.mix.block_size, density)
+        values = codec.decode(payload, spec, end - start, self.mix.block_size, density=density)
         return _Shard(total, values, payload, names)
 
     def _plausible(self, rs: _Round) -> tuple[str, ...]:

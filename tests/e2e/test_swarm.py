@@ -47,3 +47,21 @@ def test_four_peers_beat_one_and_end_identical(tmp_path: Path) -> None:
     assert len({p["revision"] for p in peers}) == 1
     assert len({p["state_hash"] for p in peers}) == 1
     assert solo["rounds_committed"] == 0  # alone, nobody to mix with
+
+
+@pytest.mark.timeout(600)
+def test_sparse_codec_swarm_ends_identical(tmp_path: Path) -> None:
+    """Three daemons on the sparse codec: contributions are top-k, owners send the denser reduced mean."""
+    summary = tmp_path / "swarm-sparse.json"
+    cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", "3", "--max-steps", "120",
+           "--summary", str(summary), "--workdir", str(tmp_path / "w")]
+    for s in [*SETTINGS, "mixing.codec=sparse", "mixing.sparse_density=0.05"]:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    peers = json.loads(summary.read_text())["peers"]
+    for p in peers:
+        assert p["exit"] == "done" and p["rounds_committed"] > 0
+        assert p["final_eval_loss"] < p["initial_eval_loss"]
+    assert len({p["revision"] for p in peers}) == 1
+    assert len({p["state_hash"] for p in peers}) == 1

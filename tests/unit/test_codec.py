@@ -107,7 +107,8 @@ def test_round_trip_sizes(codec, bs):
         assert len(p) == encoded_size(codec, n, bs)
         y = decode(p, codec, n, bs)
         assert y.dtype == torch.float32 and y.shape == (n,)
-        assert quantization_step(x, codec, bs).shape == (n,)
+        if codec not in ("sparse", "sparse8"):  # no per-element step: see test_codec_sparse.py
+            assert quantization_step(x, codec, bs).shape == (n,)
 
 
 def test_encoded_size_formula():

@@ -57,3 +57,13 @@ def test_bad_yaml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_shipped_configs_are_valid() -> None:
     for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_sparse_codec_settings() -> None:
+    cfg = load_config(None, ["mixing.codec=sparse", "mixing.sparse_density=0.02"])
+    assert cfg.mixing.codec == "sparse" and cfg.mixing.sparse_density == 0.02
+    assert load_config(None, []).mixing.sparse_density == 0.03
+    for bad in (["mixing.sparse_density=0"], ["mixing.sparse_density=1.5"],
+                ["mixing.codec=sparse", "mixing.mode=gossip"], ["mixing.codec=sparse", "mixing.error_feedback=false"]):
+        with pytest.raises(ConfigError):
+            load_config(None, bad)

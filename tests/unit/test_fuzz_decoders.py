@@ -7,10 +7,12 @@ Stream chunks (protobuf parse and the server's chunk reader), codec payloads, se
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import DecodeError
 from hivemind.dht.validation import DHTRecord
@@ -75,6 +77,46 @@ def test_codec_payload_decode(raw: bytes, name: str, numel: int, block: int) -> 
     except codec.CodecError:
         return
     assert values.numel() == numel
+
+
+@given(st.sampled_from(["sparse", "sparse8"]), st.integers(0, 300), st.sampled_from([8, 9, 256, 300]),
+       st.sampled_from([0.01, 0.03, 0.25, 1.0]), st.booleans(), st.data())
+@FUZZ
+def test_sparse_payload_decode(name: str, numel: int, block: int, density: float, exact: bool, data) -> None:
+    """Random bytes, mostly of the exact size so the index and value checks are reached."""
+    size = codec.encoded_size(name, numel, block, density) if exact else data.draw(st.integers(0, 400))
+    raw = data.draw(st.binary(min_size=size, max_size=size))
+    try:
+        values = codec.decode(raw, name, numel, block, density=density)
+    except codec.CodecError:
+        return
+    assert values.shape == (numel,) and bool(torch.isfinite(values).all())
+    # Only the claimed entries may be non-zero: at most k per block.
+    k = max(1, min(block, round(density * block)))
+    for b0 in range(0, numel, block):
+        assert int((values[b0 : b0 + block] != 0).sum()) <= k
+
+
+@given(st.integers(1, 200), st.sampled_from([8, 16]), st.data())
+@FUZZ
+def test_sparse_valid_scales_random_indices(numel: int, block: int, data) -> None:
+    """Valid scales and codes, random offsets: accepted exactly when every block's are increasing and in range."""
+    density = 0.25
+    nblocks, k = -(-numel // block), block // 4
+    counts = [min(k, min(block, numel - b * block)) for b in range(nblocks)]
+    offsets = [data.draw(st.lists(st.integers(0, 255), min_size=c, max_size=c)) for c in counts]
+    codes = bytes(data.draw(st.binary(min_size=-(-sum(counts) // 4), max_size=-(-sum(counts) // 4))))
+    if sum(counts) % 4:
+        codes = codes[:-1] + bytes([codes[-1] & ((1 << (2 * (sum(counts) % 4))) - 1)])
+    payload = struct.pack(f"<{nblocks}f", *[1.0] * nblocks) + bytes(sum(offsets, [])) + codes
+    valid = all(all(a < b for a, b in zip(o, o[1:], strict=False)) and (not o or o[-1] < min(block, numel - i * block))
+                for i, o in enumerate(offsets))
+    try:
+        values = codec.decode(payload, "sparse", numel, block, density=density)
+    except codec.CodecError:
+        assert not valid
+        return
+    assert valid and values.shape == (numel,)
 
 
 def _sealed() -> dict:
