@@ -42,7 +42,7 @@ def _transport(port: int = 0) -> Any:
     from peerd.transport import Transport
 
     cfg = load_config(None, ["transport.host=127.0.0.1", f"transport.port={port}"]).transport
-    return Transport(cfg, _Sink(), None, lambda d, n: None, lambda r: None)
+    return Transport(cfg, lambda d, n: None, lambda r: None)
 
 
 def _raw_server(sock: socket.socket) -> None:
@@ -74,7 +74,7 @@ def serve(portfile: str) -> None:
 
     async def main() -> None:
         t = _transport()
-        port = await t.start()
+        port = await t.start(_Sink())
         Path(portfile).write_text(json.dumps({"grpc": port, "raw": raw.getsockname()[1]}))
         # Parent death closes our stdin: never outlive the benchmark.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

@@ -18,6 +18,7 @@ from peerd.bridge import Bridge, Snapshot
 from peerd.config import load_config
 from peerd.diloco import CONTRIB, REDUCED, Diloco, _Shard
 from peerd.fragments import FragmentLayout
+from tests.fakes import make_diloco
 from peerd.schedule import Candidate, make_plan, rendezvous_order
 from peerd.state import OuterState
 from peerd.transport import checksum
@@ -31,7 +32,7 @@ def _swarm(codec_name: str) -> list[Diloco]:
                              "mixing.outer_lr=0.8", "mixing.outer_momentum=0.5"])
     layout = FragmentLayout.build(SHAPES, 2)
     init = [torch.randn(n, generator=torch.Generator().manual_seed(7)) for n in layout.numels]
-    return [Diloco(cfg, name, OuterState(layout, init), Bridge()) for name in NAMES]
+    return [make_diloco(cfg, name, OuterState(layout, init)) for name in NAMES]
 
 
 def _plan(swarm: list[Diloco], r: int):
