@@ -101,12 +101,18 @@ def swarm(
 ) -> None:
     """Train the built-in task with N daemons on 127.0.0.1 and print a result table."""
     _load(config, list(set_ or []))  # fail fast on a bad config, before any process starts
-    from peerd.swarm import print_table, run_swarm
+    from peerd.swarm import disagreement, print_table, run_swarm
 
     result = run_swarm(peers, config, list(set_ or []), max_steps, summary, workdir)
     print_table(result)
     failed = [p for p in result["peers"] if p.get("exit") != "done"]
-    raise typer.Exit(1 if failed else 0)
+    if failed:
+        typer.echo(f"peerd swarm: {len(failed)} of {len(result['peers'])} peers did not finish (see exit column)",
+                   err=True)
+    differ = disagreement(result)
+    if differ:
+        typer.echo(f"peerd swarm: {differ}", err=True)
+    raise typer.Exit(1 if failed or differ else 0)
 
 
 def _dump_tasks() -> None:
@@ -171,7 +177,11 @@ def status(
         typer.echo(json.dumps(statuses, indent=2))
     else:
         render(statuses)
-    raise typer.Exit(0 if statuses else 1)
+    unreachable = [s["admin"] for s in statuses if s.get("health") == "unreachable"]
+    for addr in unreachable:
+        typer.echo(f"peerd: no peerd daemon answers at {addr} (is it running? its admin address is in its "
+                   "ready file and `peerd status` without --admin finds local ones)", err=True)
+    raise typer.Exit(1 if unreachable or not statuses else 0)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from peerd import auth
+from peerd import auth, health, joincheck
 from peerd.admin import AdminServer
 from peerd.aio import abandon
 from peerd.bridge import Bridge
@@ -109,6 +109,7 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         self.admin: AdminServer | None = None
         self.rates = {"tx_bytes_per_s": 0.0, "rx_bytes_per_s": 0.0}
         self.history: list[dict[str, Any]] = []
+        self.round_log = health.RoundLog()
 
     # ---- hooks for lower layers ----
 
@@ -198,6 +199,8 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
                              pace=(cfg.train.max_steps_per_round, cfg.round.round_s))
         if ckpt_dir is not None:
             self._restore(ckpt_dir)
+        if rpc_key is None:  # no secret: a swarm that has one would refuse every call; say so now
+            await joincheck.require_secret_if_swarm_has_one(self.membership, self.bootstrap)
         await self._initial_sync()
         await self._check_joined_a_run()
         await self._announce()
@@ -289,6 +292,7 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
 
     def _on_refused(self, reason: str) -> None:
         self.metrics.rpc_refused.labels(reason=reason).inc()
+        joincheck.REFUSALS(reason)  # rate-limited log line with the reason
 
     def _on_rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -337,19 +341,18 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
     def status(self) -> dict[str, Any]:
         """Snapshot for the admin endpoint (read from the admin thread; values only, no secrets)."""
         s, state = self.bridge.stats, self.state
-        healthy = (self.ready and self.worker is not None and self.worker.alive and self.worker.error is None
-                   and self.membership is not None and self.membership.p2pd_alive())
         return {
             "peer_id": self.peer_id, "run_id": self.cfg.run_id, "mode": self.cfg.mixing.mode,
             "grpc": self.endpoint, "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}",
-            "ready": self.ready, "healthy": bool(healthy), "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "ready": self.ready, "uptime_s": round(time.monotonic() - self.started_at, 1),
             "swarm_size": len(self.view) + 1, "step": s.step, "samples": s.samples,
             "loss": s.loss if math.isfinite(s.loss) else None, "samples_per_s": round(s.samples_per_s, 2),
             "done": s.done, "last_round": dict(self.last_round),
             "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
-            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes, **self.rates,
+            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "revision": state.revision if state else 0, "state_hash": state.state_hash() if state else None,
             "mass_weights": self.gossip.mass_weights() if self.gossip else None,  # gossip push-sum weights
+            **health.status_fields(self),  # healthy/health/reasons, windowed tx/rx rates, recent rounds
         }
 
     async def _status_loop(self) -> None:

@@ -62,6 +62,7 @@ class RoundsMixin:
         if outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
             log.info("round_skipped", reason=reason, peers=len(self.view) + 1)
         self.last_round = {"outcome": outcome, "reason": reason, "at": time.time()}
+        self.round_log.observe(outcome, reason)
 
     async def _round(self, r: int) -> None:
         cfg, state = self.cfg, self.state
