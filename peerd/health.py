@@ -8,9 +8,10 @@ States:
 
 - ``starting``: not yet synced and training.
 - ``unhealthy``: the worker or the p2pd child died (the daemon is about to exit).
-- ``degraded``: up, but it has not committed for ``DEGRADED_AFTER`` rounds in a row while other
-  peers are live (a peer that aborts every round trains alone and drifts; before this state
-  existed such a peer reported ``healthy: yes`` for 79 aborted rounds).
+- ``degraded``: up, but it has not committed for ``DEGRADED_AFTER`` rounds in a row (aborted or
+  skipped) while other peers are in its view: it trains alone and drifts (before this state
+  existed such a peer reported ``healthy: yes`` for 79 aborted rounds). A lone peer skips rounds
+  for want of company; that is not a fault.
 - ``healthy``: otherwise (a lone peer skips rounds; that is not a fault).
 """
 
@@ -21,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-DEGRADED_AFTER = 5  # rounds without a commit (aborted ones) while others are live
+DEGRADED_AFTER = 5  # rounds without a commit while others are in the view
 RATE_WINDOW_S = 30.0  # rounds come in bursts once per round_s: a 1 s window reads 0 most of the time
 RECENT_ROUNDS = 8  # outcomes kept for status (the swarm launcher shows them on a timeout)
 
@@ -30,7 +31,8 @@ RECENT_ROUNDS = 8  # outcomes kept for status (the swarm launcher shows them on 
 class RoundLog:
     """Outcomes of this peer's recent rounds, written by the loop thread, read by the admin thread."""
 
-    aborted_in_a_row: int = 0
+    aborted: int = 0  # since the last commit
+    skipped: int = 0  # since the last commit
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -38,15 +40,17 @@ class RoundLog:
         """Record one round's outcome (``committed``, ``aborted`` or ``skipped``) and its reason."""
         with self._lock:
             if outcome == "committed":
-                self.aborted_in_a_row = 0
+                self.aborted = self.skipped = 0
             elif outcome == "aborted":
-                self.aborted_in_a_row += 1
+                self.aborted += 1
+            else:
+                self.skipped += 1
             self.recent.append(outcome if outcome == "committed" else f"{outcome}:{reason}")
 
-    def snapshot(self) -> tuple[int, list[str]]:
-        """(aborted rounds since the last commit, recent outcomes oldest first)."""
+    def snapshot(self) -> tuple[int, int, list[str]]:
+        """(aborted, skipped rounds since the last commit, recent outcomes oldest first)."""
         with self._lock:
-            return self.aborted_in_a_row, list(self.recent)
+            return self.aborted, self.skipped, list(self.recent)
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,8 @@ class Health:
         return self.state == "healthy"
 
 
-def assess(*, ready: bool, worker_ok: bool, p2pd_ok: bool, others_live: int, aborted_in_a_row: int,
-           last_reason: str | None = None, degraded_after: int = DEGRADED_AFTER) -> Health:
+def assess(*, ready: bool, worker_ok: bool, p2pd_ok: bool, others_live: int, aborted: int, skipped: int = 0,
+           last_round: str | None = None, degraded_after: int = DEGRADED_AFTER) -> Health:
     """Health from the facts a daemon knows about itself and the swarm it sees.
 
     Args:
@@ -71,9 +75,10 @@ def assess(*, ready: bool, worker_ok: bool, p2pd_ok: bool, others_live: int, abo
         worker_ok: the training thread is alive and has not failed.
         p2pd_ok: the DHT's p2pd child is alive.
         others_live: peers of this run in this peer's view (itself excluded).
-        aborted_in_a_row: rounds aborted since the last commit.
-        last_reason: the last round's reason, quoted in the degraded reason.
-        degraded_after: rounds without a commit that make a peer with live company degraded.
+        aborted: rounds aborted since the last commit.
+        skipped: rounds skipped since the last commit.
+        last_round: the last round's outcome and reason, quoted in the degraded reason.
+        degraded_after: rounds without a commit that make a peer with company degraded.
     """
     reasons = []
     if not worker_ok:
@@ -84,11 +89,12 @@ def assess(*, ready: bool, worker_ok: bool, p2pd_ok: bool, others_live: int, abo
         return Health("unhealthy", tuple(reasons))
     if not ready:
         return Health("starting", ("syncing with the swarm",))
-    if others_live > 0 and aborted_in_a_row >= degraded_after:
-        why = f" (last: {last_reason})" if last_reason else ""
-        peers = "peer is" if others_live == 1 else "peers are"
-        return Health("degraded", (f"no commit in the last {aborted_in_a_row} rounds{why} while "
-                                   f"{others_live} other {peers} live",))
+    missed = aborted + skipped
+    if others_live > 0 and missed >= degraded_after:
+        last = f"; last: {last_round}" if last_round else ""
+        peers = "peer" if others_live == 1 else "peers"
+        return Health("degraded", (f"no commit in the last {missed} rounds ({aborted} aborted, {skipped} skipped"
+                                   f"{last}) while the swarm has {others_live} other {peers}",))
     return Health("healthy")
 
 
@@ -118,13 +124,14 @@ def status_fields(daemon: Any) -> dict[str, Any]:
     import time
 
     worker, membership = daemon.worker, daemon.membership
-    in_a_row, recent = daemon.round_log.snapshot()
+    aborted, skipped, recent = daemon.round_log.snapshot()
+    last = daemon.last_round or {}
     verdict = assess(
         ready=daemon.ready, worker_ok=worker is None or (worker.alive and worker.error is None) or not daemon.ready,
         p2pd_ok=membership is None or membership.node is None or membership.p2pd_alive(),
-        others_live=len(daemon.view), aborted_in_a_row=in_a_row,
-        last_reason=(daemon.last_round or {}).get("reason"))
+        others_live=len(daemon.view), aborted=aborted, skipped=skipped,
+        last_round=f"{last.get('outcome')} {last.get('reason')}" if last else None)
     now_s = time.monotonic() - daemon.started_at
     return {"healthy": verdict.healthy, "health": verdict.state, "health_reasons": list(verdict.reasons),
-            "aborted_in_a_row": in_a_row, "recent_rounds": recent,
+            "rounds_without_commit": aborted + skipped, "recent_rounds": recent,
             **window_rates(list(daemon.history), now_s, daemon.counters.tx_bytes, daemon.counters.rx_bytes)}
