@@ -30,6 +30,7 @@ from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, EXIT_OK, Counters, FatalErro
 from peerd.fragments import FragmentLayout, state_hash
 from peerd.gossip.churn import GossipChurnMixin
 from peerd.gossip.round import GossipMixer
+from peerd.hint import join_hint
 from peerd.leave import LeaveMixin
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership, PeerRecord
@@ -235,14 +236,11 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         assert self.membership is not None
         maddrs = await self.membership.visible_maddrs()
         await self._heartbeat_once()
-        hint = "peerd join " + " ".join(f"--bootstrap {m}" for m in maddrs[:2])
-        if self.cfg.run_id != "peerd":
-            hint += f" --set run_id={self.cfg.run_id}"
         if self.admin is not None:
             self.admin.advertise(self.peer_id, self.cfg.run_id)
         log.info("joined", peer_id=self.peer_id, grpc=self.endpoint, metrics_port=self.metrics_port,
                  revision=self.state.revision if self.state else 0)
-        print(f"To add a peer to this swarm, run:\n  {hint}", flush=True)
+        print(join_hint(maddrs, self.cfg.run_id, self.cfg.security), flush=True)
         if self.ready_file:
             info = {"peer_id": self.peer_id, "dht_maddrs": maddrs, "grpc": self.endpoint,
                     "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}",
