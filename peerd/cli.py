@@ -65,6 +65,7 @@ def join(
     if log_format:
         overrides.append(f"log.format={log_format}")
     cfg = _load(config, overrides)
+    from peerd import quiet
     from peerd.log import setup_logging
 
     setup_logging(cfg.log.level, cfg.log.format)
@@ -74,17 +75,27 @@ def join(
 
     daemon_ref: list[Daemon] = []
 
+    def stopping() -> bool:
+        return bool(daemon_ref) and daemon_ref[0].stop_event.is_set()
+
+    quiet.install(stopping)
+
     async def main() -> int:
         daemon = Daemon(cfg, bootstrap, ready_file, summary, exit_when_done, wait_for_peers)
         daemon_ref.append(daemon)
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet.exception_handler(stopping))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop, sig.name.lower())
         # Diagnostics for a peer that seems stuck: SIGUSR1 prints every thread's stack (works
         # even when the event loop itself is blocked), SIGUSR2 every asyncio task's stack.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
-        return await daemon.run()
+        code = await daemon.run()
+        # "stopped" is logged and the summary written: nothing is left but the interpreter's
+        # teardown, which waits on hivemind's threads and tasks (silent seconds, stray tracebacks).
+        quiet.exit_now(code)
+        return code
 
     code = uvloop.run(main())
     raise typer.Exit(code)

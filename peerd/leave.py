@@ -46,6 +46,8 @@ class LeaveMixin:
                              daemon=True).start()
 
     async def _shutdown(self) -> None:
+        log.info("leaving", reason=self.exit_reason, waits_for="final evaluation, checkpoint and summary, then "
+                 "closing gRPC and the DHT (each step time-limited)")
         final_loss = float("nan")
         if self.membership is not None and self.membership.node is not None and self.state is not None and self.peer_id:
             # Announce departure: a record that is not ready and expires almost at once.
