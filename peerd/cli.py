@@ -65,6 +65,7 @@ def join(
     if log_format:
         overrides.append(f"log.format={log_format}")
     cfg = _load(config, overrides)
+    from peerd import quiet
     from peerd.log import setup_logging
 
     setup_logging(cfg.log.level, cfg.log.format)
@@ -74,17 +75,27 @@ def join(
 
     daemon_ref: list[Daemon] = []
 
+    def stopping() -> bool:
+        return bool(daemon_ref) and daemon_ref[0].stop_event.is_set()
+
+    quiet.install(stopping)
+
     async def main() -> int:
         daemon = Daemon(cfg, bootstrap, ready_file, summary, exit_when_done, wait_for_peers)
         daemon_ref.append(daemon)
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet.exception_handler(stopping))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop, sig.name.lower())
         # Diagnostics for a peer that seems stuck: SIGUSR1 prints every thread's stack (works
         # even when the event loop itself is blocked), SIGUSR2 every asyncio task's stack.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
-        return await daemon.run()
+        code = await daemon.run()
+        # "stopped" is logged and the summary written: nothing is left but the interpreter's
+        # teardown, which waits on hivemind's threads and tasks (silent seconds, stray tracebacks).
+        quiet.exit_now(code)
+        return code
 
     code = uvloop.run(main())
     raise typer.Exit(code)
@@ -101,12 +112,18 @@ def swarm(
 ) -> None:
     """Train the built-in task with N daemons on 127.0.0.1 and print a result table."""
     _load(config, list(set_ or []))  # fail fast on a bad config, before any process starts
-    from peerd.swarm import print_table, run_swarm
+    from peerd.swarm import disagreement, print_table, run_swarm
 
     result = run_swarm(peers, config, list(set_ or []), max_steps, summary, workdir)
     print_table(result)
     failed = [p for p in result["peers"] if p.get("exit") != "done"]
-    raise typer.Exit(1 if failed else 0)
+    if failed:
+        typer.echo(f"peerd swarm: {len(failed)} of {len(result['peers'])} peers did not finish (see exit column)",
+                   err=True)
+    differ = disagreement(result)
+    if differ:
+        typer.echo(f"peerd swarm: {differ}", err=True)
+    raise typer.Exit(1 if failed or differ else 0)
 
 
 def _dump_tasks() -> None:
@@ -171,7 +188,11 @@ def status(
         typer.echo(json.dumps(statuses, indent=2))
     else:
         render(statuses)
-    raise typer.Exit(0 if statuses else 1)
+    unreachable = [s["admin"] for s in statuses if s.get("health") == "unreachable"]
+    for addr in unreachable:
+        typer.echo(f"peerd: no peerd daemon answers at {addr} (is it running? its admin address is in its "
+                   "ready file and `peerd status` without --admin finds local ones)", err=True)
+    raise typer.Exit(1 if unreachable or not statuses else 0)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,27 @@ class PeerRecord:
         return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done)
 
 
+def probe_port(host: str, port: int) -> None:
+    """Fail when ``host:port`` is taken, before p2pd starts.
+
+    p2pd listens with SO_REUSEPORT, so a second p2pd on a taken port starts without complaint and
+    both answer one address. A plain bind (SO_REUSEADDR only, which tolerates TIME_WAIT leftovers
+    but not a listener) tells. Port 0 (any free port) needs no check.
+
+    Raises:
+        DhtError: the port is in use or cannot be bound, naming it.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DhtError(f"dht.port {port} on {host} is not free ({exc.strerror}); another process (a peerd "
+                           "daemon?) holds it: pick another dht.port or 0") from None
+
+
 class Membership:
     """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
 
@@ -128,6 +150,7 @@ class Membership:
         Raises:
             DhtError: startup failed or timed out (bad bootstrap address, port in use, ...).
         """
+        probe_port(self.cfg.host, self.cfg.port)
         host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
         kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
                                   "wait_timeout": self.cfg.rpc_timeout_s}

@@ -19,10 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from peerd.config import load_config
+from peerd.progress import PeerView, Progress
+from peerd.status import short_id
 
 
 def wait_ready_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
@@ -82,6 +85,8 @@ def run_swarm(
     procs: list[subprocess.Popen[bytes]] = []
     t0 = time.monotonic()
     console = Console(stderr=True)
+    views = [PeerView(i, work / f"peer-{i}.log", work / f"peer-{i}.ready.json") for i in range(peers)]
+    progress = Progress(views, max_steps, console)
     # The peers run in their own sessions (a Ctrl-C in the terminal must not hit them before the
     # launcher asks them to leave), so a SIGTERM to the launcher must be turned into the same
     # orderly stop as Ctrl-C, or they would outlive it.
@@ -89,12 +94,12 @@ def run_swarm(
     try:
         bootstrap: list[str] = []
         for i in range(peers):
-            ready, summ = work / f"peer-{i}.ready.json", work / f"peer-{i}.summary.json"
+            ready, summ = views[i].ready_file, work / f"peer-{i}.summary.json"
             for stale in (ready, summ):
                 stale.unlink(missing_ok=True)
             cmd = base + ["--set", f"data.shard={i}", "--ready-file", str(ready), "--summary", str(summ)]
             cmd += [a for m in bootstrap for a in ("--bootstrap", m)]
-            log = open(work / f"peer-{i}.log", "wb")  # noqa: SIM115 - closed with the process
+            log = open(views[i].log, "wb")  # noqa: SIM115 - closed with the process
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True))
             if i == 0:
@@ -102,11 +107,25 @@ def run_swarm(
                 bootstrap = list(info["dht_maddrs"])[:2]
                 console.print(f"peer 0 up: {info['peer_id']} (logs in {work})")
         deadline = t0 + timeout_s
-        for p in procs:
-            p.wait(max(0.1, deadline - time.monotonic()))
-    except (KeyboardInterrupt, subprocess.TimeoutExpired, TimeoutError, RuntimeError) as exc:
-        console.print(f"[red]swarm stopping: {exc!r}[/red]")
+        with progress:
+            while time.monotonic() < deadline:
+                for view, p in zip(views, procs, strict=True):
+                    view.exit_code = p.poll()
+                if all(v.exit_code is not None for v in views):
+                    break
+                progress.poll()
+                time.sleep(1.0)
+            else:
+                console.print(f"[red]swarm stopping: not finished after {timeout_s:.0f}s (timeout)[/red]")
+                for line in progress.unfinished_report():
+                    console.print(line, soft_wrap=True, highlight=False)
+    except KeyboardInterrupt as exc:
+        console.print(f"[red]swarm stopping: interrupted ({exc or 'Ctrl-C'})[/red]")
+    except (TimeoutError, RuntimeError) as exc:
+        console.print(f"[red]swarm stopping: peer 0: {exc} (log: {views[0].log})[/red]", soft_wrap=True)
     finally:
+        if any(p.poll() is None for p in procs):
+            console.print("stopping peers (graceful leave, up to 30 s)...")
         _stop(procs)
         signal.signal(signal.SIGTERM, previous)
     entries = []
@@ -132,19 +151,35 @@ def _fmt(value: Any, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(result: dict[str, Any]) -> None:
-    """Rich table of per-peer results."""
-    table = Table(title=f"peerd swarm — run {result['run_id']} ({result['mode']}), {result['wall_s']:.1f}s")
-    for col in ("peer", "steps", "eval loss start → end", "tx MB", "rx MB", "rounds ok/aborted",
-                "revision", "state hash", "exit"):
-        table.add_column(col)
+def disagreement(result: dict[str, Any]) -> str | None:
+    """In DiLoCo mode every peer must end on one revision and one state hash; what differs, if not.
+
+    (Gossip peers converge without a shared state, so differing hashes are expected there.)
+    """
+    if result.get("mode") != "diloco":
+        return None
+    ended = [e for e in result["peers"] if e.get("revision") is not None]
+    revisions = sorted({e["revision"] for e in ended})
+    hashes = sorted({str(e.get("state_hash")) for e in ended})
+    if len(revisions) <= 1 and len(hashes) <= 1:
+        return None
+    by = ", ".join(f"peer {e['index']}: revision {e['revision']} hash {str(e.get('state_hash'))[:8]}" for e in ended)
+    return f"peers ended on different revisions or state hashes ({by})"
+
+
+def print_table(result: dict[str, Any], console: Console | None = None) -> None:
+    """Rich table of per-peer results; fits 80 columns (short ids and hashes, the exit reason folds)."""
+    table = Table(title=f"peerd swarm — run {result['run_id']} ({result['mode']}), {result['wall_s']:.1f}s",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
+    for col in ("peer", "steps", "eval loss", "tx/rx MB", "ok/ab", "rev", "hash", "exit"):
+        table.add_column(col, no_wrap=col != "exit", overflow="fold", ratio=1 if col == "exit" else None,
+                         justify="right" if col in ("steps", "rev") else "left")
     for e in result["peers"]:
         table.add_row(
-            f"{e['index']} {str(e.get('peer_id') or '?')[-8:]}", _fmt(e.get("steps")),
-            f"{_fmt(e.get('initial_eval_loss'), '.4f')} → {_fmt(e.get('final_eval_loss'), '.4f')}",
-            _fmt(e.get("tx_bytes", 0) / 1e6, ".2f"), _fmt(e.get("rx_bytes", 0) / 1e6, ".2f"),
+            f"{e['index']} {short_id(e.get('peer_id'))}", _fmt(e.get("steps")),
+            f"{_fmt(e.get('initial_eval_loss'), '.3f')}→{_fmt(e.get('final_eval_loss'), '.3f')}",
+            f"{_fmt(e.get('tx_bytes', 0) / 1e6, '.1f')}/{_fmt(e.get('rx_bytes', 0) / 1e6, '.1f')}",
             f"{_fmt(e.get('rounds_committed'))}/{_fmt(e.get('rounds_aborted'))}", _fmt(e.get("revision")),
-            str(e.get("state_hash") or "-")[:12], str(e.get("exit")),
+            str(e.get("state_hash") or "-")[:6], str(e.get("exit")),
         )
-    # Piped output (logs, CI) gets a fixed width so columns are not squeezed into wrapped cells.
-    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    (console or Console()).print(table)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from peerd import auth
+from peerd import auth, joincheck
 from peerd.admin import AdminServer
 from peerd.aio import abandon
 from peerd.bridge import Bridge
@@ -28,6 +28,7 @@ from peerd.core.clock import SYSTEM
 from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, Counters, FatalError
 from peerd.faults import FaultInjector
 from peerd.fragments import FragmentLayout
+from peerd.hint import join_hint
 from peerd.hostile import Hostile
 from peerd.log import get_logger
 from peerd.membership import DhtError, Membership
@@ -139,7 +140,7 @@ class Daemon:
         transport = Transport(cfg.transport, self.telemetry.on_bytes, lambda r: m.rejected.labels(reason=r).inc(),
                               lambda kind, sec: m.transfer_duration_one.labels(kind=kind).observe(sec),
                               security=cfg.security, key=rpc_key, peer_id=peer_id,
-                              on_refused=lambda r: m.rpc_refused.labels(reason=r).inc(),
+                              on_refused=self._on_refused,
                               faults=self.faults, hostile=self.hostile)
         lv.transport = transport
         try:
@@ -162,6 +163,8 @@ class Daemon:
         if checkpointer is not None:
             checkpointer.restore()
             self.metrics.revision.set(state.revision)
+        if rpc_key is None:  # no secret: a swarm that has one would refuse every call; say so now
+            await joincheck.require_secret_if_swarm_has_one(membership, self.bootstrap)
         params = dict(task.model.named_parameters())
         await node.join(lambda frags: [layout.unflatten_into(params, f, t) for f, t in frags.items()])
         await self._check_joined_a_run(membership, node)
@@ -195,15 +198,12 @@ class Daemon:
     async def _announce(self, membership: Membership, node: PeerNode) -> None:
         maddrs = await membership.visible_maddrs()
         await node.view.heartbeat()
-        hint = "peerd join " + " ".join(f"--bootstrap {m}" for m in maddrs[:2])
-        if self.cfg.run_id != "peerd":
-            hint += f" --set run_id={self.cfg.run_id}"
         admin = self.leaver.admin
         if admin is not None:
             admin.advertise(node.peer_id, self.cfg.run_id)
         log.info("joined", peer_id=node.peer_id, grpc=node.view.endpoint, metrics_port=self.telemetry.metrics_port,
                  revision=node.state.revision)
-        print(f"To add a peer to this swarm, run:\n  {hint}", flush=True)
+        print(join_hint(maddrs, self.cfg.run_id, self.cfg.security), flush=True)
         if self.ready_file:
             info = {"peer_id": node.peer_id, "dht_maddrs": maddrs, "grpc": node.view.endpoint,
                     "metrics": f"{self.cfg.metrics.host}:{self.telemetry.metrics_port}",
@@ -250,6 +250,10 @@ class Daemon:
         if membership.invalid_records > 0:
             raise FatalError("the swarm's records fail authentication: this peer's security.secret differs from "
                              "the swarm's; give it the swarm's secret", EXIT_CONFIG)
+
+    def _on_refused(self, reason: str) -> None:
+        self.metrics.rpc_refused.labels(reason=reason).inc()
+        joincheck.REFUSALS(reason)  # rate-limited log line with the reason
 
     def _on_dht_op(self, op: str, outcome: str) -> None:
         self.metrics.dht_ops.labels(op=op, outcome=outcome).inc()

@@ -17,6 +17,7 @@ from peerd.config import PeerdConfig
 from peerd.core.clock import RoundClock
 from peerd.errors import Counters, FatalError
 from peerd.faults import FaultInjector
+from peerd.health import RoundLog
 from peerd.log import get_logger
 from peerd.metrics import Metrics
 from peerd.mixing.base import Mixer, RoundOutcome
@@ -43,6 +44,7 @@ class RoundDriver:
         self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
         self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
+        self.round_log = RoundLog()  # recent outcomes, for health
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -69,6 +71,7 @@ class RoundDriver:
         if outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
             log.info("round_skipped", reason=reason, peers=len(self.view.records) + 1)
         self.last_round = {"outcome": outcome, "reason": reason, "at": self.rc.now()}
+        self.round_log.observe(outcome, reason)
 
     async def round(self, r: int) -> None:
         """Take part in round ``r`` (or skip it, counted with the reason)."""

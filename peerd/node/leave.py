@@ -81,6 +81,8 @@ class Leaver:
 
     async def shutdown(self, telemetry: Telemetry) -> None:
         """Leave the swarm, write checkpoint and summary, stop every server (each step bounded)."""
+        log.info("leaving", reason=self.exit_reason, waits_for="final evaluation, checkpoint and summary, then "
+                 "closing gRPC and the DHT (each step time-limited)")
         final_loss = float("nan")
         node, worker = self.node, self.worker
         if node is not None and self.membership is not None and self.membership.node is not None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peerd import health
 from peerd.bridge import Bridge
 from peerd.config import PeerdConfig
 from peerd.errors import EXIT_OK, Counters
@@ -40,7 +41,6 @@ class Telemetry:
         self.started_at = time.monotonic()
         self.metrics_port = 0
         self.history: list[dict[str, Any]] = []
-        self.rates = {"tx_bytes_per_s": 0.0, "rx_bytes_per_s": 0.0}
         self.node: PeerNode | None = None
         self.worker: Worker | None = None
         self.membership: Membership | None = None
@@ -84,35 +84,29 @@ class Telemetry:
 
     def status(self) -> dict[str, Any]:
         """Snapshot for the admin endpoint (read from the admin thread; values only, no secrets)."""
-        s, node, worker = self.bridge.stats, self.node, self.worker
+        s, node = self.bridge.stats, self.node
         ready = node is not None and node.view.ready
-        healthy = (ready and worker is not None and worker.alive and worker.error is None
-                   and self.membership is not None and self.membership.p2pd_alive())
         proto = node.status() if node is not None else {"swarm_size": 1, "last_round": {}, "revision": 0,
                                                          "state_hash": None}
         return {
             "peer_id": node.peer_id if node else "", "run_id": self.cfg.run_id, "mode": self.cfg.mixing.mode,
             "grpc": self.endpoint, "metrics": f"{self.cfg.metrics.host}:{self.metrics_port}",
-            "ready": ready, "healthy": bool(healthy), "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "ready": ready, "uptime_s": round(time.monotonic() - self.started_at, 1),
             "swarm_size": proto["swarm_size"], "step": s.step, "samples": s.samples,
             "loss": s.loss if math.isfinite(s.loss) else None, "samples_per_s": round(s.samples_per_s, 2),
             "done": s.done, "last_round": proto["last_round"],
             "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
-            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes, **self.rates,
+            "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "revision": proto["revision"], "state_hash": proto["state_hash"],
             "mass_weights": proto.get("mass_weights"),  # gossip push-sum weights
+            **health.status_fields(self),  # healthy/health/reasons, windowed tx/rx rates, recent rounds
         }
 
     async def status_loop(self) -> None:
         """Log a status line every ``train.log_every_s`` and keep the tx/rx rates."""
         self.record_history(self.worker.initial_eval_loss if self.worker else None)
-        last = (time.monotonic(), self.counters.tx_bytes, self.counters.rx_bytes)
         while True:
             await asyncio.sleep(self.cfg.train.log_every_s)
-            now = time.monotonic()
-            self.rates = {"tx_bytes_per_s": (self.counters.tx_bytes - last[1]) / max(now - last[0], 1e-9),
-                          "rx_bytes_per_s": (self.counters.rx_bytes - last[2]) / max(now - last[0], 1e-9)}
-            last = (now, self.counters.tx_bytes, self.counters.rx_bytes)
             self.record_history()
             s, node = self.bridge.stats, self.node
             log.info("status", step=s.step, loss=round(s.loss, 4),

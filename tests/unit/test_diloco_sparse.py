@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from peerd import codec
-from peerd.bridge import Bridge, Snapshot
+from peerd.bridge import Snapshot
 from peerd.config import load_config
 from peerd.diloco import CONTRIB, REDUCED, Diloco, _Shard
 from peerd.fragments import FragmentLayout
-from tests.fakes import make_diloco
 from peerd.schedule import Candidate, make_plan, rendezvous_order
 from peerd.state import OuterState
 from peerd.transport import checksum
+from tests.fakes import make_diloco
 
 SHAPES = [("blocks.0.w", (48, 48)), ("blocks.1.w", (48, 48)), ("head.w", (10, 48))]
 NAMES = ("p0", "p1", "p2", "p3")
