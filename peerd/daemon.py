@@ -184,7 +184,8 @@ class Daemon(ViewMixin, RoundsMixin, ResyncMixin, PersistMixin, LeaveMixin, Goss
         self.transport = Transport(cfg.transport, self.gossip or self.diloco, self, self._on_bytes, self._on_rejected,
                                    lambda kind, sec: self.metrics.transfer_duration_one.labels(kind=kind).observe(sec),
                                    security=cfg.security, key=rpc_key, peer_id=self.peer_id,
-                                   on_refused=self._on_refused)
+                                   on_refused=self._on_refused, on_remote_event=lambda reason, logged: self.metrics
+                                   .remote_events.labels(reason=reason, logged=str(logged).lower()).inc())
         try:
             port = await self.transport.start()
         except OSError as exc:
