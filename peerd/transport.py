@@ -87,15 +87,19 @@ def _chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
     return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
 
 
-# Bulk-transfer tuning, both sides (bench/transport.py): HTTP/2 frames default to 16 KiB, so a
-# 1 MiB chunk was 64 frames; advertising 4 MiB frames lets a chunk travel as one (+20-35% goodput
-# on loopback in trials). Larger TCP reads cut wakeups per chunk. Both are negotiated per
-# connection and harmless with peers that do not set them.
-_BULK_OPTIONS = (
-    ("grpc.http2.max_frame_size", MAX_MESSAGE_BYTES),
+# Bulk-transfer tuning (bench/transport.py): HTTP/2 frames default to 16 KiB, so a 1 MiB chunk
+# was 64 frames; advertising 4 MiB frames lets a chunk travel as one (+20-35% goodput on loopback
+# in trials). Larger TCP reads cut wakeups per chunk on the client, which opens few connections.
+# The server keeps grpc's default reads: with 1 MiB minimum reads, every connection an outsider
+# opens pins a large buffer, and rounds of 500 connections grew the server's RSS without a plateau
+# (+133 MB over 10 rounds, still +16 MB over the last 3) where default reads level off
+# (+24 MB, +1 MB): bench/hostile_soak.py --server-options bulk|plain.
+_BULK_OPTIONS = (("grpc.http2.max_frame_size", MAX_MESSAGE_BYTES),)
+CLIENT_READ_OPTIONS = (
     ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
     ("grpc.experimental.tcp_max_read_chunk_size", MAX_MESSAGE_BYTES),
 )
+SERVER_READ_OPTIONS: tuple[tuple[str, int], ...] = ()
 
 
 def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
@@ -108,6 +112,7 @@ def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *_BULK_OPTIONS,
+        *CLIENT_READ_OPTIONS,
     ]
 
 
@@ -123,6 +128,7 @@ def server_options(cfg: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
         *_BULK_OPTIONS,
+        *SERVER_READ_OPTIONS,
     ]
 
 
