@@ -7,10 +7,12 @@ gRPC channel each, no shared subchannels), makes one call per connection without
 (a FetchState with an undecodable body, so a victim that parses before refusing is caught too),
 and closes them all. After each round the victim's RSS (``/proc/PID/status`` VmRSS) is read once
 it has settled. ``--server-options bulk`` restores the transport's old server options (large TCP
-read chunks) for comparison. Output: bench/results/hostile.json.
+read chunks) for comparison; ``--victim daemon`` runs a whole ``peerd join`` (training, DHT) with a
+swarm secret instead, as an operator would. Output: bench/results/hostile.json.
 
     nice -n 10 python -m bench.hostile_soak                # 10 rounds x 500 connections
     nice -n 10 python -m bench.hostile_soak --server-options bulk --out /tmp/bulk.json
+    nice -n 10 python -m bench.hostile_soak --victim daemon --out bench/results/hostile_daemon.json
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hostile-soak-secret-0123456789"
 TARGET_TOTAL_MB, TARGET_LAST3_MB = 100.0, 5.0
+# A small, quick daemon (the settings of the multi-process tests).
+DAEMON_SETTINGS = [
+    "transport.host=127.0.0.1", "dht.host=127.0.0.1", "round.round_s=2", "round.settle_s=0.15",
+    "round.plan_slot_s=0.15", "round.plan_candidates=2", "train.log_every_s=2", "task_options.d_model=48",
+    "task_options.n_layers=2", "task_options.seq_len=48", "data.max_corpus_bytes=1000000",
+]
 
 
 class _Sink:
@@ -108,21 +116,36 @@ def _settled_rss(pid: int, timeout_s: float = 10.0) -> float:
     return last
 
 
-def run(rounds: int = 10, connections: int = 500, server_options: str = "default") -> dict[str, Any]:
+def _start_victim(kind: str, server_options: str, tmp: Path, log: Any) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(tmp / "state")}
+    ready = tmp / "ready"
+    if kind == "daemon":
+        cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(ready)]
+        for item in DAEMON_SETTINGS:
+            cmd += ["--set", item]
+        env["PEERD_SECURITY__SECRET"] = SECRET
+    else:
+        cmd = [sys.executable, "-m", "bench.hostile_soak", "--serve", str(ready), "--server-options", server_options]
+    victim = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ready.exists() or not ready.read_text():
+        if victim.poll() is not None or time.monotonic() > deadline:
+            victim.kill()
+            raise RuntimeError(f"victim did not start (exit {victim.poll()})")
+        time.sleep(0.2)
+    text = ready.read_text()
+    return victim, (str(json.loads(text)["grpc"]) if kind == "daemon" else f"127.0.0.1:{text}")
+
+
+def run(rounds: int = 10, connections: int = 500, server_options: str = "default",
+        victim_kind: str = "transport") -> dict[str, Any]:
     """Start a victim, churn ``rounds`` x ``connections`` outsider connections, return the figures."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory() as tmp:
-        port_file, log_file = Path(tmp) / "port", Path(tmp) / "victim.log"
+        log_file = Path(tmp) / "victim.log"
         with open(log_file, "wb") as log:
-            victim = subprocess.Popen([sys.executable, "-m", "bench.hostile_soak", "--serve", str(port_file),
-                                       "--server-options", server_options], stdout=log, stderr=log, env=env, cwd=ROOT)
+            victim, target = _start_victim(victim_kind, server_options, Path(tmp), log)
         try:
-            deadline = time.monotonic() + 60
-            while not port_file.exists() or not port_file.read_text():
-                if victim.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"victim did not start:\n{log_file.read_text()[-2000:]}")
-                time.sleep(0.1)
-            target = f"127.0.0.1:{port_file.read_text()}"
+            log_before = log_file.stat().st_size
             start_rss = _settled_rss(victim.pid)
             rows = []
             codes: collections.Counter[str] = collections.Counter()
@@ -132,21 +155,25 @@ def run(rounds: int = 10, connections: int = 500, server_options: str = "default
                 codes.update(got)
                 rows.append({"round": i + 1, "rss_mb": round(_settled_rss(victim.pid), 1),
                              "round_s": round(time.monotonic() - t0, 2), "codes": dict(got),
-                             "log_bytes": log_file.stat().st_size})
+                             "log_bytes": log_file.stat().st_size - log_before})
                 print(f"round {i + 1}: rss {rows[-1]['rss_mb']} MB, {dict(got)}, log {rows[-1]['log_bytes']} B",
                       file=sys.stderr, flush=True)
+            log_bytes = log_file.stat().st_size - log_before  # written while under attack
         finally:
             victim.terminate()
-            victim.wait(30)
-        log_bytes = log_file.stat().st_size
+            try:
+                victim.wait(30)
+            except subprocess.TimeoutExpired:
+                victim.kill()
+                victim.wait(10)
         tail = log_file.read_text()[-600:]
     rss = [r["rss_mb"] for r in rows]
     growth = rss[-1] - start_rss
     last3 = max(rss[-3:]) - min(rss[-4:]) if len(rss) >= 4 else float("nan")
     return {
         "command": f"nice -n 10 python -m bench.hostile_soak --rounds {rounds} --connections {connections} "
-                   f"--server-options {server_options}",
-        "server_options": server_options, "rounds": rounds, "connections": connections,
+                   f"--server-options {server_options} --victim {victim_kind}",
+        "victim": victim_kind, "server_options": server_options, "rounds": rounds, "connections": connections,
         "start_rss_mb": round(start_rss, 1), "rows": rows, "rss_growth_mb": round(growth, 1),
         "rss_growth_last3_mb": round(last3, 1), "codes": dict(codes), "log_bytes": log_bytes, "log_tail": tail,
         "targets": {"growth_mb_max": TARGET_TOTAL_MB, "last3_mb_max": TARGET_LAST3_MB,
@@ -161,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=500)
     ap.add_argument("--server-options", choices=("default", "bulk", "plain"), default="default")
+    ap.add_argument("--victim", choices=("transport", "daemon"), default="transport")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
     args = ap.parse_args(argv)
     if args.serve:
         asyncio.run(_serve(args.serve, args.server_options))
         return 0
-    res = run(args.rounds, args.connections, args.server_options)
+    res = run(args.rounds, args.connections, args.server_options, args.victim)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("rows", "log_tail")}, indent=1))

@@ -75,8 +75,9 @@ async def _one(ch: grpc.aio.Channel, method: str, body: bytes, metadata) -> grpc
     return grpc.StatusCode.OK
 
 
-async def garbage_calls(port: int, signed: bool, n: int = CALLS) -> collections.Counter[grpc.StatusCode]:
-    """``n`` garbage-body calls, half FetchState and half PushShard, 50 at a time."""
+async def garbage_calls(port: int, signed: bool, n: int = CALLS, key: bytes = KEY,
+                        peer: str = "other") -> collections.Counter[grpc.StatusCode]:
+    """``n`` garbage-body calls, half FetchState and half PushShard, 50 at a time (with ``key``'s credential)."""
     rng = random.Random(15 + signed)
     codes: collections.Counter[grpc.StatusCode] = collections.Counter()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -84,7 +85,7 @@ async def garbage_calls(port: int, signed: bool, n: int = CALLS) -> collections.
             batch = []
             for i in range(start, min(n, start + 50)):
                 method = (FETCH_METHOD, PUSH_METHOD)[i % 2]
-                md = auth.credential(KEY, "other", method) if signed else None
+                md = auth.credential(key, peer, method) if signed else None
                 batch.append(_one(ch, method, garbage(rng), md))
             codes.update(await asyncio.gather(*batch))
     return codes
