@@ -6,7 +6,7 @@ the swarm secret with HKDF (salt: the run id, info: the purpose), so one secret 
 keys to different runs and to the RPC and DHT layers. The server refuses, with UNAUTHENTICATED
 and before any handler runs, every call whose credential is missing, malformed, forged, older or
 newer than ``security.credential_window_s``, or seen before (nonces are remembered for the
-window, in a bounded cache that refuses rather than forgets when full). Every field must match a
+window in a bounded cache, see :class:`Verifier`). Every field must match a
 strict ASCII pattern of bounded length before anything else looks at it. A refused call is
 answered without deserializing a byte of its body (the refusing handler takes raw bytes).
 
@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -97,19 +98,54 @@ def credential(key: bytes, peer_id: str, method: str, now: float | None = None,
 
 
 class Verifier:
-    """Checks credentials against one key, with a time window and a bounded replay cache."""
+    """Checks credentials against one key, with a time window and a bounded replay cache.
+
+    The cache remembers each admitted nonce until its credential leaves the window. One peer id
+    may hold at most ``cache_size // 64`` of it (at least 16): a member flooding admitted calls
+    is refused (``replay_quota``) before it fills the cache. Members can claim many ids, so a
+    full cache forgets its oldest nonce rather than refuse everyone (the refusal let one member
+    lock the whole swarm out for a window). Forgetting only matters to a replayer who captured
+    that credential (TLS prevents it) and only while a member floods; ``evicted`` counts it.
+    """
 
     def __init__(self, key: bytes, window_s: float, cache_size: int, clock: Callable[[], float] = time.time) -> None:
         """``clock`` is injectable for tests."""
         self.key, self.window_s, self.cache_size, self.clock = key, window_s, cache_size, clock
+        self.peer_quota = max(16, cache_size // 64)
         self._seen: dict[str, float] = {}  # nonce -> time after which it can no longer be replayed
+        self._order: deque[tuple[float, str, str]] = deque()  # (until, nonce, peer), in admission order
+        self._per_peer: dict[str, int] = {}
+        self.evicted = 0
+
+    def _forget_head(self) -> None:
+        _until, nonce, peer = self._order.popleft()
+        del self._seen[nonce]
+        left = self._per_peer[peer] - 1
+        if left:
+            self._per_peer[peer] = left
+        else:
+            del self._per_peer[peer]
+
+    def _remember(self, nonce: str, peer: str, until: float, now: float) -> None:
+        # Expired entries leave from the head: O(1) per call, never a scan of the whole cache.
+        # (Admission order is close to expiry order; a future-dated head only delays the rest.)
+        while self._order and self._order[0][0] < now:
+            self._forget_head()
+        if self._per_peer.get(peer, 0) >= self.peer_quota:
+            raise CredentialError("replay_quota")
+        while len(self._seen) >= self.cache_size:
+            self._forget_head()
+            self.evicted += 1
+        self._seen[nonce] = until
+        self._order.append((until, nonce, peer))
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
 
     def check(self, metadata: Iterable[tuple[str, Any]], method: str) -> str:
         """Return the caller's (claimed) peer id.
 
         Raises:
             CredentialError: reason ``missing``, ``malformed``, ``bad_mac``, ``expired``, ``replay``
-                or ``replay_cache_full``.
+                or ``replay_quota``.
         """
         md: dict[str, Any] = {}
         for k, v in metadata:
@@ -130,11 +166,7 @@ class Verifier:
             raise CredentialError("expired")
         if nonce in self._seen:
             raise CredentialError("replay")
-        if len(self._seen) >= self.cache_size:
-            self._seen = {n: until for n, until in self._seen.items() if until >= now}
-            if len(self._seen) >= self.cache_size:  # refuse rather than forget a nonce still in its window
-                raise CredentialError("replay_cache_full")
-        self._seen[nonce] = t + self.window_s
+        self._remember(nonce, peer, t + self.window_s, now)
         return peer
 
 

@@ -68,14 +68,30 @@ def test_refusals_name_their_reason() -> None:
     assert reason(v, md.items()) == "malformed"
 
 
-def test_replay_cache_is_bounded_and_refuses_rather_than_forgets() -> None:
+def test_replay_cache_caps_each_peer_id_and_drains_when_credentials_expire() -> None:
     clock = Clock()
-    v = verifier(clock, size=16)
+    v = verifier(clock, size=1024)  # 1024 // 64 = 16 nonces per peer id
     for _ in range(16):
         v.check(auth.credential(KEY, "a", METHOD, now=clock.t), METHOD)
-    assert reason(v, auth.credential(KEY, "a", METHOD, now=clock.t)) == "replay_cache_full"
+    assert reason(v, auth.credential(KEY, "a", METHOD, now=clock.t)) == "replay_quota"
+    assert v.check(auth.credential(KEY, "b", METHOD, now=clock.t), METHOD) == "b"  # others unaffected
     clock.t += 61  # every remembered nonce is past its window: the cache drains
     v.check(auth.credential(KEY, "a", METHOD, now=clock.t), METHOD)
+    assert len(v._seen) == 1
+
+
+def test_a_member_flooding_under_many_ids_cannot_lock_honest_peers_out() -> None:
+    # Before: 65,536 admitted calls within the window filled the cache and every later call,
+    # honest or not, was refused (replay_cache_full) until the flood's nonces expired.
+    clock = Clock()
+    v = verifier(clock, size=1024)
+    for i in range(100):  # 1,600 admitted calls under 100 claimed ids, all inside the window
+        for _ in range(16):
+            v.check(auth.credential(KEY, f"forged-{i}", METHOD, now=clock.t), METHOD)
+    assert len(v._seen) == 1024 and v.evicted == 1600 - 1024
+    md = auth.credential(KEY, "honest", METHOD, now=clock.t)
+    assert v.check(md, METHOD) == "honest"
+    assert reason(v, md) == "replay"  # the newest nonces are still remembered
 
 
 @given(st.lists(st.tuples(st.sampled_from([auth.H_PEER, auth.H_TIME, auth.H_NONCE, auth.H_MAC, "x"]),
