@@ -181,7 +181,8 @@ class SecurityConfig(_Section):
     tls_ca: str | None = None  # PEM CA bundle: verify peers' certs; set, the server requires client certs
     tls_server_name: str | None = None  # name checked in peers' certs (default: the dialled host)
     max_concurrent_rpcs: int = Field(256, ge=1)  # whole server
-    max_streams_per_peer: int = Field(8, ge=1)  # concurrent incoming shard streams of one peer
+    max_streams_per_peer: int = Field(8, ge=1)  # concurrent incoming streams of one peer id, from the first byte
+    max_streams_per_address: int = Field(64, ge=1)  # concurrent incoming streams from one IP address
     max_inflight_bytes_per_peer: int = Field(256 << 20, ge=1 << 20)  # announced payload bytes in flight
     norm_factor: float = Field(10.0, gt=1)  # drop a contribution whose RMS is > factor x own (limits.NormGate)
     norm_history: int = Field(16, ge=1)  # accepted RMS values per fragment that can only widen the reference

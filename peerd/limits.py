@@ -22,38 +22,86 @@ class LimitExceeded(Exception):
 
 
 class PeerLimits:
-    """Concurrent incoming streams and announced payload bytes in flight, per peer."""
+    """Concurrent incoming streams and announced payload bytes in flight, per peer and server-wide.
 
-    def __init__(self, max_streams: int, max_bytes: int) -> None:
-        """Caps apply to each peer separately."""
+    A stream takes its slot from its first byte (before its header is read or admitted, and while
+    it waits for its round's plan), so idle or stalled streams count against their sender. Caps:
+    ``max_streams`` per peer id (the credential's, or the address without a swarm secret),
+    ``max_per_address`` per source address (a member can claim several peer ids: the secret is
+    shared) and ``max_total`` for the whole server, so no single peer or address can take the
+    slots every other peer needs. Refusals are immediate, never queued.
+    """
+
+    def __init__(self, max_streams: int, max_bytes: int, max_total: int | None = None,
+                 max_per_address: int | None = None) -> None:
+        """Caps apply to each peer separately; ``None`` leaves the server-wide / per-address cap off."""
         self.max_streams, self.max_bytes = max_streams, max_bytes
+        self.max_total, self.max_per_address = max_total, max_per_address
         self._streams: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
+        self._addresses: dict[str, int] = {}
+        self.total = 0
 
     @contextmanager
-    def hold(self, peer: str, nbytes: int) -> Iterator[None]:
-        """Reserve a stream slot and ``nbytes`` for ``peer`` for the duration of the block.
+    def stream(self, peer: str, address: str = "") -> Iterator[None]:
+        """Reserve one stream slot for ``peer`` (from ``address``) for the duration of the block.
 
         Raises:
-            LimitExceeded: the peer is at its stream or byte cap (nothing is reserved).
+            LimitExceeded: the peer, its address or the server is at its stream cap (nothing reserved).
         """
-        streams, inflight = self._streams.get(peer, 0), self._bytes.get(peer, 0)
-        if streams >= self.max_streams:
+        if self._streams.get(peer, 0) >= self.max_streams:
             raise LimitExceeded(f"more than {self.max_streams} concurrent streams from this peer")
-        if inflight + nbytes > self.max_bytes:
-            raise LimitExceeded(f"more than {self.max_bytes} bytes in flight from this peer")
-        self._streams[peer], self._bytes[peer] = streams + 1, inflight + nbytes
+        if self.max_per_address is not None and self._addresses.get(address, 0) >= self.max_per_address:
+            raise LimitExceeded(f"more than {self.max_per_address} concurrent streams from this address")
+        if self.max_total is not None and self.total >= self.max_total:
+            raise LimitExceeded(f"server busy: {self.max_total} concurrent streams")
+        self._streams[peer] = self._streams.get(peer, 0) + 1
+        self._addresses[address] = self._addresses.get(address, 0) + 1
+        self.total += 1
         try:
             yield
         finally:
-            self._streams[peer] -= 1
-            self._bytes[peer] -= nbytes
-            if self._streams[peer] == 0:  # keep the maps as small as the set of active peers
-                del self._streams[peer], self._bytes[peer]
+            self.total -= 1
+            _decrement(self._streams, peer)
+            _decrement(self._addresses, address)
+
+    @contextmanager
+    def inflight(self, peer: str, nbytes: int) -> Iterator[None]:
+        """Reserve ``nbytes`` of announced payload for ``peer`` (its stream slot is held separately).
+
+        Raises:
+            LimitExceeded: the peer is at its byte cap (nothing is reserved).
+        """
+        inflight = self._bytes.get(peer, 0)
+        if inflight + nbytes > self.max_bytes:
+            raise LimitExceeded(f"more than {self.max_bytes} bytes in flight from this peer")
+        self._bytes[peer] = inflight + nbytes
+        try:
+            yield
+        finally:
+            _decrement(self._bytes, peer, nbytes)
+
+    @contextmanager
+    def hold(self, peer: str, nbytes: int, address: str = "") -> Iterator[None]:
+        """A stream slot and ``nbytes`` together (see :meth:`stream` and :meth:`inflight`).
+
+        Raises:
+            LimitExceeded: a cap is reached (nothing is reserved).
+        """
+        with self.stream(peer, address), self.inflight(peer, nbytes):
+            yield
 
     def active(self, peer: str) -> tuple[int, int]:
         """(streams, bytes) currently held by ``peer``."""
         return self._streams.get(peer, 0), self._bytes.get(peer, 0)
+
+
+def _decrement(counts: dict[str, int], key: str, by: int = 1) -> None:
+    left = counts.get(key, 0) - by
+    if left > 0:
+        counts[key] = left
+    else:  # keep the maps as small as the set of active peers
+        counts.pop(key, None)
 
 
 def rms(values: torch.Tensor) -> float:

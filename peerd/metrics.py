@@ -53,6 +53,9 @@ class Metrics:
                                 ["reason"], registry=r)
         self.rpc_refused = Counter("peerd_rpc_refused", "Calls refused by admission (swarm secret), by reason.",
                                    ["reason"], registry=r)
+        self.remote_events = Counter("peerd_remote_events", "Refusals and errors caused by remote peers, by reason "
+                                     "and whether a log line was written (such lines are rate-limited).",
+                                     ["reason", "logged"], registry=r)
         self.peers_live = Gauge("peerd_peers_live", "Live peers in this peer's view (itself included).",
                                 registry=r)
         self.revision = Gauge("peerd_revision", "Outer-state revision (committed rounds).", registry=r)

@@ -17,25 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from contextlib import ExitStack
+from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from peerd import auth
 from peerd.config import SecurityConfig, TransportConfig
 from peerd.faults import NO_FAULTS, FaultInjector
 from peerd.hostile import NOT_HOSTILE, Hostile
 from peerd.limits import LimitExceeded, PeerLimits
+from peerd.log import RemoteLog, get_logger
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 << 20
 # Largest data chunk any peer may send: a protocol constant, not the receiver's own
 # transport.chunk_bytes (peers may configure different chunk sizes).
 MAX_CHUNK_BYTES = 3 << 20
-PUSH_METHOD = "/peerd.v1.Peer/PushShard"
-FETCH_METHOD = "/peerd.v1.Peer/FetchState"
+SERVICE = "peerd.v1.Peer"
+PUSH_METHOD = f"/{SERVICE}/PushShard"
+FETCH_METHOD = f"/{SERVICE}/FetchState"
+_M = TypeVar("_M", bound=Message)
 
 
 class Rejected(Exception):
@@ -85,15 +91,19 @@ def _chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
     return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
 
 
-# Bulk-transfer tuning, both sides (bench/transport.py): HTTP/2 frames default to 16 KiB, so a
-# 1 MiB chunk was 64 frames; advertising 4 MiB frames lets a chunk travel as one (+20-35% goodput
-# on loopback in trials). Larger TCP reads cut wakeups per chunk. Both are negotiated per
-# connection and harmless with peers that do not set them.
-_BULK_OPTIONS = (
-    ("grpc.http2.max_frame_size", MAX_MESSAGE_BYTES),
+# Bulk-transfer tuning (bench/transport.py): HTTP/2 frames default to 16 KiB, so a 1 MiB chunk
+# was 64 frames; advertising 4 MiB frames lets a chunk travel as one (+20-35% goodput on loopback
+# in trials). Larger TCP reads cut wakeups per chunk on the client, which opens few connections.
+# The server keeps grpc's default reads: with 1 MiB minimum reads, every connection an outsider
+# opens pins a large buffer, and rounds of 500 connections grew the server's RSS without a plateau
+# (+133 MB over 10 rounds, still +16 MB over the last 3) where default reads level off
+# (+24 MB, +1 MB): bench/hostile_soak.py --server-options bulk|plain.
+_BULK_OPTIONS = (("grpc.http2.max_frame_size", MAX_MESSAGE_BYTES),)
+CLIENT_READ_OPTIONS = (
     ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
     ("grpc.experimental.tcp_max_read_chunk_size", MAX_MESSAGE_BYTES),
 )
+SERVER_READ_OPTIONS: tuple[tuple[str, int], ...] = ()
 
 
 def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
@@ -106,6 +116,7 @@ def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *_BULK_OPTIONS,
+        *CLIENT_READ_OPTIONS,
     ]
 
 
@@ -121,12 +132,8 @@ def server_options(cfg: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
         *_BULK_OPTIONS,
+        *SERVER_READ_OPTIONS,
     ]
-
-
-def _host_of(peer: str) -> str:
-    """Address part of a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) for per-address caps."""
-    return peer.rsplit(":", 1)[0]
 
 
 async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
@@ -166,58 +173,123 @@ async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: fl
     return bytes(buf)
 
 
-class _Servicer(peer_pb2_grpc.PeerServicer):
+def _parse(cls: type[_M], raw: bytes) -> _M:
+    """Decode one request message; anything undecodable is the caller's fault (INVALID_ARGUMENT).
+
+    Raises:
+        Rejected: INVALID_ARGUMENT, the bytes are not a ``cls``.
+    """
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, ValueError, TypeError, RecursionError):
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable {cls.DESCRIPTOR.name}") from None
+
+
+class _Chunks:
+    """A request stream of raw bytes, decoded one message at a time by the handler (not by grpc)."""
+
+    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+        self._it = raw.__aiter__()
+
+    async def __anext__(self) -> peer_pb2.ShardChunk:
+        return _parse(peer_pb2.ShardChunk, await self._it.__anext__())
+
+
+class _Servicer:
+    """Handlers over raw request bytes: nothing is parsed before admission and the stream slot."""
+
     def __init__(self, transport: Transport, handler: Handler) -> None:
         self.t = transport
         self.handler = handler
 
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
+                      detail: str) -> None:
+        self.t.on_rejected(reason)
+        self.t.remote_log.event(f"stream_{reason}", self._holder(context)[0], "stream refused", level=logging.INFO,
+                                detail=detail[:200])
+        await context.abort(code, detail)
+
+    async def _fail(self, context: grpc.aio.ServicerContext, what: str) -> None:
+        # A bug of ours that a remote call triggered: refused as INTERNAL, logged (rate-limited) with its stack.
+        self.t.on_rejected("internal")
+        self.t.remote_log.event("handler_error", self._holder(context)[0], f"{what} handler failed",
+                                level=logging.ERROR, exc_info=True)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def _holder(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        address = auth.host_of(context.peer() or "")
+        # Without a secret the caller is unauthenticated: cap by its address instead.
+        who = auth.caller(context.invocation_metadata()) if self.t.key is not None else None
+        return (who or "") if self.t.key is not None else address, address
+
     async def PushShard(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[peer_pb2.ShardChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> peer_pb2.PushShardResponse:
         t, handler = self.t, self.handler
+        holder, address = self._holder(context)
+        chunks = _Chunks(request_iterator)
         try:
-            first = await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
-            if first.WhichOneof("part") != "header":
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
-            header = first.header
-            who = auth.caller(context.invocation_metadata())
-            if t.key is not None and who != header.sender:
-                raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
-            deadline = await handler.admit(header)
-            # Without a secret the caller is unauthenticated: cap by its address instead.
-            holder = (who or "") if t.key is not None else _host_of(context.peer())
-            with t.limits.hold(holder, header.payload_bytes):
-                payload = await _read_payload(t, header, deadline, request_iterator)
-            await handler.deliver(header, payload)
+            # The slot is taken before the first byte is read: idle streams, and streams whose
+            # header waits for its round's plan, count against their peer.
+            with t.limits.stream(holder, address):
+                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
+                if first.WhichOneof("part") != "header":
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
+                header = first.header
+                if t.key is not None and holder != header.sender:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
+                deadline = await handler.admit(header)
+                with t.limits.inflight(holder, header.payload_bytes):
+                    payload = await _read_payload(t, header, deadline, chunks)
+                await handler.deliver(header, payload)
         except LimitExceeded as exc:
-            t.on_rejected("resource_exhausted")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
         except Rejected as rej:
-            t.on_rejected(rej.code.name.lower())
-            await context.abort(rej.code, rej.detail)
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
         except TimeoutError:
-            t.on_rejected("chunk_timeout")
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "chunk timeout")
+            await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "chunk_timeout", "chunk timeout")
         except StopAsyncIteration:  # the client ended (or cancelled) the stream before a header
-            t.on_rejected("empty_stream")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_stream", "empty stream")
+        except Exception:
+            await self._fail(context, "PushShard")
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
 
     async def FetchState(  # noqa: N802 - gRPC method name
-        self, request: peer_pb2.FetchStateRequest, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[peer_pb2.StateChunk]:
-        try:
-            header, payload = await self.handler.state_for(request)
-        except Rejected as rej:
-            self.t.on_rejected(rej.code.name.lower())
-            await context.abort(rej.code, rej.detail)
-        yield peer_pb2.StateChunk(header=header)
-        for i, chunk in enumerate(_chunks(payload, self.t.cfg.chunk_bytes)):
-            if i == 1:
-                self.t.faults.hit("donor_mid_transfer")
-            self.t.on_bytes("tx", len(chunk))
-            yield peer_pb2.StateChunk(data=chunk)
+        t = self.t
+        holder, address = self._holder(context)
+        with ExitStack() as slot:
+            try:
+                slot.enter_context(t.limits.stream(holder, address))
+                header, payload = await self.handler.state_for(_parse(peer_pb2.FetchStateRequest, request))
+            except LimitExceeded as exc:
+                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+            except Rejected as rej:
+                await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+            except Exception:
+                await self._fail(context, "FetchState")
+            yield peer_pb2.StateChunk(header=header)
+            for i, chunk in enumerate(_chunks(payload, t.cfg.chunk_bytes)):
+                if i == 1:
+                    t.faults.hit("donor_mid_transfer")
+                t.on_bytes("tx", len(chunk))
+                yield peer_pb2.StateChunk(data=chunk)
+
+
+def _add_servicer(servicer: _Servicer, server: grpc.aio.Server) -> None:
+    """Register the handlers with raw-bytes request deserializers (same wire format as the stubs)."""
+    handlers = {
+        "PushShard": grpc.stream_unary_rpc_method_handler(
+            servicer.PushShard, request_deserializer=None,
+            response_serializer=peer_pb2.PushShardResponse.SerializeToString),
+        "FetchState": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchState, request_deserializer=None,
+            response_serializer=peer_pb2.StateChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 class Transport:
@@ -235,18 +307,24 @@ class Transport:
         on_refused: Callable[[str], None] = lambda reason: None,
         faults: FaultInjector = NO_FAULTS,
         hostile: Hostile = NOT_HOSTILE,
+        on_remote_event: Callable[[str, bool], None] = lambda reason, logged: None,
     ) -> None:
         """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``.
 
         ``key`` (from :func:`peerd.auth.derive_key`) turns admission on: calls out carry a credential
         for ``peer_id`` and calls in without a valid one are refused and counted by ``on_refused``.
+        Refusals are logged rate-limited (peerd.log.RemoteLog); ``on_remote_event(reason, logged)``
+        counts each one.
         """
         self.cfg = cfg
         self.security = security or SecurityConfig()
         self.key = key
         self.peer_id = peer_id
         self.on_refused = on_refused
-        self.limits = PeerLimits(self.security.max_streams_per_peer, self.security.max_inflight_bytes_per_peer)
+        self.limits = PeerLimits(self.security.max_streams_per_peer, self.security.max_inflight_bytes_per_peer,
+                                 max_total=self.security.max_concurrent_rpcs,
+                                 max_per_address=self.security.max_streams_per_address)
+        self.remote_log = RemoteLog(get_logger("peerd.transport"), on_remote_event)
         self._channel_creds = auth.channel_credentials(self.security)
         self.faults = faults
         self.hostile = hostile
@@ -266,9 +344,12 @@ class Transport:
         interceptors = []
         if self.key is not None:
             verifier = auth.Verifier(self.key, self.security.credential_window_s, self.security.replay_cache_size)
-            interceptors.append(auth.AdmissionInterceptor(verifier, self.on_refused))
+            interceptors.append(auth.AdmissionInterceptor(verifier, self.on_refused, self.remote_log))
+        # Fair shares of max_concurrent_rpcs are enforced per peer and address by self.limits; grpc's
+        # own cap, which refuses whoever comes next, is only a backstop well above it (refused
+        # calls hold a grpc slot for microseconds).
         self._server = grpc.aio.server(options=server_options(self.cfg), interceptors=interceptors,
-                                       maximum_concurrent_rpcs=self.security.max_concurrent_rpcs)
+                                       maximum_concurrent_rpcs=4 * self.security.max_concurrent_rpcs)
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
         server_creds = auth.server_credentials(self.security)
         try:
@@ -287,7 +368,7 @@ class Transport:
         if self._server is None:
             self.bind()
         assert self._server is not None
-        peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self, handler), self._server)
+        _add_servicer(_Servicer(self, handler), self._server)
         await self._server.start()
         return self.port
 

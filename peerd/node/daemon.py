@@ -140,7 +140,8 @@ class Daemon:
         transport = Transport(cfg.transport, self.telemetry.on_bytes, lambda r: m.rejected.labels(reason=r).inc(),
                               lambda kind, sec: m.transfer_duration_one.labels(kind=kind).observe(sec),
                               security=cfg.security, key=rpc_key, peer_id=peer_id,
-                              on_refused=self._on_refused,
+                              on_refused=self._on_refused, on_remote_event=lambda reason, logged: m.remote_events
+                              .labels(reason=reason, logged=str(logged).lower()).inc(),
                               faults=self.faults, hostile=self.hostile)
         lv.transport = transport
         try:

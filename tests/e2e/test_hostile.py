@@ -9,12 +9,16 @@ and ends below where it started.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 
+import grpc
 import pytest
 
+from peerd import auth
 from tests.conftest import Swarm, wait_for
+from tests.integration.test_hostile_calls import CALLS, MAX_LOG_BYTES, NEVER, garbage_calls
 
 COMMITTED = 'outcome="committed"'
 # Three processes on a shared 2-core machine: 4 s rounds leave room for scheduling hiccups.
@@ -59,3 +63,32 @@ def test_hostile_insider_is_refused_and_honest_peers_keep_training(swarm: Swarm)
     # The swarm secret (every peer got it through PEERD_SECURITY__SECRET) is never logged or summarised.
     for p in (a, b, hostile):
         assert swarm.secret not in p.log_file.read_text() and swarm.secret not in p.summary_file.read_text()
+
+
+@pytest.mark.timeout(240)
+def test_garbage_calls_cost_a_daemon_no_parse_and_little_log(swarm: Swarm) -> None:
+    """1,000 garbage-body calls without a credential and 1,000 with one against a real ``peerd join``."""
+    victim = swarm.start(["train.log_every_s=600"])  # no periodic status lines: the log is the attack's
+    victim.wait_ready()
+    port = int(str(victim.info["grpc"]).rsplit(":", 1)[1])
+    key = auth.derive_key(swarm.secret, "peerd", "rpc")
+    log_before = victim.log_file.stat().st_size
+
+    async def attack() -> tuple[dict, dict]:
+        outsider = await garbage_calls(port, signed=False, key=key)
+        member = await garbage_calls(port, signed=True, key=key, peer="member")
+        return outsider, member
+
+    outsider, member = asyncio.run(asyncio.wait_for(attack(), 180))
+    assert outsider == {grpc.StatusCode.UNAUTHENTICATED: CALLS}, outsider
+    assert sum(member.values()) == CALLS and not NEVER & set(member), member
+    assert victim.metric_value("peerd_rpc_refused_total", 'reason="missing"') == CALLS
+    events = victim.metric_value("peerd_remote_events_total", "reason=")
+    assert events >= 2 * CALLS - 10, events  # every refusal counted (a few garbage bodies may decode)
+    assert victim.metric_value("peerd_remote_events_total", 'logged="true"') < 50
+    written = victim.log_file.read_bytes()[log_before:]
+    assert len(written) <= MAX_LOG_BYTES, written[:3000]
+    assert b"Unexpected" not in written and b"DecodeError" not in written
+    assert victim.proc.poll() is None
+    victim.proc.send_signal(signal.SIGTERM)
+    assert victim.proc.wait(60) == 0

@@ -68,14 +68,30 @@ def test_refusals_name_their_reason() -> None:
     assert reason(v, md.items()) == "malformed"
 
 
-def test_replay_cache_is_bounded_and_refuses_rather_than_forgets() -> None:
+def test_replay_cache_caps_each_peer_id_and_drains_when_credentials_expire() -> None:
     clock = Clock()
-    v = verifier(clock, size=16)
+    v = verifier(clock, size=1024)  # 1024 // 64 = 16 nonces per peer id
     for _ in range(16):
         v.check(auth.credential(KEY, "a", METHOD, now=clock.t), METHOD)
-    assert reason(v, auth.credential(KEY, "a", METHOD, now=clock.t)) == "replay_cache_full"
+    assert reason(v, auth.credential(KEY, "a", METHOD, now=clock.t)) == "replay_quota"
+    assert v.check(auth.credential(KEY, "b", METHOD, now=clock.t), METHOD) == "b"  # others unaffected
     clock.t += 61  # every remembered nonce is past its window: the cache drains
     v.check(auth.credential(KEY, "a", METHOD, now=clock.t), METHOD)
+    assert len(v._seen) == 1
+
+
+def test_a_member_flooding_under_many_ids_cannot_lock_honest_peers_out() -> None:
+    # Before: 65,536 admitted calls within the window filled the cache and every later call,
+    # honest or not, was refused (replay_cache_full) until the flood's nonces expired.
+    clock = Clock()
+    v = verifier(clock, size=1024)
+    for i in range(100):  # 1,600 admitted calls under 100 claimed ids, all inside the window
+        for _ in range(16):
+            v.check(auth.credential(KEY, f"forged-{i}", METHOD, now=clock.t), METHOD)
+    assert len(v._seen) == 1024 and v.evicted == 1600 - 1024
+    md = auth.credential(KEY, "honest", METHOD, now=clock.t)
+    assert v.check(md, METHOD) == "honest"
+    assert reason(v, md) == "replay"  # the newest nonces are still remembered
 
 
 @given(st.lists(st.tuples(st.sampled_from([auth.H_PEER, auth.H_TIME, auth.H_NONCE, auth.H_MAC, "x"]),
@@ -87,11 +103,49 @@ def test_garbage_metadata_is_refused_cleanly(md: list[tuple[str, object]]) -> No
         v.check(md, METHOD)
 
 
-@given(st.text(min_size=1, max_size=128), st.floats(-29, 29))
+PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+
+
+@given(st.text(PRINTABLE, min_size=1, max_size=128), st.floats(-29, 29))
 @settings(max_examples=100, deadline=None)
-def test_any_peer_id_within_the_window_is_admitted(peer: str, skew: float) -> None:
+def test_any_printable_ascii_peer_id_within_the_window_is_admitted(peer: str, skew: float) -> None:
+    # gRPC metadata values are printable ASCII on the wire, so nothing honest is refused.
     clock = Clock()
     assert verifier(clock).check(auth.credential(KEY, peer, METHOD, now=clock.t + skew), METHOD) == peer
+
+
+def _with(field: str, value: str, clock: Clock) -> list[tuple[str, str]]:
+    """A credential whose ``field`` is replaced by ``value``; the MAC is recomputed so only syntax can refuse it."""
+    md = dict(auth.credential(KEY, "peer-a", METHOD, now=clock.t))
+    md[field] = value
+    md[auth.H_MAC] = auth._mac(KEY, md[auth.H_PEER], METHOD, md[auth.H_TIME], md[auth.H_NONCE])
+    return list(md.items())
+
+
+@pytest.mark.parametrize("t_ms", ["²", "１２３４５", "١٢٣", "𝟏𝟐𝟑", "+1000000000", " 1000000000", "1000000000\n",
+                                  "1" * 16, "", "1e9", "0x10"])
+def test_time_field_must_be_ascii_digits_of_bounded_length(t_ms: str) -> None:
+    # "²" passed str.isdigit() and then crashed int() (UNKNOWN on the wire); fullwidth digits were admitted.
+    clock = Clock()
+    assert reason(verifier(clock), _with(auth.H_TIME, t_ms, clock)) == "malformed"
+
+
+@given(st.sampled_from([auth.H_PEER, auth.H_TIME, auth.H_NONCE]), st.text(min_size=1, max_size=80).filter(
+    lambda s: not s.isascii()))
+@settings(max_examples=200, deadline=None)
+def test_non_ascii_fields_are_malformed_never_a_crash(field: str, value: str) -> None:
+    clock = Clock()
+    assert reason(verifier(clock), _with(field, value, clock)) == "malformed"
+
+
+@given(st.text(max_size=80))
+@settings(max_examples=200, deadline=None)
+def test_any_mac_text_is_refused_with_a_reason(mac: str) -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII str: the syntax check must come first.
+    clock = Clock()
+    md = dict(auth.credential(KEY, "peer-a", METHOD, now=clock.t))
+    md[auth.H_MAC] = mac
+    assert reason(verifier(clock), md.items()) in ("malformed", "bad_mac")
 
 
 def test_secret_from_file_env_and_never_printed(tmp_path, monkeypatch) -> None:
