@@ -51,6 +51,11 @@ class _Sink:
     async def deliver(self, header: Any, payload: bytes) -> None:
         return None
 
+    async def state_for(self, request: Any) -> Any:
+        from peerd.transport import Rejected
+
+        raise Rejected(__import__("grpc").StatusCode.FAILED_PRECONDITION, "soak victim serves no state")
+
 
 async def _serve(port_file: Path, server_options: str) -> None:
     from peerd import auth, transport
@@ -64,10 +69,10 @@ async def _serve(port_file: Path, server_options: str) -> None:
         transport.SERVER_READ_OPTIONS = ()
     cfg = load_config(None, ["transport.host=127.0.0.1"])
     refused: collections.Counter[str] = collections.Counter()
-    t = transport.Transport(cfg.transport, _Sink(), None, lambda d, n: None, lambda r: None,  # type: ignore[arg-type]
+    t = transport.Transport(cfg.transport, lambda d, n: None, lambda r: None,  # type: ignore[arg-type]
                             security=cfg.security, key=auth.derive_key(SECRET, cfg.run_id, "rpc"), peer_id="victim",
                             on_refused=lambda reason: refused.update([reason]))
-    port = await t.start()
+    port = await t.start(_Sink())
     port_file.write_text(str(port))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(15, stop.set)

@@ -37,20 +37,20 @@ class SecureHarness(Harness):
     def __init__(self, security: SecurityConfig | None = None, key: bytes | None = KEY) -> None:
         super().__init__()
         self.refused: list[str] = []
-        self.transport = Transport(self.cfg.transport, self.diloco, self, lambda d, n: None, self.rejected.append,
+        self.transport = Transport(self.cfg.transport, lambda d, n: None, self.rejected.append,
                                    security=security, key=key, peer_id="me", on_refused=self.refused.append)
 
 
 def client(security: SecurityConfig | None = None, key: bytes | None = KEY, peer_id: str = "other") -> Transport:
     h = Harness()
-    return Transport(h.cfg.transport, None, None, lambda d, n: None, lambda r: None,  # type: ignore[arg-type]
+    return Transport(h.cfg.transport, lambda d, n: None, lambda r: None,
                      security=security, key=key, peer_id=peer_id)
 
 
 @pytest.fixture
 async def secure() -> AsyncIterator[SecureHarness]:
     h = SecureHarness()
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     yield h
     await h.transport.stop(0)
 
@@ -134,7 +134,7 @@ async def test_header_sender_must_match_the_credential(secure: SecureHarness) ->
 
 async def test_per_peer_stream_cap_and_stalled_streams_are_cut() -> None:
     h = SecureHarness(SecurityConfig(max_streams_per_peer=2))
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     try:
         plan = open_plan(h)
         header, _ = good_header(h, plan)
@@ -222,7 +222,7 @@ async def test_mutual_tls_with_operator_certificates(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     sec = SecurityConfig(tls_cert=cert, tls_key=key, tls_ca=cert, tls_server_name="peerd.test")
     h = SecureHarness(sec)
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     c = client(sec)
     try:
         plan = open_plan(h)

@@ -14,15 +14,13 @@ import pytest
 import torch
 
 from peerd import codec
-from peerd.bridge import Bridge
 from peerd.config import load_config
-from peerd.diloco import Diloco
 from peerd.fragments import FragmentLayout, shard_bounds
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 from peerd.schedule import Candidate, make_plan, rendezvous_order
 from peerd.state import OuterState
-from peerd.sync import serve_state
 from peerd.transport import MAX_CHUNK_BYTES, Transport, checksum
+from tests.fakes import make_diloco
 
 SHAPES = [("blocks.0.w", (64, 64)), ("blocks.1.w", (64, 64)), ("head.w", (10, 64))]
 
@@ -33,18 +31,14 @@ class Harness:
         layout = FragmentLayout.build(SHAPES, 2)
         g = torch.Generator().manual_seed(0)
         self.state = OuterState(layout, [torch.randn(n, generator=g) for n in layout.numels])
-        self.diloco = Diloco(self.cfg, "me", self.state, Bridge())
+        self.diloco = make_diloco(self.cfg, "me", self.state)
         self.rejected: list[str] = []
-        self.transport = Transport(self.cfg.transport, self.diloco, self, lambda d, n: None, self.rejected.append)
-
-    def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
-        return serve_state(self.state, self.cfg.run_id, request)
-
+        self.transport = Transport(self.cfg.transport, lambda d, n: None, self.rejected.append)
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
     h = Harness()
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     yield h
     await h.transport.stop(0)
 

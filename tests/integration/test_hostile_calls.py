@@ -96,7 +96,7 @@ async def test_garbage_bodies_with_and_without_credentials_get_precise_codes_and
     events: list[tuple[str, bool]] = []
     h = SecureHarness()
     h.transport.remote_log.on_event = lambda reason, logged: events.append((reason, logged))
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     try:
         open_plan(h)
         before = h.state.state_hash()
@@ -121,7 +121,7 @@ async def test_garbage_bodies_with_and_without_credentials_get_precise_codes_and
 
 async def test_garbage_bodies_on_an_open_swarm_are_invalid_argument(captured_log: io.StringIO) -> None:
     h = Harness()  # no swarm secret: every call reaches the handlers
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     try:
         codes = await garbage_calls(h.transport.port, signed=False, n=200)
     finally:
@@ -147,7 +147,7 @@ async def _idle_push(ch: grpc.aio.Channel, release: asyncio.Event, peer: str) ->
 async def test_a_member_holding_300_idle_streams_cannot_deny_another_push_or_a_joiners_fetch() -> None:
     # chunk_timeout_s is 2 s in the harness: the honest calls must get through while the idle ones are held.
     h = SecureHarness(SecurityConfig(max_concurrent_rpcs=256, max_streams_per_peer=8))
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     release = asyncio.Event()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{h.transport.port}",
                                           options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(10)]
@@ -187,7 +187,7 @@ async def test_a_member_holding_300_idle_streams_cannot_deny_another_push_or_a_j
 
 async def test_a_stream_waiting_for_its_plan_holds_its_peers_slot() -> None:
     h = SecureHarness(SecurityConfig(max_streams_per_peer=1))
-    await h.transport.start()
+    await h.transport.start(h.diloco)
     c = client()
     try:
         round_s = h.cfg.round.round_s
