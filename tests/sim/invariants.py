@@ -40,8 +40,8 @@ def safety(w: World, r: int) -> None:
 def _fault_active(w: World, t0: float, t1: float) -> bool:
     """Whether any fault event touches [t0 - settle, t1] (a stall's whole span counts)."""
     for e in w.sc.events:
-        end = e.at + (e.arg if e.kind == "stall" else 0.0)
-        if e.kind in ("cut", "heal", "crash", "restart", "join", "stall") and e.at <= t1 and end >= t0 - 6.0:
+        end = e.at + (e.arg if e.kind in ("stall", "lose") else 0.0)
+        if e.at <= t1 and end >= t0 - 6.0:
             return True
     return bool(w.net.cut)
 

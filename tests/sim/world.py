@@ -150,7 +150,7 @@ class Event:
     """One scheduled fault: at virtual time ``at`` do ``kind`` to ``peer`` (and ``other``)."""
 
     at: float
-    kind: str  # stall | crash | restart | join | cut | heal | slow
+    kind: str  # stall | crash | restart | join | cut | heal | lose (peer -> other drops calls for arg s)
     peer: int
     arg: float = 0.0
     other: int = -1
@@ -168,7 +168,8 @@ class Scenario:
     peers: int = 4
     mode: str = "diloco"
     duration_s: float = 40.0
-    max_steps: int = 0  # >0: a finite run with --exit-when-done
+    max_steps: int = 0  # >0: workers stop training after this many steps
+    exit_when_done: bool | None = None  # default: a finite run (max_steps > 0) exits when done
     latency_s: float = 0.005
     jitter_s: float = 0.002
     loss: float = 0.0
@@ -206,7 +207,7 @@ class World:
         self.rng = random.Random(sc.seed)
         self.loop = VirtualLoop()
         self.cfg = sim_config(sc.mode, **sc.config)
-        self.exit_when_done = sc.max_steps > 0
+        self.exit_when_done = sc.max_steps > 0 if sc.exit_when_done is None else sc.exit_when_done
         self.dht_delay_s = sc.dht_delay_s
         self.net = SimNetwork(self.loop, random.Random(self.rng.random()),
                               Link(sc.latency_s, sc.jitter_s, 1e9, sc.loss))
@@ -246,6 +247,13 @@ class World:
             net.cut.add(frozenset((pid, self.peer_id(e.other))))
         elif e.kind == "heal":
             net.cut.discard(frozenset((pid, self.peer_id(e.other))))
+        elif e.kind == "suspect" and e.peer in self.peers:  # as after a round that ``other`` failed
+            self.peers[e.peer].node.view.suspect((self.peer_id(e.other),))
+        elif e.kind == "lose":  # one direction drops every call for a while (asymmetric loss)
+            key = (pid, self.peer_id(e.other))
+            before = net.links.get(key)
+            net.links[key] = Link(self.sc.latency_s, self.sc.jitter_s, 1e9, 1.0)
+            self.loop.call_later(e.arg, lambda: net.links.pop(key) if before is None else net.links.update({key: before}))
 
     async def _events(self) -> None:
         for e in sorted(self.sc.events, key=lambda e: e.at):
@@ -301,5 +309,5 @@ class World:
 
     def fail(self, what: str) -> None:
         trail = "\n".join(f"  r={e.r}: " + ", ".join(f"{k[-2:]}:rev{v[0]}/{v[1][:6]}/{v[2]}"
-                                                         for k, v in sorted(e.rows.items())) for e in self.log[-8:])
+                                                         for k, v in sorted(e.rows.items())) for e in self.log[-14:])
         raise InvariantError(f"{what}\nscenario (replay with this seed):\n{self.sc.describe()}\nlast rounds:\n{trail}")
