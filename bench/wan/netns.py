@@ -1,6 +1,6 @@
 """``WanEmulator``: one network namespace per host, joined through the delay line.
 
-Each host ``i`` gets namespace ``wanem<pid>-<i>`` with loopback and one TUN device ``wan0``
+Each host ``i`` gets namespace ``wanem<pid>-<serial>-<i>`` with loopback and one TUN device ``wan0``
 holding ``198.18.0.<i+1>/15`` (the benchmarking range of RFC 2544): the only route in the
 namespace, so a process inside can reach the other hosts and nothing else. The TUN devices are
 opened by one forwarder process (:mod:`bench.wan.delayline`) that applies the profile. All of it
@@ -14,9 +14,11 @@ from __future__ import annotations
 import atexit
 import functools
 import ipaddress
+import itertools
 import json
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -33,7 +35,8 @@ from bench.wan.profiles import Profile
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "wanem"
 BASE = ipaddress.IPv4Address("198.18.0.0")
-_STALE = re.compile(rf"^{PREFIX}(\d+)-\d+$")
+_STALE = re.compile(rf"^{PREFIX}(\d+)-\d+(-\d+)?$")
+_serial = itertools.count()
 
 
 @functools.cache
@@ -111,7 +114,9 @@ class WanEmulator:
             raise ValueError(f"{len(plist)} profiles for {n_hosts} hosts")
         self.profiles = [profiles.get(p) for p in plist]
         self.n, self.seed, self.start_timeout_s, self.count_ports = n_hosts, seed, start_timeout_s, count_ports
-        self.tag = f"{PREFIX}{os.getpid()}"
+        self.tag = f"{PREFIX}{os.getpid()}-{next(_serial)}"  # several emulators may share a process
+        # named at random: they exist in the root namespace only until moved, and may not clash
+        self.devs = [f"wt{secrets.token_hex(6)}" for _ in range(n_hosts)]
         self.ns: list[str] = []
         self.procs: list[subprocess.Popen[Any]] = []
         self._fwd: subprocess.Popen[bytes] | None = None
@@ -179,7 +184,7 @@ class WanEmulator:
             _ip("netns", "add", ns)
             self.ns.append(ns)
             _ip("-n", ns, "link", "set", "lo", "up")
-        devs = [f"wt{os.getpid()}x{i}" for i in range(self.n)]
+        devs = self.devs
         hosts = [{"dev": d, "addr": self.addr(i), "queue_s": profiles.queue_s(p),
                   "up_bps": p.up_mbit and p.up_mbit * 1e6, "down_bps": p.down_mbit and p.down_mbit * 1e6}
                  for i, (d, p) in enumerate(zip(devs, self.profiles, strict=True))]

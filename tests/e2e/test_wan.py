@@ -22,12 +22,10 @@ from bench.wan.netns import PREFIX, ROOT, _ip
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"WAN emulator: {available()}")
 
 
-def _ours() -> list[str]:
-    """Our namespaces and devices still on the machine (other emulators may run concurrently)."""
-    tag = f"{PREFIX}{os.getpid()}-"
+def _ours(wan: WanEmulator) -> list[str]:
+    """This emulator's namespaces and devices still on the machine (others may run concurrently)."""
     devs = _ip("-o", "link", "show", check=False).stdout
-    return [n for n in namespaces() if n.startswith(tag)] + [
-        line for line in devs.splitlines() if f"wt{os.getpid()}x" in line]
+    return [n for n in namespaces() if n.startswith(wan.tag + "-")] + [d for d in wan.devs if f" {d}:" in devs]
 
 
 @pytest.mark.timeout(120)
@@ -63,12 +61,16 @@ def test_random_loss_as_configured() -> None:
 
 @pytest.mark.timeout(60)
 def test_teardown_leaves_nothing_even_after_an_exception() -> None:
-    with pytest.raises(RuntimeError, match="boom"), WanEmulator(3, "lan") as wan:
-        assert len(_ours()) == 3
+    wan = WanEmulator(3, "lan")
+    with pytest.raises(RuntimeError, match="boom"), wan:
+        assert len(_ours(wan)) == 3
         assert wan.run_in(2, ["ip", "-o", "-4", "addr", "show", "wan0"], check=True).stdout.count(wan.addr(2)) == 1
         wan.popen(1, ["sleep", "600"])
+        with WanEmulator(2, "lan") as other:  # a second emulator of the same process does not clash
+            assert len(_ours(other)) == 2 and len(_ours(wan)) == 3
+        assert _ours(other) == []
         raise RuntimeError("boom")
-    assert _ours() == []
+    assert _ours(wan) == []
 
 
 @pytest.mark.timeout(60)
@@ -92,7 +94,7 @@ def test_sigterm_tears_down_and_stale_namespaces_are_removed() -> None:
     # A namespace named after a dead process (a SIGKILLed run) goes when the next emulator starts.
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = f"{PREFIX}{dead.pid}-0"
+    stale = f"{PREFIX}{dead.pid}-0-0"
     _ip("netns", "add", stale)
     try:
         with WanEmulator(2, "lan"):
