@@ -253,7 +253,8 @@ class World:
             key = (pid, self.peer_id(e.other))
             before = net.links.get(key)
             net.links[key] = Link(self.sc.latency_s, self.sc.jitter_s, 1e9, 1.0)
-            self.loop.call_later(e.arg, lambda: net.links.pop(key) if before is None else net.links.update({key: before}))
+            restore = (lambda: net.links.pop(key)) if before is None else (lambda: net.links.update({key: before}))
+            self.loop.call_later(e.arg, restore)
 
     async def _events(self) -> None:
         for e in sorted(self.sc.events, key=lambda e: e.at):
