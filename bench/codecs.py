@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from peerd import codec
+from peerd.core import codec
 
 
 def _best_round_robin(ops: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float | str]:

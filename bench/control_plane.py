@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.wan import PROFILES, WanEmulator
-from peerd.swarm import wait_ready_file
+from peerd.ops.swarm import wait_ready_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "control_plane.json"

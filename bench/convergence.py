@@ -45,7 +45,7 @@ def peerd_command(peers: int, steps: int, extra: list[str]) -> list[str]:
 
 
 def _run_peerd(peers: int, steps: int, extra: list[str], workdir: Path, prefix: list[str]) -> dict[str, Any]:
-    from peerd.config import ConfigError, load_config
+    from peerd.core.config import ConfigError, load_config
 
     try:
         load_config(None, COMMON + extra)

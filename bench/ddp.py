@@ -1,6 +1,6 @@
 """DDP baseline: ``torch.distributed`` (gloo) all-reduce of gradients every step, N processes.
 
-Each rank builds the *same* task as a ``peerd swarm`` peer would (``peerd.tasks.tinylm`` with
+Each rank builds the *same* task as a ``peerd swarm`` peer would (``peerd.train.tasks.tinylm`` with
 seed 0, shard = rank of N, the daemon's default data options), wraps the model in
 ``DistributedDataParallel`` and takes ``--steps`` inner steps with the task's own optimizer, so
 samples per peer and in total match the peerd runs. Rank 0 evaluates the final model on the
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# The daemon passes these data options to the task (peerd/config.py DataConfig defaults).
+# The daemon passes these data options to the task (peerd/core/config.py DataConfig defaults).
 DATA_OPTIONS = {"max_corpus_bytes": 4_000_000, "heldout_fraction": 0.02}
 
 
@@ -37,8 +37,8 @@ def worker(rank: int, world: int, port: int, steps: int, out: str, task_options:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peerd.tasks.base import TaskContext
-    from peerd.tasks.tinylm import tinylm
+    from peerd.train.tasks.base import TaskContext
+    from peerd.train.tasks.tinylm import tinylm
 
     torch.set_num_threads(1)  # as the peers (train.threads=1): same cores per process
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,

@@ -4,7 +4,7 @@ N tinylm replicas (the shards and init ``peerd swarm`` uses: seed 0, shard i of 
 side in one process and sync through peerd's real pieces: ``FragmentLayout`` (fragments),
 ``codec.encode_with_feedback`` / ``codec.reduced_spec`` (wire codecs, error feedback, the owner's
 re-encode of the mean) and ``OuterState.apply_outer_step`` (outer SGD / Nesterov). The worker merge
-rule is the one of ``peerd/worker.py`` ("merge" command): ``theta <- theta_outer_new + (theta_now -
+rule is the one of ``peerd/train/worker.py`` ("merge" command): ``theta <- theta_outer_new + (theta_now -
 theta_snapshot)``. No network: a round is instantaneous, except that ``delay`` inner steps can run
 between the snapshot and the merge, as they do while a real round is in flight.
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from peerd import codec
-from peerd.fragments import FragmentLayout, shard_bounds
-from peerd.state import OuterState
-from peerd.tasks.base import TaskContext
-from peerd.tasks.tinylm import tinylm
+from peerd.core import codec
+from peerd.core.fragments import FragmentLayout, shard_bounds
+from peerd.core.state import OuterState
+from peerd.train.tasks.base import TaskContext
+from peerd.train.tasks.tinylm import tinylm
 
 # The test suite's FAST model (tests/conftest.py): ~5x faster than the default tinylm on CPU.
 OPTIONS = {"d_model": 48, "n_layers": 2, "seq_len": 48, "max_corpus_bytes": 1_000_000, "eval_batches": 32}
@@ -195,7 +195,7 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
             sent += _round_bytes(m, layout.numels[f], n)
         for item in [x for x in inflight if x[0] == step]:
             _, f, snaps, theta, kept = item
-            for p, snap, own in zip(r.params, snaps, kept, strict=True):  # peerd/worker.py "merge"
+            for p, snap, own in zip(r.params, snaps, kept, strict=True):  # peerd/train/worker.py "merge"
                 now, base = layout.flatten(p, f), theta - own  # own: this worker's unsent progress (or 0)
                 layout.unflatten_into(p, f, base + (now - snap) if m.merge == "merge" else base)
             r.adam(layout.names[f], m.adam)

@@ -48,8 +48,8 @@ def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, A
     from hivemind.compression import Float16Compression
 
     from bench.ddp import DATA_OPTIONS
-    from peerd.tasks.base import TaskContext
-    from peerd.tasks.tinylm import parse_options, tinylm
+    from peerd.train.tasks.base import TaskContext
+    from peerd.train.tasks.tinylm import parse_options, tinylm
 
     torch.set_num_threads(1)
     opts = parse_options(task_options)

@@ -1,7 +1,7 @@
 """Hostile soak: rounds of outsider connection churn against one peer; its RSS, log bytes and refusals.
 
 The victim is a separate process (``python -m bench.hostile_soak --serve PORTFILE``) holding a real
-``peerd.transport.Transport`` server with a swarm key, logging JSON lines through the daemon's
+``peerd.net.transport.Transport`` server with a swarm key, logging JSON lines through the daemon's
 logging setup into a file. Each round opens ``connections`` fresh TCP connections at once (one
 gRPC channel each, no shared subchannels), makes one call per connection without a credential
 (a FetchState with an undecodable body, so a victim that parses before refusing is caught too),
@@ -44,7 +44,7 @@ class _Sink:
     """Refuses every shard (the outsiders never get this far)."""
 
     async def admit(self, header: Any) -> float:
-        from peerd.transport import Rejected
+        from peerd.net.transport import Rejected
 
         raise Rejected(__import__("grpc").StatusCode.FAILED_PRECONDITION, "soak victim takes no shards")
 
@@ -52,15 +52,15 @@ class _Sink:
         return None
 
     async def state_for(self, request: Any) -> Any:
-        from peerd.transport import Rejected
+        from peerd.net.transport import Rejected
 
         raise Rejected(__import__("grpc").StatusCode.FAILED_PRECONDITION, "soak victim serves no state")
 
 
 async def _serve(port_file: Path, server_options: str) -> None:
-    from peerd import auth, transport
-    from peerd.config import load_config
-    from peerd.log import setup_logging
+    from peerd.core.config import load_config
+    from peerd.core.log import setup_logging
+    from peerd.net import auth, transport
 
     setup_logging("info", "json")
     if server_options == "bulk":  # large TCP reads on the server too (the transport's options before this soak)

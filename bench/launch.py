@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerd.swarm import wait_ready_file
+from peerd.ops.swarm import wait_ready_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Transport goodput: one fragment pushed between two peerd transports vs raw TCP, same bytes.
 
 The receiver is a separate process (``python -m bench.transport --serve PORTFILE``) holding a real
-``peerd.transport.Transport`` server (whose sink accepts every header and drops the payload after
+``peerd.net.transport.Transport`` server (whose sink accepts every header and drops the payload after
 the transport has reassembled and checksummed it) and a raw TCP server on a blocking socket that
 reads the same number of bytes into a preallocated buffer. The sender is this process: a real
 ``Transport`` client (``push_shard``) on uvloop, and a blocking ``sendall``. Both transfers end
@@ -38,8 +38,8 @@ class _Sink:
 
 
 def _transport(port: int = 0) -> Any:
-    from peerd.config import load_config
-    from peerd.transport import Transport
+    from peerd.core.config import load_config
+    from peerd.net.transport import Transport
 
     cfg = load_config(None, ["transport.host=127.0.0.1", f"transport.port={port}"]).transport
     return Transport(cfg, lambda d, n: None, lambda r: None)
@@ -154,7 +154,7 @@ def run(sizes_mb: tuple[int, ...] = (1, 16, 64), repeats: int = 3, streams: tupl
                     for mb in sizes_mb]
         # The payload checksum (blake2b, part of the wire protocol) runs once on each side per
         # transfer: its speed bounds the stream's goodput, so it is recorded with the result.
-        from peerd.transport import checksum
+        from peerd.net.transport import checksum
 
         hash_s = min(_timed(checksum, payloads[max(sizes_mb)]) for _ in range(repeats))
     finally:

@@ -1,5 +1,5 @@
 """``python -m peerd`` is the ``peerd`` command."""
 
-from peerd.cli import main
+from peerd.ops.cli import main
 
 main()

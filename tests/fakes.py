@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig
+from peerd.core.bridge import Bridge
 from peerd.core.clock import SYSTEM, RoundClock
-from peerd.diloco import Diloco
-from peerd.errors import Counters
-from peerd.faults import NO_FAULTS
-from peerd.membership import PeerRecord
-from peerd.metrics import Metrics
-from peerd.node.view import SwarmView
-from peerd.state import OuterState
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import Counters
+from peerd.core.faults import NO_FAULTS
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
+from peerd.mixing.diloco import Diloco
+from peerd.net.membership import PeerRecord
+from peerd.net.view import SwarmView
 
 
 class NoMembership:

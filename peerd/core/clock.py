@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from peerd.config import RoundConfig
+from peerd.core.config import RoundConfig
 
 
 class Clock(Protocol):

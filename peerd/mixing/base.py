@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from peerd.core.schedule import RoundPlan
 from peerd.proto.v1 import peer_pb2
-from peerd.schedule import RoundPlan
 
 ModelWriter = Callable[[dict[int, torch.Tensor]], None]
 

@@ -12,17 +12,17 @@ from collections.abc import Callable
 
 import torch
 
-from peerd import schedule as sch
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig
+from peerd.core import schedule as sch
+from peerd.core.bridge import Bridge
 from peerd.core.clock import Clock
-from peerd.errors import EXIT_NETWORK, Counters, FatalError
-from peerd.log import get_logger
-from peerd.metrics import Metrics
-from peerd.node.ports import NetworkPort
-from peerd.node.view import SwarmView
-from peerd.state import OuterState
-from peerd.sync import SyncedState, SyncError, merge_parts, request_for, verify_state
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import EXIT_NETWORK, Counters, FatalError
+from peerd.core.log import get_logger
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
+from peerd.mixing.sync import SyncedState, SyncError, merge_parts, request_for, verify_state
+from peerd.net.ports import NetworkPort
+from peerd.net.view import SwarmView
 
 log = get_logger("peerd.resync")
 

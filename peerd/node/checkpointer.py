@@ -4,7 +4,7 @@ Components are the outer state, the mixer (what it exports, e.g. DiLoCo's error-
 residuals), the run counters and the worker (model, inner optimizer, data position; exported on
 its own thread through the bridge). A save takes the mixer's commit lock while it snapshots, so
 a checkpoint never pairs a new outer state with a worker that has not merged it yet. File
-format and atomic writes live in :mod:`peerd.checkpoint`.
+format and atomic writes live in :mod:`peerd.node.checkpoint`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from peerd import checkpoint
-from peerd.bridge import Bridge
-from peerd.errors import EXIT_CONFIG, Counters, FatalError
-from peerd.log import get_logger
+from peerd.core.bridge import Bridge
+from peerd.core.errors import EXIT_CONFIG, Counters, FatalError
+from peerd.core.log import get_logger
+from peerd.core.state import OuterState
 from peerd.mixing.base import Mixer
-from peerd.state import OuterState
-from peerd.worker import Worker
+from peerd.node import checkpoint
+from peerd.train.worker import Worker
 
 log = get_logger("peerd.persist")
 

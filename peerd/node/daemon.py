@@ -19,28 +19,29 @@ from pathlib import Path
 
 import torch
 
-from peerd import auth, joincheck
-from peerd.admin import AdminServer
-from peerd.aio import abandon
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig, test_faults_spec, test_hostile_spec
+from peerd.core.aio import abandon
+from peerd.core.bridge import Bridge
 from peerd.core.clock import SYSTEM
-from peerd.errors import EXIT_CONFIG, EXIT_NETWORK, Counters, FatalError
-from peerd.faults import FaultInjector
-from peerd.fragments import FragmentLayout
-from peerd.hint import join_hint
-from peerd.hostile import Hostile
-from peerd.log import get_logger
-from peerd.membership import DhtError, Membership
-from peerd.metrics import Metrics
+from peerd.core.config import PeerdConfig, test_faults_spec, test_hostile_spec
+from peerd.core.errors import EXIT_CONFIG, EXIT_NETWORK, Counters, FatalError
+from peerd.core.faults import FaultInjector
+from peerd.core.fragments import FragmentLayout
+from peerd.core.log import get_logger
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
+from peerd.net import auth
+from peerd.net.hostile import Hostile
+from peerd.net.membership import DhtError, Membership
+from peerd.net.transport import Transport
+from peerd.node import joincheck
+from peerd.node.admin import AdminServer
 from peerd.node.checkpointer import Checkpointer
+from peerd.node.hint import join_hint
 from peerd.node.leave import Leaver
 from peerd.node.peer import PeerNode
 from peerd.node.telemetry import Telemetry
-from peerd.state import OuterState
-from peerd.tasks.base import Task, TaskContext, load_task_factory
-from peerd.transport import Transport
-from peerd.worker import Worker
+from peerd.train.tasks.base import Task, TaskContext, load_task_factory
+from peerd.train.worker import Worker
 
 log = get_logger("peerd.daemon")
 

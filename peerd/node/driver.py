@@ -12,17 +12,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from peerd import schedule as sch
-from peerd.config import PeerdConfig
+from peerd.core import schedule as sch
 from peerd.core.clock import RoundClock
-from peerd.errors import Counters, FatalError
-from peerd.faults import FaultInjector
-from peerd.health import RoundLog
-from peerd.log import get_logger
-from peerd.metrics import Metrics
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import Counters, FatalError
+from peerd.core.faults import FaultInjector
+from peerd.core.log import get_logger
+from peerd.core.metrics import Metrics
 from peerd.mixing.base import Mixer, RoundOutcome
-from peerd.node.ports import MembershipPort
-from peerd.node.view import SwarmView
+from peerd.net.ports import MembershipPort
+from peerd.net.view import SwarmView
+from peerd.node.health import RoundLog
 
 log = get_logger("peerd.rounds")
 

@@ -14,15 +14,15 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from peerd.admin import AdminServer
-from peerd.aio import bounded
-from peerd.bridge import Bridge
-from peerd.errors import EXIT_ERROR, EXIT_OK
-from peerd.log import get_logger
-from peerd.membership import Membership
-from peerd.metrics import Metrics
-from peerd.transport import Transport
-from peerd.worker import Worker
+from peerd.core.aio import bounded
+from peerd.core.bridge import Bridge
+from peerd.core.errors import EXIT_ERROR, EXIT_OK
+from peerd.core.log import get_logger
+from peerd.core.metrics import Metrics
+from peerd.net.membership import Membership
+from peerd.net.transport import Transport
+from peerd.node.admin import AdminServer
+from peerd.train.worker import Worker
 
 if TYPE_CHECKING:
     from peerd.node.checkpointer import Checkpointer

@@ -11,19 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig
+from peerd.core.bridge import Bridge
 from peerd.core.clock import Clock, RoundClock
-from peerd.diloco import Diloco
-from peerd.errors import Counters
-from peerd.faults import FaultInjector
-from peerd.gossip.round import GossipMixer
-from peerd.metrics import Metrics
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import Counters
+from peerd.core.faults import FaultInjector
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
 from peerd.mixing.base import Mixer, ModelWriter
+from peerd.mixing.diloco import Diloco
+from peerd.mixing.gossip.round import GossipMixer
+from peerd.net.ports import MembershipPort, NetworkPort
+from peerd.net.view import SwarmView
 from peerd.node.driver import RoundDriver
-from peerd.node.ports import MembershipPort, NetworkPort
-from peerd.node.view import SwarmView
-from peerd.state import OuterState
 
 
 def build_mixer(cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peerd import health
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig
-from peerd.errors import EXIT_OK, Counters
-from peerd.fragments import state_hash
-from peerd.log import get_logger
-from peerd.membership import Membership
-from peerd.metrics import Metrics
-from peerd.worker import Worker
+from peerd.core.bridge import Bridge
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import EXIT_OK, Counters
+from peerd.core.fragments import state_hash
+from peerd.core.log import get_logger
+from peerd.core.metrics import Metrics
+from peerd.net.membership import Membership
+from peerd.node import health
+from peerd.train.worker import Worker
 
 if TYPE_CHECKING:
     from peerd.node.peer import PeerNode

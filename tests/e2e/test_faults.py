@@ -1,6 +1,6 @@
 """A member SIGKILLed at each named point of the protocol never hurts the survivors.
 
-The fault hook (peerd/faults.py) makes the daemon SIGKILL itself when it reaches the point, so
+The fault hook (peerd/core/faults.py) makes the daemon SIGKILL itself when it reaches the point, so
 the crash lands exactly there: before sending, mid-stream, after sending but before committing,
 as leader before publishing the plan, and as a donor in the middle of a state transfer.
 """

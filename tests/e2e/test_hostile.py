@@ -1,6 +1,6 @@
 """A malicious insider (it holds the swarm secret) cannot stop or poison honest training.
 
-Three real ``peerd join`` processes; the third runs with ``PEERD_TEST_HOSTILE=mix`` (peerd/hostile.py)
+Three real ``peerd join`` processes; the third runs with ``PEERD_TEST_HOSTILE=mix`` (peerd/net/hostile.py)
 and corrupts every contribution it sends, cycling through NaN scales, 1e4x norms, wrong shapes,
 truncated streams and streams ten times the announced size. The honest peers refuse each of those
 (counted by reason), keep committing rounds, agree bit for bit, and their eval loss stays finite
@@ -16,7 +16,7 @@ import signal
 import grpc
 import pytest
 
-from peerd import auth
+from peerd.net import auth
 from tests.conftest import Swarm, wait_for
 from tests.integration.test_hostile_calls import CALLS, MAX_LOG_BYTES, NEVER, garbage_calls
 

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from peerd import checkpoint
+from peerd.node import checkpoint
 from tests.conftest import Swarm, wait_for
 
 

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from peerd import auth
-from peerd.config import SecurityConfig
+from peerd.core.config import SecurityConfig
+from peerd.net import auth
+from peerd.net.transport import FETCH_METHOD, PUSH_METHOD, Transport
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
-from peerd.transport import FETCH_METHOD, PUSH_METHOD, Transport
 from tests.integration.test_bad_streams import Harness, good_header, open_plan
 
 SECRET = "swarm-secret-0123456789"

@@ -13,13 +13,13 @@ import grpc
 import pytest
 import torch
 
-from peerd import codec
-from peerd.config import load_config
-from peerd.fragments import FragmentLayout, shard_bounds
+from peerd.core import codec
+from peerd.core.config import load_config
+from peerd.core.fragments import FragmentLayout, shard_bounds
+from peerd.core.schedule import Candidate, make_plan, rendezvous_order
+from peerd.core.state import OuterState
+from peerd.net.transport import MAX_CHUNK_BYTES, Transport, checksum
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
-from peerd.schedule import Candidate, make_plan, rendezvous_order
-from peerd.state import OuterState
-from peerd.transport import MAX_CHUNK_BYTES, Transport, checksum
 from tests.fakes import make_diloco
 
 SHAPES = [("blocks.0.w", (64, 64)), ("blocks.1.w", (64, 64)), ("head.w", (10, 64))]

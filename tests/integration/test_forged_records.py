@@ -12,11 +12,11 @@ import time
 import pytest
 from hivemind.dht.routing import DHTID
 
-from peerd.auth import derive_key
-from peerd.config import DhtConfig
-from peerd.membership import Membership, PeerRecord
-from peerd.records import SealValidator, Signer
-from peerd.schedule import Candidate, make_plan
+from peerd.core.config import DhtConfig
+from peerd.core.schedule import Candidate, make_plan
+from peerd.net.auth import derive_key
+from peerd.net.membership import Membership, PeerRecord
+from peerd.net.records import SealValidator, Signer
 from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)

@@ -19,11 +19,11 @@ import grpc
 import pytest
 import structlog
 
-from peerd import auth
-from peerd.config import SecurityConfig
-from peerd.log import setup_logging
+from peerd.core.config import SecurityConfig
+from peerd.core.log import setup_logging
+from peerd.net import auth
+from peerd.net.transport import FETCH_METHOD, PUSH_METHOD
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
-from peerd.transport import FETCH_METHOD, PUSH_METHOD
 from tests.integration.test_admission import KEY, SecureHarness, client
 from tests.integration.test_bad_streams import Harness, good_header, open_plan
 
@@ -116,7 +116,7 @@ async def test_garbage_bodies_with_and_without_credentials_get_precise_codes_and
     assert "Unexpected" not in log and "DecodeError" not in log
     # Every refusal was counted, logged or not, and most were not logged.
     assert len(events) == 2 * CALLS
-    assert sum(logged for _, logged in events) == log.count('"logger": "peerd.transport"') < 50
+    assert sum(logged for _, logged in events) == log.count('"logger": "peerd.net.transport"') < 50
 
 
 async def test_garbage_bodies_on_an_open_swarm_are_invalid_argument(captured_log: io.StringIO) -> None:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.config import DhtConfig
-from peerd.membership import Membership, PeerRecord
-from peerd.schedule import Candidate, make_plan
+from peerd.core.config import DhtConfig
+from peerd.core.schedule import Candidate, make_plan
+from peerd.net.membership import Membership, PeerRecord
 from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)

@@ -10,10 +10,10 @@ import grpc
 import pytest
 import torch
 
-from peerd import codec
-from peerd.diloco import _Shard
+from peerd.core import codec
+from peerd.mixing.diloco import _Shard
+from peerd.net.transport import checksum
 from peerd.proto.v1 import peer_pb2
-from peerd.transport import checksum
 from tests.integration.test_bad_streams import Harness, good_header, harness, open_plan, push  # noqa: F401
 
 MEMBERS = ("me", "other", "third")

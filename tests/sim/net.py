@@ -14,10 +14,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peerd.membership import PeerRecord
+from peerd.core.schedule import RoundPlan
+from peerd.net.membership import PeerRecord
+from peerd.net.transport import Handler, Rejected, checksum
 from peerd.proto.v1 import peer_pb2
-from peerd.schedule import RoundPlan
-from peerd.transport import Handler, Rejected, checksum
 
 
 class SimRpcError(ConnectionError):
@@ -72,7 +72,7 @@ class SimNetwork:
 
 
 class SimTransport:
-    """One peer's network port (see :class:`peerd.node.ports.NetworkPort`)."""
+    """One peer's network port (see :class:`peerd.net.ports.NetworkPort`)."""
 
     def __init__(self, net: SimNetwork, peer_id: str, endpoint: str) -> None:
         self.net, self.peer_id, self.endpoint = net, peer_id, endpoint
@@ -147,7 +147,7 @@ class SimDht:
 
 
 class SimMembership:
-    """One peer's DHT port (see :class:`peerd.node.ports.MembershipPort`)."""
+    """One peer's DHT port (see :class:`peerd.net.ports.MembershipPort`)."""
 
     def __init__(self, dht: SimDht, net: SimNetwork, peer_id: str, ttl_s: float, delay_s: float,
                  rng: random.Random) -> None:

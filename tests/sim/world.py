@@ -1,7 +1,7 @@
 """A simulated swarm: N real peers (PeerNode, real mixers, codecs, state, worker) on virtual time.
 
 Each :class:`SimPeer` is the real :class:`peerd.node.peer.PeerNode` over the in-memory network
-and DHT, with a real :class:`peerd.worker.Worker` training a tiny task; a loop task steps the
+and DHT, with a real :class:`peerd.train.worker.Worker` training a tiny task; a loop task steps the
 worker every ``step_s`` of virtual time and serves its bridge commands at step boundaries, as
 the worker thread does. :class:`World` runs a seeded :class:`Scenario` (latency, loss,
 partitions, stalls, slow workers, crashes, restarts, joins), records every round's outcome and
@@ -19,16 +19,16 @@ from typing import Any
 
 import torch
 
-from peerd.bridge import Bridge
-from peerd.config import PeerdConfig, load_config
-from peerd.errors import Counters
-from peerd.faults import NO_FAULTS
-from peerd.fragments import FragmentLayout
-from peerd.metrics import Metrics
+from peerd.core.bridge import Bridge
+from peerd.core.config import PeerdConfig, load_config
+from peerd.core.errors import Counters
+from peerd.core.faults import NO_FAULTS
+from peerd.core.fragments import FragmentLayout
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
 from peerd.node.peer import PeerNode
-from peerd.state import OuterState
-from peerd.tasks.base import Task
-from peerd.worker import Worker
+from peerd.train.tasks.base import Task
+from peerd.train.worker import Worker
 from tests.sim.net import Link, SimDht, SimMembership, SimNetwork, SimTransport
 from tests.sim.vloop import LoopClock, VirtualLoop
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd import auth
-from peerd.config import ConfigError, SecurityConfig, load_config
+from peerd.core.config import ConfigError, SecurityConfig, load_config
+from peerd.net import auth
 
 KEY = auth.derive_key("s" * 32, "run", "rpc")
 METHOD = "/peerd.v1.Peer/PushShard"

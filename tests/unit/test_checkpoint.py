@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from peerd import checkpoint as ck
+from peerd.node import checkpoint as ck
 
 
 def content(v: float) -> dict:

@@ -1,4 +1,4 @@
-"""Unit and property tests for peerd.codec (gradient wire codecs)."""
+"""Unit and property tests for peerd.core.codec (gradient wire codecs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from peerd.codec import (
+from peerd.core.codec import (
     CODECS,
     DEFAULT_BLOCK_SIZE,
     CodecError,

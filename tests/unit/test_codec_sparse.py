@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from peerd.codec import CodecError, decode, encode, encode_with_feedback, encoded_size, reduced_spec
-from peerd.codec_sparse import per_block
+from peerd.core.codec import CodecError, decode, encode, encode_with_feedback, encoded_size, reduced_spec
+from peerd.core.codec_sparse import per_block
 
 SPARSE = ("sparse", "sparse8")
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from peerd.config import ConfigError, load_config
+from peerd.core.config import ConfigError, load_config
 
 
 def test_defaults() -> None:

@@ -13,14 +13,14 @@ import time
 import pytest
 import torch
 
-from peerd import codec
-from peerd.bridge import Snapshot
-from peerd.config import load_config
-from peerd.diloco import CONTRIB, REDUCED, Diloco, _Shard
-from peerd.fragments import FragmentLayout
-from peerd.schedule import Candidate, make_plan, rendezvous_order
-from peerd.state import OuterState
-from peerd.transport import checksum
+from peerd.core import codec
+from peerd.core.bridge import Snapshot
+from peerd.core.config import load_config
+from peerd.core.fragments import FragmentLayout
+from peerd.core.schedule import Candidate, make_plan, rendezvous_order
+from peerd.core.state import OuterState
+from peerd.mixing.diloco import CONTRIB, REDUCED, Diloco, _Shard
+from peerd.net.transport import checksum
 from tests.fakes import make_diloco
 
 SHAPES = [("blocks.0.w", (48, 48)), ("blocks.1.w", (48, 48)), ("head.w", (10, 48))]

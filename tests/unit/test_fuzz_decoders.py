@@ -19,12 +19,12 @@ from hivemind.dht.validation import DHTRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peerd import codec
-from peerd.membership import PeerRecord
+from peerd.core import codec
+from peerd.core.schedule import Candidate, PlanError, make_plan, plan_from_record
+from peerd.net.membership import PeerRecord
+from peerd.net.records import RecordError, SealValidator, Signer, open_sealed
+from peerd.net.transport import Rejected, _read_payload, checksum
 from peerd.proto.v1 import peer_pb2
-from peerd.records import RecordError, SealValidator, Signer, open_sealed
-from peerd.schedule import Candidate, PlanError, make_plan, plan_from_record
-from peerd.transport import Rejected, _read_payload, checksum
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SIGNER = Signer(rsa.generate_private_key(public_exponent=65537, key_size=2048), mac_key=b"k" * 32)

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd import codec
-from peerd.gossip import a2cid2, mixing, topology
+from peerd.core import codec
+from peerd.mixing.gossip import a2cid2, mixing, topology
 
 CODECS = ("fp32", "bf16", "int8", "int4")
 
@@ -142,7 +142,7 @@ def test_theory_matches_research_notes() -> None:
 
 
 def test_gossip_plans_admit_every_ready_peer_and_carry_their_topology() -> None:
-    from peerd import schedule as sch
+    from peerd.core import schedule as sch
 
     # Gossip peers legitimately differ in revision and hash: none is left out for it.
     view = [sch.Candidate(f"p{i}", f"h:{i}", revision=i, state_hash=f"h{i}", ready=True, done=False)

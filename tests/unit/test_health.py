@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from peerd.errors import FatalError
-from peerd.health import RoundLog, assess, window_rates
-from peerd.joincheck import MISSING_SECRET, RefusalLog, records_carry_mac, require_secret_if_swarm_has_one
-from peerd.progress import PeerView, Progress
-from peerd.status import render, short_id
-from peerd.swarm import disagreement, print_table
+from peerd.core.errors import FatalError
+from peerd.node.health import RoundLog, assess, window_rates
+from peerd.node.joincheck import MISSING_SECRET, RefusalLog, records_carry_mac, require_secret_if_swarm_has_one
+from peerd.ops.progress import PeerView, Progress
+from peerd.ops.status import render, short_id
+from peerd.ops.swarm import disagreement, print_table
 
 UP = {"ready": True, "worker_ok": True, "p2pd_ok": True}
 PID = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.config import SecurityConfig
-from peerd.hint import join_hint, peerd_command
+from peerd.core.config import SecurityConfig
+from peerd.node.hint import join_hint, peerd_command
 
 MADDRS = ["/ip4/203.0.113.5/tcp/7001/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", "/ip4/b", "/ip4/c"]
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from peerd.limits import LimitExceeded, NormGate, PeerLimits, rms
+from peerd.net.limits import LimitExceeded, NormGate, PeerLimits, rms
 
 
 def test_peer_limits_cap_streams_and_bytes_per_peer_and_release() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from peerd.log import RemoteLog, TokenBucket, get_logger, setup_logging
+from peerd.core.log import RemoteLog, TokenBucket, get_logger, setup_logging
 
 
 class Clock:

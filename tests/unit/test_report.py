@@ -1,4 +1,4 @@
-"""Unit tests for peerd.report: summaries in, readable PNGs out, clear errors on bad input."""
+"""Unit tests for peerd.ops.report: summaries in, readable PNGs out, clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from peerd.report import load_summaries, write_report
+from peerd.ops.report import load_summaries, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["eval_loss_vs_steps.png", "eval_loss_vs_bytes.png", "rounds.png"]
@@ -76,7 +76,7 @@ def test_report_null_losses_failed_peer_and_several_files(tmp_path: Path) -> Non
 
 
 def test_byte_axis_goes_log_over_two_decades(tmp_path: Path) -> None:
-    from peerd import report
+    from peerd.ops import report
 
     big = _peer(0, history=True)
     big["history"][1]["tx_bytes"], big["history"][1]["eval_loss"] = 10, 5.4

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd import schedule as sch
+from peerd.core import schedule as sch
 
 RUN, P, ROUND_S = "run", 3, 2.0
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.fragments import FragmentLayout, layer_index, shard_bounds
-from peerd.state import OuterState
+from peerd.core.fragments import FragmentLayout, layer_index, shard_bounds
+from peerd.core.state import OuterState
 
 SHAPES = [("embed.weight", (256, 16)), ("blocks.0.w", (16, 16)), ("blocks.0.b", (16,)),
           ("blocks.1.w", (16, 16)), ("blocks.2.w", (16, 16)), ("blocks.3.w", (16, 16)), ("head.weight", (256, 16))]
@@ -83,8 +83,8 @@ def test_install_adopts_donor_state_exactly() -> None:
 
 
 def test_state_sync_parts_from_two_donors_merge_and_verify() -> None:
+    from peerd.mixing.sync import SyncError, merge_parts, serve_state, verify_state
     from peerd.proto.v1 import peer_pb2
-    from peerd.sync import SyncError, merge_parts, serve_state, verify_state
 
     donor, joiner = make_state(1), make_state(1)
     donor.apply_outer_step(0, torch.ones(donor.layout.numels[0]), 0.5, 0.9, True, 0)

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import torch
 
-from peerd.tasks.base import Task, TaskContext, load_task_factory
-from peerd.tasks.corpus import discover_files, load_corpus, split_files
-from peerd.tasks.tinylm import tinylm
+from peerd.train.tasks.base import Task, TaskContext, load_task_factory
+from peerd.train.tasks.corpus import discover_files, load_corpus, split_files
+from peerd.train.tasks.tinylm import tinylm
 
 # Small enough that building a task and training it take well under a second.
 SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "seq_len": 32, "batch_size": 16, "max_corpus_bytes": 300_000}
@@ -219,11 +219,11 @@ def test_context_validates_shard():
 def test_load_builtin_factory():
     """The built-in name and its full spec resolve to the same factory."""
     assert load_task_factory("tinylm") is tinylm
-    assert load_task_factory("peerd.tasks.tinylm:tinylm") is tinylm
+    assert load_task_factory("peerd.train.tasks.tinylm:tinylm") is tinylm
 
 
 @pytest.mark.parametrize(
-    "spec", ["nonexistent.mod:f", "peerd.tasks.tinylm:nope", "peerd.tasks.tinylm:VOCAB_SIZE", "nocolon"]
+    "spec", ["nonexistent.mod:f", "peerd.train.tasks.tinylm:nope", "peerd.train.tasks.tinylm:VOCAB_SIZE", "nocolon"]
 )
 def test_bad_factory_spec_raises(spec):
     """Unresolvable specs raise ValueError quoting the spec."""
@@ -238,7 +238,7 @@ def test_user_factory_from_sys_path(tmp_path, monkeypatch):
     (tmp_path / f"{module}.py").write_text(
         textwrap.dedent(
             """
-            from peerd.tasks.tinylm import tinylm
+            from peerd.train.tasks.tinylm import tinylm
 
             def make(ctx):
                 return tinylm(ctx)

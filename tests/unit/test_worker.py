@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from peerd.bridge import Bridge
-from peerd.fragments import FragmentLayout
-from peerd.tasks.base import Task
-from peerd.worker import Worker
+from peerd.core.bridge import Bridge
+from peerd.core.fragments import FragmentLayout
+from peerd.train.tasks.base import Task
+from peerd.train.worker import Worker
 
 
 class Batches:

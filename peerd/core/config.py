@@ -1,0 +1,372 @@
+"""Configuration: one frozen pydantic model tree, loaded from defaults < YAML < ``PEERD_*`` env < ``--set``.
+
+This is the only module that reads ``os.environ``. Every field has a unit in its name where it has
+one (``_s``, ``_bytes``). Unknown keys are rejected everywhere (``extra="forbid"``), so a typo in
+a YAML file or a ``--set`` fails loudly with the dotted key in the message instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration source is malformed; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the training text comes from and how it is split."""
+
+    path: str | None = None  # None: the running Python's standard library .py files
+    num_shards: int = Field(16, ge=1)
+    shard: int | None = Field(None, ge=0)  # None: derived from the peer id
+    max_corpus_bytes: int = Field(4_000_000, ge=1024)
+    heldout_fraction: float = Field(0.02, gt=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """The worker thread's inner loop."""
+
+    max_steps: int = Field(0, ge=0)  # 0: train until stopped
+    threads: int = Field(1, ge=1)  # torch intra-op threads of the worker
+    eval_every_steps: int = Field(0, ge=0)  # 0: evaluate only at start and end
+    # At most this many inner steps per wall-clock round (0: no limit). Bounds DiLoCo's H (inner
+    # steps between syncs of a fragment, about num_fragments x this) whatever the device speed:
+    # without it a fast box drifts hundreds of steps between syncs and the average gets worse.
+    max_steps_per_round: int = Field(0, ge=0)
+    log_every_s: float = Field(10.0, gt=0)
+
+
+class MixingConfig(_Section):
+    """How peers combine their progress (DESIGN section 3)."""
+
+    mode: Literal["diloco", "gossip"] = "diloco"
+    codec: Literal["fp32", "bf16", "int8", "int4", "sparse", "sparse8"] = "int8"
+    block_size: int = Field(256, ge=8, le=65536)
+    # sparse codecs: share of each block's entries sent per round (top-k by magnitude; the rest
+    # waits in the error-feedback residual). Every member must use the same value.
+    sparse_density: float = Field(0.03, gt=0, le=1)
+    error_feedback: bool = True
+    num_fragments: int = Field(2, ge=1)
+    # Plain averaging (lr 1, no momentum) measured best for runs of a few hundred steps; DiLoCo's
+    # 0.7 / 0.9 Nesterov needs many outer steps to pay off (see README, "Outer optimizer").
+    outer_lr: float = Field(1.0, gt=0)
+    outer_momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = True
+
+    # gossip mode only (DESIGN section 3, peerd/mixing/gossip/): who pairs with whom each round, and
+    # A2CiD2 momentum (helps sparse rings; breaks the hypercube's exact log2 n averaging).
+    topology: Literal["random", "hypercube", "ring"] = "random"
+    a2cid2: bool = False
+
+    @model_validator(mode="after")
+    def _sparse_needs_diloco(self) -> MixingConfig:
+        # Gossip messages are mass vectors, not outer gradients: top-k of them is not error feedback.
+        if self.mode == "gossip" and self.codec in ("sparse", "sparse8"):
+            raise ValueError("mixing.codec: sparse codecs need mixing.mode=diloco")
+        if self.codec in ("sparse", "sparse8") and not self.error_feedback:
+            raise ValueError("mixing.error_feedback: sparse codecs need error feedback (unsent entries would be lost)")
+        return self
+
+
+class RoundConfig(_Section):
+    """Round clock and protocol deadlines (DESIGN section 2)."""
+
+    round_s: float = Field(5.0, gt=0)
+    settle_s: float = Field(0.25, ge=0)  # heartbeats settle before the plan is built
+    plan_slot_s: float = Field(0.25, gt=0)  # candidate k publishes after k slots of leader silence
+    plan_candidates: int = Field(3, ge=1)
+    min_members: int = Field(2, ge=1)
+    deadline_fraction: float = Field(0.9, gt=0, le=1)  # exchange must end by start + fraction*round_s
+
+    @model_validator(mode="after")
+    def _slots_fit(self) -> RoundConfig:
+        if self.settle_s + self.plan_slot_s * self.plan_candidates >= 0.5 * self.round_s * self.deadline_fraction:
+            raise ValueError("round.plan_slot_s: settle_s + plan_slot_s * plan_candidates must be "
+                             "< half of round_s * deadline_fraction")
+        return self
+
+
+class TransportConfig(_Section):
+    """gRPC server and channels."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(0, ge=0, le=65535)
+    announce_host: str | None = None  # address other peers dial; None: detected
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=3 << 20)  # <= transport.MAX_CHUNK_BYTES (4 MiB cap)
+    chunk_timeout_s: float = Field(10.0, gt=0)
+    rpc_timeout_s: float = Field(10.0, gt=0)
+    state_timeout_s: float = Field(120.0, gt=0)
+    keepalive_time_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+
+
+class DhtConfig(_Section):
+    """The in-process hivemind DHT node and heartbeat records."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(0, ge=0, le=65535)
+    announce_host: str | None = None
+    heartbeat_s: float = Field(1.0, gt=0)
+    ttl_s: float = Field(4.0, gt=0)
+    op_timeout_s: float = Field(5.0, gt=0)
+    # Per-RPC wait of the DHT node (hivemind's wait_timeout, default 3 s): every dead peer still
+    # in a routing table costs this much per lookup until it is blacklisted, so keep it short.
+    rpc_timeout_s: float = Field(1.0, gt=0)
+    startup_timeout_s: float = Field(30.0, gt=0)
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ttl_covers_heartbeats(self) -> DhtConfig:
+        if self.ttl_s < 3 * self.heartbeat_s:
+            raise ValueError("dht.ttl_s: must be >= 3 * dht.heartbeat_s")
+        return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus exposition and the loopback admin endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: ephemeral, reported in the ready file
+
+
+class AdminConfig(_Section):
+    """Loopback-only status endpoint used by ``peerd status``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: ephemeral, found through the discovery file
+
+
+class CheckpointConfig(_Section):
+    """Where and how often state is written (atomic write, fsync, rename)."""
+
+    dir: str | None = None
+    every_s: float = Field(60.0, gt=0)
+
+
+class LogConfig(_Section):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class SecurityConfig(_Section):
+    """Admission (swarm secret, TLS) and input caps; see README "Security" and peerd/net/auth.py."""
+
+    # The secret never appears in logs, status or summaries (SecretStr prints as '**********').
+    secret: SecretStr | None = None
+    secret_file: str | None = None  # a file holding the secret (surrounding whitespace ignored)
+    credential_window_s: float = Field(30.0, gt=0, le=600)  # accepted |now - credential time|
+    replay_cache_size: int = Field(65536, ge=16)  # nonces remembered for the window (full: refuse)
+    tls_cert: str | None = None  # PEM certificate chain of this peer (server and mTLS client)
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_ca: str | None = None  # PEM CA bundle: verify peers' certs; set, the server requires client certs
+    tls_server_name: str | None = None  # name checked in peers' certs (default: the dialled host)
+    max_concurrent_rpcs: int = Field(256, ge=1)  # whole server
+    max_streams_per_peer: int = Field(8, ge=1)  # concurrent incoming streams of one peer id, from the first byte
+    max_streams_per_address: int = Field(64, ge=1)  # concurrent incoming streams from one IP address
+    max_inflight_bytes_per_peer: int = Field(256 << 20, ge=1 << 20)  # announced payload bytes in flight
+    norm_factor: float = Field(10.0, gt=1)  # drop a contribution whose RMS is > factor x own (limits.NormGate)
+    norm_history: int = Field(16, ge=1)  # accepted RMS values per fragment that can only widen the reference
+
+    @field_validator("secret", "secret_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `PEERD_SECURITY__SECRET=${PEERD_SECRET:-}` in compose files: empty means not set.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecurityConfig:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("security.secret: set either secret or secret_file, not both")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("security.secret: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("security.tls_cert: tls_cert and tls_key must be set together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("security.tls_ca: needs tls_cert and tls_key (mTLS)")
+        return self
+
+
+class PeerdConfig(_Section):
+    """Everything a daemon needs; see configs/default.yaml for a commented copy."""
+
+    run_id: str = Field("peerd", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str = "tinylm"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    mixing: MixingConfig = MixingConfig()
+    round: RoundConfig = RoundConfig()
+    transport: TransportConfig = TransportConfig()
+    dht: DhtConfig = DhtConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+    security: SecurityConfig = SecurityConfig()
+
+
+ENV_PREFIX = "PEERD_"
+# PEERD_* variables that steer tooling, not the daemon's config.
+_NON_CONFIG_ENV = frozenset({"PEERD_TEST_FAULTS", "PEERD_TEST_HOSTILE"})
+
+
+class _Sources(BaseSettings):
+    """Settings root: ``--set`` (init kwargs) > ``PEERD_*`` env > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+    # The YAML path is chosen at run time; pydantic-settings fixes yaml_file per class, so
+    # load_config() builds a throwaway subclass carrying it.
+    _yaml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        return tuple(sources)
+
+
+class _Settings(_Sources, PeerdConfig):  # type: ignore[misc]
+    pass
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise ConfigError(f"{source}: bad key {dotted!r}")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a ``--set`` value with YAML scalar rules (``1`` int, ``true`` bool, ``null``)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _known_path(dotted: list[str]) -> bool:
+    model: type[BaseModel] = PeerdConfig
+    for i, part in enumerate(dotted):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if part == "task_options":
+            return True  # free-form, validated by the task itself
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return i == len(dotted) - 1
+    return True
+
+
+def _check_env(environ: dict[str, str]) -> None:
+    """pydantic-settings ignores unknown env names; a typo'd PEERD_ variable must fail instead."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in _NON_CONFIG_ENV:
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().split("__")
+        if not _known_path(dotted):
+            raise ConfigError(f"environment variable {name}: unknown key {'.'.join(dotted)}")
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> PeerdConfig:
+    """Build the effective config: defaults < YAML file < ``PEERD_*`` env < ``--set key=value``.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, an unknown key or a bad value (message names it).
+    """
+    path = Path(config_file) if config_file is not None else None
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+    _check_env(dict(os.environ))
+    cli: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        _set_dotted(cli, key.strip(), _parse_scalar(raw), f"--set {key.strip()}")
+    settings_cls = type("_RunSettings", (_Settings,), {"_yaml_file": path})
+    try:
+        settings = settings_cls(**cli)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return PeerdConfig.model_validate(settings.model_dump())
+
+
+def with_overrides(cfg: PeerdConfig, updates: dict[str, Any]) -> PeerdConfig:
+    """Return a copy of ``cfg`` with dotted-key ``updates`` applied and validated."""
+    tree = cfg.model_dump()
+    for dotted, value in updates.items():
+        _set_dotted(tree, dotted, value, f"override {dotted}")
+    try:
+        return PeerdConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def test_faults_spec() -> str:
+    """Fault-injection spec for tests (``PEERD_TEST_FAULTS``; see peerd/core/faults.py)."""
+    return os.environ.get("PEERD_TEST_FAULTS", "")
+
+
+def test_hostile_spec() -> str:
+    """Hostile-insider behaviour for tests (``PEERD_TEST_HOSTILE``; see peerd/net/hostile.py)."""
+    return os.environ.get("PEERD_TEST_HOSTILE", "")

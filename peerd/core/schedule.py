@@ -1,0 +1,221 @@
+"""Round schedule: wall-clock rounds, fragment choice, rendezvous election and round plans (pure).
+
+Round ``r`` covers ``[r*round_s, (r+1)*round_s)`` in Unix time and syncs fragment
+``r mod P``. Candidates for a round are the ready members at the top revision, ordered by
+rendezvous hashing ``H(run_id, r, peer_id)``; candidate ``k`` may publish the round's plan once
+``k`` plan slots have passed without one. Readers take the plan of the best-ranked publisher they
+see, and a plan's id (a hash of its content) travels in every message of the round, so two peers
+that ended up following different plans refuse each other's data instead of mixing it: a split
+costs liveness (an aborted round), never correctness.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class PlanError(ValueError):
+    """A round plan record is malformed or inconsistent."""
+
+
+def round_index(now: float, round_s: float) -> int:
+    """Index of the round that contains Unix time ``now``."""
+    return math.floor(now / round_s)
+
+
+def round_start(r: int, round_s: float) -> float:
+    """Unix time at which round ``r`` starts."""
+    return r * round_s
+
+
+def fragment_for_round(r: int, num_fragments: int) -> int:
+    """Fragment synchronised in round ``r``."""
+    return r % num_fragments
+
+
+def rendezvous_score(run_id: str, r: int, peer_id: str) -> bytes:
+    """Rendezvous hash of a peer for a round; lower sorts first."""
+    return hashlib.blake2b(f"{run_id}\x00{r}\x00{peer_id}".encode(), digest_size=16).digest()
+
+
+def rendezvous_order(run_id: str, r: int, peer_ids: Iterable[str]) -> list[str]:
+    """Peers ordered by rendezvous score; element 0 is the round leader."""
+    return sorted(set(peer_ids), key=lambda p: (rendezvous_score(run_id, r, p), p))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the schedule needs to know about a live peer (from its heartbeat)."""
+
+    peer_id: str
+    endpoint: str
+    revision: int
+    state_hash: str
+    ready: bool
+    done: bool
+
+
+def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:
+    """Ready peers at the top revision that agree with the majority hash there.
+
+    A peer behind the top revision, or off the majority hash at it, must resync before it may
+    take part (PCCL's rule), so it is left out of plans. In ``gossip`` mode parameters differ per
+    peer by design and a revision is only a peer's own count of committed exchanges, so every
+    ready peer is eligible.
+    """
+    ready = [c for c in candidates if c.ready]
+    if not ready or mode == "gossip":
+        return ready
+    top = max(c.revision for c in ready)
+    at_top = [c for c in ready if c.revision == top]
+    counts: dict[str, int] = {}
+    for c in at_top:
+        counts[c.state_hash] = counts.get(c.state_hash, 0) + 1
+    majority = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return [c for c in at_top if c.state_hash == majority]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The one fact every member of a round follows; never changed once published."""
+
+    run_id: str
+    round: int
+    fragment: int
+    revision: int
+    state_hash: str
+    members: tuple[str, ...]  # rendezvous order; member i owns shard i
+    endpoints: tuple[str, ...]  # gRPC host:port of each member, same order
+    publisher: str
+    publisher_rank: int
+    collect_deadline: float  # owners stop waiting for contributions
+    deadline: float  # members stop waiting for reduced shards
+    final: bool  # every member has finished training
+    mode: str = "diloco"  # mixing mode every member runs this round
+    topology: str = ""  # gossip: pairing rule over the hash-ordered members (peerd/mixing/gossip/topology.py)
+
+    @functools.cached_property
+    def plan_id(self) -> str:
+        """Content hash that identifies this plan in every message of the round (computed once)."""
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+    def index_of(self, peer_id: str) -> int:
+        """Position (and owned shard) of a member; -1 when not a member."""
+        try:
+            return self.members.index(peer_id)
+        except ValueError:
+            return -1
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain msgpack-able dict for the DHT."""
+        return asdict(self) | {"members": list(self.members), "endpoints": list(self.endpoints)}
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "round": int, "fragment": int, "revision": int, "state_hash": str,
+    "members": (list, tuple), "endpoints": (list, tuple), "publisher": str,
+    "publisher_rank": int, "collect_deadline": (int, float), "deadline": (int, float), "final": bool,
+    "mode": str, "topology": str,
+}
+_TOPOLOGIES = {"diloco": ("",), "gossip": ("random", "hypercube", "ring")}
+MAX_MEMBERS = 1024
+
+
+def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
+    """Validate a DHT record and build a plan from it.
+
+    Raises:
+        PlanError: missing/extra/ill-typed fields, wrong run, inconsistent members.
+    """
+    if not isinstance(record, Mapping) or set(record) != set(_FIELDS):
+        raise PlanError("plan record has wrong fields")
+    for key, typ in _FIELDS.items():
+        value = record[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise PlanError(f"plan field {key} has wrong type")
+    members = tuple(record["members"])
+    endpoints = tuple(record["endpoints"])
+    if record["run_id"] != run_id:
+        raise PlanError("plan for another run")
+    # Element types first: set() below would raise TypeError on an unhashable member.
+    if not all(isinstance(x, str) and x for x in members + endpoints):
+        raise PlanError("plan members and endpoints must be non-empty strings")
+    if not 0 < len(members) <= MAX_MEMBERS or len(set(members)) != len(members):
+        raise PlanError("plan members empty, too many or duplicated")
+    if len(endpoints) != len(members) or not all(isinstance(x, str) and x for x in members + endpoints):
+        raise PlanError("plan endpoints do not match members")
+    if not 0 <= record["fragment"] < num_fragments or record["round"] < 0 or record["revision"] < 0:
+        raise PlanError("plan fragment, round or revision out of range")
+    if record["fragment"] != fragment_for_round(record["round"], num_fragments):
+        raise PlanError("plan fragment does not match its round")
+    if record["publisher"] not in members or not record["collect_deadline"] <= record["deadline"]:
+        raise PlanError("plan publisher or deadlines inconsistent")
+    if record["topology"] not in _TOPOLOGIES.get(record["mode"], ()):
+        raise PlanError("plan mode or topology unknown")
+    return RoundPlan(**{**record, "members": members, "endpoints": endpoints,
+                        "collect_deadline": float(record["collect_deadline"]),
+                        "deadline": float(record["deadline"])})
+
+
+def make_plan(
+    run_id: str,
+    r: int,
+    num_fragments: int,
+    publisher: str,
+    candidates: Iterable[Candidate],
+    round_s: float,
+    deadline_fraction: float,
+    now: float,
+    mode: str = "diloco",
+    topology: str = "",
+) -> RoundPlan | None:
+    """The plan ``publisher`` would publish at time ``now`` for round ``r``, or None if it may not.
+
+    Only an eligible candidate publishes; members are all eligible candidates. Owners collect
+    contributions for a bit more than half of the time left, and reduced shards use the rest.
+    """
+    candidates = list(candidates)
+    ready = [c for c in candidates if c.ready]
+    elig = eligible(candidates, mode)
+    by_id = {c.peer_id: c for c in elig}
+    if publisher not in by_id:
+        return None
+    order = rendezvous_order(run_id, r, by_id)
+    start = round_start(r, round_s)
+    deadline = start + deadline_fraction * round_s
+    return RoundPlan(
+        run_id=run_id,
+        round=r,
+        fragment=fragment_for_round(r, num_fragments),
+        # gossip: no shared state, so no shared revision or hash to agree on
+        revision=by_id[publisher].revision if mode != "gossip" else 0,
+        state_hash=by_id[publisher].state_hash if mode != "gossip" else "",
+        members=tuple(order),
+        endpoints=tuple(by_id[p].endpoint for p in order),
+        publisher=publisher,
+        publisher_rank=order.index(publisher),
+        collect_deadline=max(start, now) + 0.55 * max(0.0, deadline - max(start, now)),
+        deadline=deadline,
+        # Final only when every ready peer is a member and done: a laggard that is resyncing
+        # must take part in the last rounds, or it would end the run on a state of its own.
+        final=all(c.done for c in ready) and len(ready) == len(elig),
+        mode=mode,
+        topology=topology if mode == "gossip" else "",
+    )
+
+
+def publish_time(r: int, rank: int, round_s: float, plan_slot_s: float, settle_s: float = 0.0) -> float:
+    """Earliest time candidate ``rank`` may publish a plan for round ``r``."""
+    return round_start(r, round_s) + settle_s + rank * plan_slot_s
+
+
+def choose_plan(plans: Iterable[RoundPlan]) -> RoundPlan | None:
+    """Among published plans for one round, the best-ranked publisher's (ties: plan id)."""
+    return min(plans, key=lambda p: (p.publisher_rank, p.plan_id), default=None)

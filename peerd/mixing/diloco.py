@@ -1,0 +1,412 @@
+"""Streaming DiLoCo mixing: one round's exchange, reduce, outer step and merge.
+
+Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
+
+1. Every member snapshots its worker's fragment and computes the outer gradient
+   ``delta = theta_outer - theta_worker`` plus its error-feedback residual, splits it into ``n``
+   block-aligned shards and quantizes each; shard ``i`` goes to its owner ``m_i``.
+2. Owner ``m_i`` waits for contributions until the plan's collect deadline, reduces the ones it
+   has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
+   to every member (itself included: it uses the decoded bytes too). With a sparse codec the mean
+   goes out in the denser format of ``codec.reduced_spec`` (the contributions' union support).
+3. A member that holds all ``n`` reduced shards by the plan's deadline commits: the identical
+   outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
+   Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
+   fragment's progress is simply sent again at its next turn.
+
+Received data is validated against the local plan before a byte of payload is read (header) and
+before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
+an owner also drops contributions whose RMS is far above its own and recent ones (peerd/net/limits.py
+NormGate), so one member cannot swamp the outer step with a huge but well-formed update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import torch
+
+from peerd.core import codec
+from peerd.core.bridge import Bridge, BridgeFull, Snapshot
+from peerd.core.clock import RoundClock
+from peerd.core.config import PeerdConfig
+from peerd.core.errors import Counters
+from peerd.core.faults import FaultInjector
+from peerd.core.fragments import shard_bounds
+from peerd.core.metrics import Metrics
+from peerd.core.schedule import RoundPlan
+from peerd.core.state import OuterState
+from peerd.mixing.base import ModelWriter, RoundOutcome
+from peerd.mixing.resync import StateSync
+from peerd.mixing.sync import serve_state
+from peerd.net.limits import NormGate, rms
+from peerd.net.ports import NetworkPort
+from peerd.net.transport import Rejected
+from peerd.net.view import SwarmView
+from peerd.proto.v1 import peer_pb2
+
+MAX_WEIGHT = 1e15
+CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
+REDUCED = peer_pb2.PAYLOAD_KIND_REDUCED
+
+
+@dataclass
+class _Shard:
+    weight: float
+    values: torch.Tensor
+    payload: bytes = b""
+    contributors: tuple[str, ...] = ()
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    me: int
+    bounds: list[tuple[int, int]]
+    contributions: dict[str, _Shard] = field(default_factory=dict)  # for the shard I own
+    reduced: dict[int, _Shard] = field(default_factory=dict)
+    collecting: bool = True
+    open: bool = True
+    all_contributed: asyncio.Event = field(default_factory=asyncio.Event)
+    all_reduced: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Diloco:
+    """The Streaming DiLoCo mixer of one peer: rounds, shard pushes, state serving and resync."""
+
+    mode = "diloco"
+    shared_state = True
+
+    def __init__(self, cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,
+                 view: SwarmView, rounds: RoundClock, metrics: Metrics, counters: Counters,
+                 faults: FaultInjector) -> None:
+        """Dependencies are the peer's own services; nothing is attached later."""
+        self.cfg = cfg
+        self.mix = cfg.mixing
+        self.peer_id = peer_id
+        self.state = state
+        self.bridge = bridge
+        self.network = network
+        self.rc = rounds
+        self.metrics = metrics
+        self.faults = faults
+        self.residuals = [torch.zeros(n) for n in state.layout.numels]
+        self._rounds: dict[int, _Round] = {}
+        self._plan_ready: dict[int, asyncio.Event] = {}
+        # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
+        # pairs a new outer state with a worker that has not merged it yet.
+        self.commit_lock = asyncio.Lock()
+        self.norm_gate = NormGate(cfg.security.norm_factor, cfg.security.norm_history)
+        self.sync = StateSync(cfg, peer_id, state, network, view, bridge, rounds.clock, metrics, counters,
+                              self._clear_residuals)
+
+    def on_rejected(self, reason: str) -> None:
+        """Count a refused stream or dropped contribution."""
+        self.metrics.rejected.labels(reason=reason).inc()
+
+    def _clear_residuals(self, fragments: list[int]) -> None:
+        for f in fragments:
+            self.residuals[f].zero_()
+
+    # ---- join, leave, donors, checkpoints ----
+
+    async def join(self, write_model: ModelWriter) -> None:
+        """Adopt the swarm's outer state before training (see :class:`StateSync`)."""
+        await self.sync.initial(write_model)
+
+    async def catch_up(self, not_before: float) -> bool:
+        """A laggard fetches what the others commit in the current round, after its deadline."""
+        return await self.sync.if_needed(not_before=not_before)
+
+    async def leave(self, swarm_finishing: bool) -> None:
+        """Nothing to hand over: every committed member holds the same outer state."""
+
+    async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Serve the fragments a joiner or laggard lacks (serialised in a thread)."""
+        return await asyncio.to_thread(serve_state, self.state, self.cfg.run_id, request)
+
+    def export(self) -> dict[str, Any]:
+        """Error-feedback residuals (the outer state is saved by the checkpointer itself)."""
+        return {"residuals": [r.clone() for r in self.residuals]}
+
+    def restore(self, content: dict[str, Any]) -> None:
+        """Load residuals saved by :meth:`export` (absent: zeros)."""
+        saved = content.get("residuals")
+        if saved is not None and [r.numel() for r in saved] == [r.numel() for r in self.residuals]:
+            self.residuals = [r.clone() for r in saved]
+
+    def status(self) -> dict[str, Any]:
+        """No mode-specific status fields."""
+        return {}
+
+    # ---- receiving side (gRPC handlers) ----
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        """Check a shard header against the local plan of its round."""
+        if header.run_id != self.cfg.run_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        rs = await self._wait_round(header.round)
+        plan = rs.plan
+        if header.plan_id != plan.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "sender follows another plan")
+        if header.fragment != plan.fragment or header.revision != plan.revision:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or revision for this round")
+        sender = plan.index_of(header.sender)
+        if sender < 0 or header.sender == self.peer_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender is not a member of this round")
+        want, density = self._spec(header.kind, plan)
+        if header.codec != want or header.block_size != self.mix.block_size:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {want}/{self.mix.block_size}")
+        if header.kind == CONTRIB:
+            shard, deadline = rs.me, plan.collect_deadline
+            if header.sender in rs.contributions or not rs.collecting:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution duplicated or too late")
+        elif header.kind == REDUCED:
+            shard, deadline = sender, plan.deadline
+            if shard in rs.reduced or not rs.open:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard duplicated or too late")
+        else:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "unknown payload kind")
+        start, end = rs.bounds[shard]
+        if header.shard != shard or header.numel != end - start:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong shard index or shape")
+        if header.payload_bytes != codec.encoded_size(want, end - start, self.mix.block_size, density):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload size does not match codec and shape")
+        if not (math.isfinite(header.weight) and 0 <= header.weight <= MAX_WEIGHT):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "weight out of range")
+        return deadline
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        """Decode, check and store a complete shard payload."""
+        rs = self._rounds.get(header.round)
+        if rs is None or rs.plan.plan_id != header.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
+        try:
+            values = await asyncio.to_thread(codec.decode, payload, header.codec, header.numel, header.block_size,
+                                             density=self._spec(header.kind, rs.plan)[1])
+        except codec.CodecError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
+        if not bool(torch.isfinite(values).all()):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
+        if header.kind == REDUCED:
+            # A mean is no larger than its largest contribution, each of which its owner held within
+            # factor x the round's median: a reduced shard beyond factor^2 x the median of the
+            # contributions this peer holds comes from a hostile or broken owner. (Fewer than three
+            # contributions: no trusted scale, accepted.)
+            ref = self.norm_gate.reference(
+                rs.plan.fragment, [rms(c.values) for c in list(rs.contributions.values()) if c.weight > 0])
+            if ref is not None and not self.norm_gate.admits(rms(values), ref * self.norm_gate.factor):
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "reduced shard norm far outside the swarm's range")
+        shard = _Shard(header.weight, values, payload, tuple(header.contributors))
+        if header.kind == CONTRIB:
+            if not rs.collecting or header.sender in rs.contributions:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution too late")
+            rs.contributions[header.sender] = shard
+            if len(rs.contributions) == len(rs.plan.members):
+                rs.all_contributed.set()
+        else:
+            if not rs.open or header.shard in rs.reduced:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard too late")
+            rs.reduced[header.shard] = shard
+            if len(rs.reduced) == len(rs.plan.members):
+                rs.all_reduced.set()
+
+    async def _wait_round(self, r: int) -> _Round:
+        rs = self._rounds.get(r)
+        if rs is not None:
+            return rs
+        # A fast member may push before this peer has read the plan from the DHT: wait for it,
+        # but never past the round's deadline, and only for rounds near the current one.
+        rs_deadline = self.rc.deadline(r)
+        if not self.rc.accepts_pushes_for(r, self.rc.now()):
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
+        event = self._plan_ready.setdefault(r, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - self.rc.now()))
+        except TimeoutError:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
+        finally:
+            if not event.is_set():
+                self._plan_ready.pop(r, None)
+        return self._rounds[r]
+
+    def _spec(self, kind: int, plan: RoundPlan) -> tuple[str, float]:
+        """Codec and density of a payload kind: a reduced sparse mean is denser (codec.reduced_spec)."""
+        if kind == REDUCED:
+            return codec.reduced_spec(self.mix.codec, self.mix.sparse_density, len(plan.members), self.mix.block_size)
+        return self.mix.codec, self.mix.sparse_density
+
+    # ---- sending side ----
+
+    def _header(self, plan: RoundPlan, kind: int, shard: int, numel: int, weight: float,
+                contributors: tuple[str, ...] = ()) -> peer_pb2.ShardHeader:
+        return peer_pb2.ShardHeader(
+            run_id=self.cfg.run_id, round=plan.round, fragment=plan.fragment, revision=plan.revision,
+            sender=self.peer_id, plan_id=plan.plan_id, kind=kind, shard=shard, numel=numel,
+            codec=self._spec(kind, plan)[0], block_size=self.mix.block_size, weight=weight,
+            contributors=list(contributors),
+        )
+
+    async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
+                        deadline: float) -> int:
+        async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
+            try:
+                await self.network.push_shard(plan.endpoints[idx], header, payload, deadline - self.rc.now())
+                return True
+            except (grpc.aio.AioRpcError, OSError):
+                return False
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The channel was closed under the call (the peer left the view): a failed push.
+                return False
+
+        results = await asyncio.gather(*(one(*it) for it in items))
+        return sum(results)
+
+    def open_round(self, plan: RoundPlan) -> _Round:
+        """Register a plan so that pushes for its round are admitted (and wake waiting handlers)."""
+        bounds = shard_bounds(self.state.layout.numels[plan.fragment], len(plan.members), self.mix.block_size)
+        rs = _Round(plan=plan, me=plan.index_of(self.peer_id), bounds=bounds)
+        self._rounds[plan.round] = rs
+        self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
+        return rs
+
+    async def run(self, plan: RoundPlan) -> RoundOutcome:
+        """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
+        rs = self.open_round(plan)
+        me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
+        snap: Snapshot | None = None
+        try:
+            if self.state.revision != plan.revision:
+                return RoundOutcome(False, "revision_moved")
+            old_theta = self.state.theta(p)
+            try:
+                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()), fragment=p)
+            except (TimeoutError, BridgeFull):
+                # A busy worker (a long step, a loaded box) must not abort the round for everyone:
+                # this member still owns its shard, so it takes part with a weightless zero
+                # contribution and, on commit, rebases its worker onto the new outer state.
+                snap = None
+            weight = float(snap.samples) if snap is not None else 0.0
+            payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
+            own = payloads[me]
+            rs.contributions[self.peer_id] = _Shard(
+                weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
+                                                bounds[me][1] - bounds[me][0], self.mix.block_size,
+                                                density=self.mix.sparse_density))
+            if len(rs.contributions) == n:
+                rs.all_contributed.set()
+            self.faults.hit("before_send")
+            sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], weight), payloads[i])
+                     for i in range(n) if i != me]
+            send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
+            await self._wait_until(rs.all_contributed, plan.collect_deadline)
+            rs.collecting = False
+            reduced = await asyncio.to_thread(self._reduce, rs)
+            rs.reduced[me] = reduced
+            if len(rs.reduced) == n:
+                rs.all_reduced.set()
+            out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
+                                    reduced.contributors), reduced.payload) for i in range(n) if i != me]
+            await self._push_all(plan, out, plan.deadline)
+            await send_task
+            self.faults.hit("after_send")
+            await self._wait_until(rs.all_reduced, plan.deadline)
+            rs.open = False
+            if len(rs.reduced) < n:
+                missing = tuple(m for i, m in enumerate(plan.members) if i not in rs.reduced)
+                return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors), missing)
+            async with self.commit_lock:
+                await asyncio.to_thread(self._commit, rs, pending)
+                # Committed: from here on the worker must get the merge even if it is slow, so it
+                # is queued without waiting for it (the worker applies commands in order).
+                if snap is not None:
+                    self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    snap = None
+                else:
+                    self.bridge.submit("rebase", fragment=p, old=old_theta, new=self.state.theta(p))
+            return RoundOutcome(True, "ok", len(reduced.contributors))
+        finally:
+            rs.open = rs.collecting = False
+            if snap is not None:
+                with contextlib.suppress(BridgeFull):  # the worker drops stale snapshots itself
+                    self.bridge.submit("discard", token=snap.token)
+            for old in [k for k in self._rounds if k < plan.round - 2]:
+                self._rounds.pop(old, None)
+                self._plan_ready.pop(old, None)
+
+    def _encode_contribution(
+        self, p: int, snap: Snapshot | None, bounds: list[tuple[int, int]]
+    ) -> tuple[list[bytes], torch.Tensor | None]:
+        if snap is None:  # weightless: zeros, and the residual stays as it is
+            return [codec.encode(torch.zeros(end - start), self.mix.codec, self.mix.block_size, self.mix.sparse_density)
+                    for start, end in bounds], None
+        delta = self.state.theta(p) - snap.theta
+        residual = self.residuals[p] if self.mix.error_feedback else None
+        payloads, pending = [], torch.zeros_like(delta)
+        for start, end in bounds:
+            res = residual[start:end] if residual is not None else None
+            payload, new_res = codec.encode_with_feedback(delta[start:end], res, self.mix.codec, self.mix.block_size,
+                                                          self.mix.sparse_density)
+            payloads.append(payload)
+            pending[start:end] = new_res
+        return payloads, pending
+
+    def _reduce(self, rs: _Round) -> _Shard:
+        start, end = rs.bounds[rs.me]
+        acc = torch.zeros(end - start, dtype=torch.float32)
+        total = 0.0
+        names = self._plausible(rs)
+        for name in names:  # plan order: the same arithmetic on every machine
+            c = rs.contributions[name]
+            if c.weight > 0:
+                acc.add_(c.values * c.weight)
+                total += c.weight
+        if total > 0:
+            acc.div_(total)
+        spec, density = self._spec(REDUCED, rs.plan)
+        payload = codec.encode(acc, spec, self.mix.block_size, density)
+        values = codec.decode(payload, spec, end - start, self.mix.block_size, density=density)
+        return _Shard(total, values, payload, names)
+
+    def _plausible(self, rs: _Round) -> tuple[str, ...]:
+        """Contributors in plan order, less those the norm gate drops (counted; see NormGate).
+
+        One RMS per contribution and one reference per round, so the verdict on a contribution
+        does not depend on the order the others are looked at in.
+        """
+        present = [m for m in rs.plan.members if m in rs.contributions]
+        norms = {m: rms(rs.contributions[m].values) for m in present if rs.contributions[m].weight > 0}
+        ref = self.norm_gate.reference(rs.plan.fragment, list(norms.values()))
+        kept = []
+        for name in present:
+            value = norms.get(name)  # None: weightless, it does not move the mean whatever its values
+            if value is not None and name != self.peer_id and not self.norm_gate.admits(value, ref):
+                self.on_rejected("norm_outlier")
+                continue
+            if value is not None:
+                self.norm_gate.record(rs.plan.fragment, value)
+            kept.append(name)
+        return tuple(kept)
+
+    def _commit(self, rs: _Round, pending_residual: torch.Tensor | None) -> None:
+        plan = rs.plan
+        mean = torch.cat([rs.reduced[i].values for i in range(len(plan.members))])
+        if sum(rs.reduced[i].weight for i in range(len(plan.members))) > 0:
+            self.state.apply_outer_step(plan.fragment, mean, self.mix.outer_lr, self.mix.outer_momentum,
+                                        self.mix.nesterov, plan.revision)
+        else:
+            self.state.bump_revision(plan.revision)
+        if self.mix.error_feedback and pending_residual is not None:
+            self.residuals[plan.fragment] = pending_residual
+
+    async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - self.rc.now()))

@@ -1,0 +1,348 @@
+"""Membership: an in-process hivemind ``DHTNode`` with heartbeat records, live view and plans.
+
+Runs on the daemon's loop thread. Every DHT call is bounded by ``dht.op_timeout_s`` and so is
+shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died first (group
+SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
+answers every ``get`` with ``None`` silently and the peer would believe it is alone.
+
+Records are plain msgpack values (hivemind's serializer; no pickle), sealed with this peer's
+identity key (and the swarm secret's MAC, when set; see peerd/net/records.py) and validated on read:
+forged, replayed, wrong-shape, wrong-type or oversized records are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hivemind.dht.node import DHTNode
+from hivemind.p2p import P2P, PeerID
+from hivemind.utils import get_dht_time
+from hivemind.utils.multiaddr import Multiaddr
+
+from peerd.core.aio import bounded
+from peerd.core.config import DhtConfig
+from peerd.core.schedule import Candidate, RoundPlan, plan_from_record
+from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
+
+T = TypeVar("T")
+_FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
+RECORD_VERSION = 1
+MAX_RECORD_FIELD_CHARS = 512
+
+
+class DhtError(RuntimeError):
+    """The DHT could not be started or its p2pd daemon died."""
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """One peer's heartbeat, as published under the run's peers key."""
+
+    peer_id: str
+    endpoint: str  # gRPC host:port
+    incarnation: int  # start time in ns; a restart gets a new one
+    revision: int
+    state_hash: str
+    fragment_hashes: tuple[str, ...]
+    samples_per_s: float
+    step: int
+    ready: bool  # synced and willing to join rounds
+    done: bool  # reached train.max_steps
+
+    def to_value(self) -> dict[str, Any]:
+        """msgpack-able dict."""
+        return {
+            "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
+            "incarnation": self.incarnation, "revision": self.revision,
+            "state_hash": self.state_hash, "fragment_hashes": list(self.fragment_hashes),
+            "samples_per_s": self.samples_per_s, "step": self.step, "ready": self.ready,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_value(cls, subkey: Any, value: Any) -> PeerRecord:
+        """Validate a record read from the DHT.
+
+        Raises:
+            ValueError: any schema violation, or a record stored under another peer's subkey.
+        """
+        if not isinstance(value, dict) or value.get("v") != RECORD_VERSION:
+            raise ValueError("not a peerd v1 record")
+        want = {"peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
+                "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
+                "step": int, "ready": bool, "done": bool}
+        if set(value) != set(want) | {"v"}:
+            raise ValueError("record has wrong fields")
+        for key, typ in want.items():
+            if not isinstance(value[key], typ):
+                raise ValueError(f"record field {key} has wrong type")
+        if value["peer_id"] != subkey:
+            raise ValueError("record stored under another peer's subkey")
+        strings = [value["peer_id"], value["endpoint"], value["state_hash"], *value["fragment_hashes"]]
+        if len(value["fragment_hashes"]) > 4096 or not all(
+            isinstance(s, str) and len(s) <= MAX_RECORD_FIELD_CHARS for s in strings
+        ):
+            raise ValueError("record oversized")
+        if value["revision"] < 0 or value["step"] < 0:
+            raise ValueError("record has negative counters")
+        fields = {k: value[k] for k in want}
+        fields["fragment_hashes"] = tuple(value["fragment_hashes"])
+        fields["samples_per_s"] = float(value["samples_per_s"])
+        return cls(**fields)
+
+    def candidate(self) -> Candidate:
+        """The schedule's view of this record."""
+        return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done)
+
+
+def probe_port(host: str, port: int) -> None:
+    """Fail when ``host:port`` is taken, before p2pd starts.
+
+    p2pd listens with SO_REUSEPORT, so a second p2pd on a taken port starts without complaint and
+    both answer one address. A plain bind (SO_REUSEADDR only, which tolerates TIME_WAIT leftovers
+    but not a listener) tells. Port 0 (any free port) needs no check.
+
+    Raises:
+        DhtError: the port is in use or cannot be bound, naming it.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DhtError(f"dht.port {port} on {host} is not free ({exc.strerror}); another process (a peerd "
+                           "daemon?) holds it: pick another dht.port or 0") from None
+
+
+class Membership:
+    """The DHT node plus the run's keys: ``peers`` (one subkey per peer) and ``plan.<round>``."""
+
+    def __init__(self, cfg: DhtConfig, run_id: str, on_op: Callable[[str, str], None],
+                 mac_key: bytes | None = None) -> None:
+        """``on_op(op, outcome)`` is called for every DHT operation (metrics).
+
+        ``mac_key`` (derived from the swarm secret) makes every record carry, and every read
+        require, the swarm's MAC in addition to the author's signature.
+        """
+        self.cfg = cfg
+        self.run_id = run_id
+        self.mac_key = mac_key
+        self.signer: Signer | None = None
+        self._on_op = on_op
+        self.node: DHTNode | None = None
+        self.invalid_records = 0
+        self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
+        self._peers_key = f"peerd/v1/{run_id}/peers"
+
+    async def start(self, initial_peers: list[str], identity_path: str | None = None) -> None:
+        """Start p2pd and join the DHT (bounded by ``dht.startup_timeout_s``).
+
+        Raises:
+            DhtError: startup failed or timed out (bad bootstrap address, port in use, ...).
+        """
+        probe_port(self.cfg.host, self.cfg.port)
+        host = f"/ip4/{self.cfg.host}/tcp/{self.cfg.port}"
+        kwargs: dict[str, Any] = {"host_maddrs": [host], "startup_timeout": self.cfg.startup_timeout_s,
+                                  "wait_timeout": self.cfg.rpc_timeout_s}
+        if self.cfg.announce_host:
+            if self.cfg.port == 0:
+                raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
+            kwargs["announce_maddrs"] = [f"/ip4/{self.cfg.announce_host}/tcp/{self.cfg.port}"]
+        # Records are signed with the p2pd identity key, so this process must hold it: without a
+        # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
+        tmp = None
+        if identity_path is None:
+            tmp = tempfile.mkdtemp(prefix="peerd-id-")
+            identity_path = os.path.join(tmp, "identity.key")
+            await asyncio.to_thread(P2P.generate_identity, identity_path)  # RSA keygen: ~0.1-0.5 s
+            kwargs["check_if_identity_free"] = False  # fresh key: nobody else can have it
+        kwargs["identity_path"] = identity_path
+        try:
+            self.node = await asyncio.wait_for(
+                DHTNode.create(initial_peers=initial_peers or None, client_mode=False,
+                               record_validator=SealValidator(self.mac_key, self._count_invalid), **kwargs),
+                self.cfg.startup_timeout_s,
+            )
+        except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
+        try:
+            self.signer = Signer.from_identity_file(identity_path, self.mac_key)
+        except (OSError, ValueError) as exc:
+            raise DhtError(f"identity key {identity_path}: unreadable ({exc})") from exc
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if self.signer.peer_id != self.node.peer_id.to_base58():
+            raise DhtError(f"identity key {identity_path} does not match p2pd's peer id")
+
+    def _count_invalid(self) -> None:
+        self.invalid_records += 1
+
+    async def visible_maddrs(self) -> list[str]:
+        """Multiaddrs other peers can bootstrap from."""
+        assert self.node is not None
+        maddrs = await self._bounded("maddrs", self.node.get_visible_maddrs(latest=True))
+        return [] if maddrs is _FAILED else [str(m) for m in maddrs]
+
+    async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
+        """Ping peers this node may have dropped; returns how many answered.
+
+        hivemind removes a node from its routing table after one failed RPC, so two live peers
+        that were each frozen for a moment can stop seeing each other for good (nobody else
+        remembers them). Pinging known peer ids (p2pd keeps their addresses) and the bootstrap
+        addresses puts responders back in both routing tables. Each ping is bounded.
+        """
+        assert self.node is not None
+        node = self.node
+        targets: dict[str, list[Multiaddr]] = {pid: [] for pid in peer_ids}
+        for text in maddrs:
+            try:
+                maddr = Multiaddr(text)
+                targets.setdefault(maddr["p2p"], []).append(maddr.decapsulate(f"/p2p/{maddr['p2p']}"))
+            except Exception:  # noqa: BLE001 - a bad address was reported at startup already
+                continue
+        targets.pop(node.peer_id.to_base58(), None)
+
+        async def one(pid: str, addrs: list[Multiaddr]) -> bool:
+            peer = PeerID.from_base58(pid)
+            if addrs:
+                await node.p2p._client.connect(peer, addrs)  # hivemind has no public connect
+            return await node.protocol.call_ping(peer) is not None
+
+        results = await asyncio.gather(*(self._bounded("ping", one(pid, addrs)) for pid, addrs in targets.items()))
+        return sum(1 for r in results if r is True)
+
+    def p2pd_alive(self) -> bool:
+        """False once the p2pd child has exited (the DHT is then silently useless)."""
+        child = getattr(getattr(self.node, "p2p", None), "_child", None)
+        return child is not None and child.returncode is None
+
+    async def _bounded(self, op: str, coro: Awaitable[T]) -> T:
+        try:
+            result = await bounded(coro, self.cfg.op_timeout_s)
+        except TimeoutError:
+            self._on_op(op, "timeout")
+            return _FAILED
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (shutdown): propagate
+            # hivemind let an internal cancellation escape: an error outcome, not our cancellation.
+            self._on_op(op, "error")
+            return _FAILED
+        except Exception:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
+            self._on_op(op, "error")
+            return _FAILED
+        self._on_op(op, "ok")
+        return result
+
+    async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
+        """Publish this peer's record with a TTL (a short TTL announces departure)."""
+        assert self.node is not None
+        assert self.signer is not None and record.peer_id == self.signer.peer_id
+        expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
+        value = self.signer.seal(self._peers_key, record.to_value(), expiration)
+        ok = await self._bounded(
+            "store", self.node.store(self._peers_key, value, expiration, subkey=record.peer_id)
+        )
+        if ttl_s is None and time.monotonic() - self._runs_at > 60:  # the runs directory, refreshed rarely
+            exp = get_dht_time() + 180
+            runs = self.signer.seal(RUNS_KEY, {"run": run_tag(self.run_id)}, exp)
+            if await self._bounded("store", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
+                self._runs_at = time.monotonic()
+        return ok is True
+
+    async def other_runs(self) -> bool:
+        """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""
+        assert self.node is not None
+        found = await self._bounded("get", self.node.get(RUNS_KEY, latest=True))
+        if found is None or found is _FAILED or not isinstance(found.value, dict):
+            return False
+        mine = run_tag(self.run_id)
+        for subkey, item in found.value.items():
+            try:
+                body = open_sealed(RUNS_KEY, subkey, item.value, item.expiration_time, None)
+            except ValueError:
+                continue
+            if isinstance(body, dict) and isinstance(body.get("run"), str) and body["run"] != mine:
+                return True
+        return False
+
+    async def live_records(self) -> dict[str, PeerRecord] | None:
+        """Unexpired, valid records by peer id; None when the lookup itself failed."""
+        assert self.node is not None
+        found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
+        if found is _FAILED:
+            return None
+        out: dict[str, PeerRecord] = {}
+        if found is None:
+            return out
+        if not isinstance(found.value, dict):
+            self.invalid_records += 1
+            return out
+        for subkey, item in found.value.items():
+            try:
+                body = open_sealed(self._peers_key, subkey, item.value, item.expiration_time, self.mac_key)
+                rec = PeerRecord.from_value(subkey, body)
+            except ValueError:  # RecordError (forged, replayed, malformed) or a schema violation
+                self.invalid_records += 1
+                continue
+            out[rec.peer_id] = rec
+        return out
+
+    async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
+        """Store a plan under the round's key with the publisher as subkey."""
+        assert self.node is not None
+        assert self.signer is not None and plan.publisher == self.signer.peer_id
+        key = f"peerd/v1/{self.run_id}/plan.{plan.round}"
+        expiration = get_dht_time() + ttl_s
+        value = self.signer.seal(key, plan.to_record(), expiration)
+        ok = await self._bounded("store", self.node.store(key, value, expiration, subkey=plan.publisher))
+        return ok is True
+
+    async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
+        """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
+        assert self.node is not None
+        key = f"peerd/v1/{self.run_id}/plan.{r}"
+        found = await self._bounded("get", self.node.get(key, latest=True))
+        if found is None or found is _FAILED or not isinstance(found.value, dict):
+            return []
+        plans = []
+        for subkey, item in found.value.items():
+            try:
+                body = open_sealed(key, subkey, item.value, item.expiration_time, self.mac_key)
+                plan = plan_from_record(body, self.run_id, num_fragments)
+            except ValueError:  # RecordError or PlanError
+                self.invalid_records += 1
+                continue
+            if plan.publisher != subkey or plan.round != r:
+                self.invalid_records += 1
+                continue
+            plans.append(plan)
+        return plans
+
+    async def shutdown(self) -> None:
+        """Stop the node; bounded because it can hang forever under uvloop."""
+        if self.node is None:
+            return
+        node, self.node = self.node, None
+        t0 = time.monotonic()
+        try:
+            await bounded(node.shutdown(), self.cfg.shutdown_timeout_s)
+        except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+            child = getattr(getattr(node, "p2p", None), "_child", None)
+            if child is not None and child.returncode is None:
+                child.kill()
+        self._on_op("shutdown", "ok" if time.monotonic() - t0 < self.cfg.shutdown_timeout_s else "timeout")

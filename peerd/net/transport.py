@@ -1,0 +1,459 @@
+"""Transport: the ``grpc.aio`` server and cached channels, with chunked, bounded streams.
+
+Lives on the loop thread. Payloads travel as a header message followed by data chunks of at
+most ``transport.chunk_bytes`` (no message over 4 MiB). The server reads every chunk with a
+per-chunk timeout and the whole stream under the round's deadline; it asks its sink to admit the
+header *before* it reads any payload, and hands the payload over only once it is complete and
+its checksum matches, so a refused or broken stream never touches state. Refusals are gRPC error
+statuses. Keepalive is set on both sides for WAN links (NAT boxes drop idle flows after minutes).
+
+With a swarm secret every call carries a credential and the server's deny-by-default interceptor
+(peerd/net/auth.py) refuses any call without a valid one; each peer may hold at most
+``security.max_streams_per_peer`` incoming streams and ``security.max_inflight_bytes_per_peer``
+announced bytes at a time (peerd/net/limits.py). TLS / mTLS use the ``security.tls_*`` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import ExitStack
+from typing import Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from peerd.core.config import SecurityConfig, TransportConfig
+from peerd.core.faults import NO_FAULTS, FaultInjector
+from peerd.core.log import RemoteLog, get_logger
+from peerd.net import auth
+from peerd.net.hostile import NOT_HOSTILE, Hostile
+from peerd.net.limits import LimitExceeded, PeerLimits
+from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
+
+MAX_MESSAGE_BYTES = 4 << 20
+# Largest data chunk any peer may send: a protocol constant, not the receiver's own
+# transport.chunk_bytes (peers may configure different chunk sizes).
+MAX_CHUNK_BYTES = 3 << 20
+SERVICE = "peerd.v1.Peer"
+PUSH_METHOD = f"/{SERVICE}/PushShard"
+FETCH_METHOD = f"/{SERVICE}/FetchState"
+_M = TypeVar("_M", bound=Message)
+
+
+class Rejected(Exception):
+    """A sink refuses a stream; becomes a gRPC error status with this code and detail."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        """Remember the status to send."""
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class ShardSink(Protocol):
+    """Receives shard pushes (implemented by the mixing layer)."""
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        """Validate a header; return the absolute deadline for the payload or raise Rejected."""
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        """Take a complete, checksum-verified payload or raise Rejected (state untouched)."""
+
+
+class StateSource(Protocol):
+    """Serves outer state to joiners and resyncing peers (implemented by the mixer)."""
+
+    async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Snapshot the fragments the requester lacks; raise Rejected to refuse."""
+
+
+class Handler(ShardSink, StateSource, Protocol):
+    """What a server hands its calls to: one mixer takes pushes and serves state."""
+
+
+def _hasher() -> hashlib._Hash:
+    return hashlib.blake2b(digest_size=16)
+
+
+def checksum(payload: bytes | memoryview) -> bytes:
+    """Payload digest carried in headers."""
+    digest = _hasher()
+    digest.update(payload)
+    return digest.digest()
+
+
+def _chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
+    view = memoryview(payload)
+    return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
+
+
+# Bulk-transfer tuning (bench/transport.py): HTTP/2 frames default to 16 KiB, so a 1 MiB chunk
+# was 64 frames; advertising 4 MiB frames lets a chunk travel as one (+20-35% goodput on loopback
+# in trials). Larger TCP reads cut wakeups per chunk on the client, which opens few connections.
+# The server keeps grpc's default reads: with 1 MiB minimum reads, every connection an outsider
+# opens pins a large buffer, and rounds of 500 connections grew the server's RSS without a plateau
+# (+133 MB over 10 rounds, still +16 MB over the last 3) where default reads level off
+# (+24 MB, +1 MB): bench/hostile_soak.py --server-options bulk|plain.
+_BULK_OPTIONS = (("grpc.http2.max_frame_size", MAX_MESSAGE_BYTES),)
+CLIENT_READ_OPTIONS = (
+    ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
+    ("grpc.experimental.tcp_max_read_chunk_size", MAX_MESSAGE_BYTES),
+)
+SERVER_READ_OPTIONS: tuple[tuple[str, int], ...] = ()
+
+
+def channel_options(cfg: TransportConfig) -> list[tuple[str, int]]:
+    """Client options: keepalive pings for WAN, 4 MiB message caps."""
+    return [
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *_BULK_OPTIONS,
+        *CLIENT_READ_OPTIONS,
+    ]
+
+
+def server_options(cfg: TransportConfig) -> list[tuple[str, int]]:
+    """Server options matching channel_options (accept the clients' ping rate)."""
+    return [
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.keepalive_time_s * 500)),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        *_BULK_OPTIONS,
+        *SERVER_READ_OPTIONS,
+    ]
+
+
+async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
+                        request_iterator: AsyncIterator[peer_pb2.ShardChunk]) -> bytes:
+    """Read exactly ``header.payload_bytes`` in bounded chunks, each within the per-chunk timeout.
+
+    Raises:
+        Rejected: truncated, oversized, stalled past the round deadline or checksum mismatch.
+        TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s`` (stream cut).
+    """
+    buf = bytearray()
+    # Hash each chunk as it lands, overlapping the sender's next chunk, instead of one pass
+    # over the whole payload at the end (blake2b of 64 MiB: 0.1-0.4 s here, half the transfer).
+    digest = _hasher()
+    while len(buf) < header.payload_bytes:
+        budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
+        if budget <= 0:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "stream missed the round deadline")
+        try:
+            chunk = await asyncio.wait_for(request_iterator.__anext__(), budget)
+        except StopAsyncIteration:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
+        if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
+        buf += chunk.data
+        if len(buf) > header.payload_bytes:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
+        digest.update(chunk.data)
+    # The stream must end here; anything else is a protocol violation.
+    try:
+        await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
+    except StopAsyncIteration:
+        pass
+    if digest.digest() != header.checksum:
+        raise Rejected(grpc.StatusCode.DATA_LOSS, "payload checksum mismatch")
+    return bytes(buf)
+
+
+def _parse(cls: type[_M], raw: bytes) -> _M:
+    """Decode one request message; anything undecodable is the caller's fault (INVALID_ARGUMENT).
+
+    Raises:
+        Rejected: INVALID_ARGUMENT, the bytes are not a ``cls``.
+    """
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, ValueError, TypeError, RecursionError):
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable {cls.DESCRIPTOR.name}") from None
+
+
+class _Chunks:
+    """A request stream of raw bytes, decoded one message at a time by the handler (not by grpc)."""
+
+    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+        self._it = raw.__aiter__()
+
+    async def __anext__(self) -> peer_pb2.ShardChunk:
+        return _parse(peer_pb2.ShardChunk, await self._it.__anext__())
+
+
+class _Servicer:
+    """Handlers over raw request bytes: nothing is parsed before admission and the stream slot."""
+
+    def __init__(self, transport: Transport, handler: Handler) -> None:
+        self.t = transport
+        self.handler = handler
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
+                      detail: str) -> None:
+        self.t.on_rejected(reason)
+        self.t.remote_log.event(f"stream_{reason}", self._holder(context)[0], "stream refused", level=logging.INFO,
+                                detail=detail[:200])
+        await context.abort(code, detail)
+
+    async def _fail(self, context: grpc.aio.ServicerContext, what: str) -> None:
+        # A bug of ours that a remote call triggered: refused as INTERNAL, logged (rate-limited) with its stack.
+        self.t.on_rejected("internal")
+        self.t.remote_log.event("handler_error", self._holder(context)[0], f"{what} handler failed",
+                                level=logging.ERROR, exc_info=True)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def _holder(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        address = auth.host_of(context.peer() or "")
+        # Without a secret the caller is unauthenticated: cap by its address instead.
+        who = auth.caller(context.invocation_metadata()) if self.t.key is not None else None
+        return (who or "") if self.t.key is not None else address, address
+
+    async def PushShard(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PushShardResponse:
+        t, handler = self.t, self.handler
+        holder, address = self._holder(context)
+        chunks = _Chunks(request_iterator)
+        try:
+            # The slot is taken before the first byte is read: idle streams, and streams whose
+            # header waits for its round's plan, count against their peer.
+            with t.limits.stream(holder, address):
+                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
+                if first.WhichOneof("part") != "header":
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
+                header = first.header
+                if t.key is not None and holder != header.sender:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
+                deadline = await handler.admit(header)
+                with t.limits.inflight(holder, header.payload_bytes):
+                    payload = await _read_payload(t, header, deadline, chunks)
+                await handler.deliver(header, payload)
+        except LimitExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        except TimeoutError:
+            await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "chunk_timeout", "chunk timeout")
+        except StopAsyncIteration:  # the client ended (or cancelled) the stream before a header
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_stream", "empty stream")
+        except Exception:
+            await self._fail(context, "PushShard")
+        t.on_bytes("rx", len(payload))
+        return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
+
+    async def FetchState(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.StateChunk]:
+        t = self.t
+        holder, address = self._holder(context)
+        with ExitStack() as slot:
+            try:
+                slot.enter_context(t.limits.stream(holder, address))
+                header, payload = await self.handler.state_for(_parse(peer_pb2.FetchStateRequest, request))
+            except LimitExceeded as exc:
+                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+            except Rejected as rej:
+                await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+            except Exception:
+                await self._fail(context, "FetchState")
+            yield peer_pb2.StateChunk(header=header)
+            for i, chunk in enumerate(_chunks(payload, t.cfg.chunk_bytes)):
+                if i == 1:
+                    t.faults.hit("donor_mid_transfer")
+                t.on_bytes("tx", len(chunk))
+                yield peer_pb2.StateChunk(data=chunk)
+
+
+def _add_servicer(servicer: _Servicer, server: grpc.aio.Server) -> None:
+    """Register the handlers with raw-bytes request deserializers (same wire format as the stubs)."""
+    handlers = {
+        "PushShard": grpc.stream_unary_rpc_method_handler(
+            servicer.PushShard, request_deserializer=None,
+            response_serializer=peer_pb2.PushShardResponse.SerializeToString),
+        "FetchState": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchState, request_deserializer=None,
+            response_serializer=peer_pb2.StateChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class Transport:
+    """gRPC server plus one cached channel per peer endpoint."""
+
+    def __init__(
+        self,
+        cfg: TransportConfig,
+        on_bytes: Callable[[str, int], None],
+        on_rejected: Callable[[str], None],
+        on_transfer: Callable[[str, float], None] = lambda kind, seconds: None,
+        security: SecurityConfig | None = None,
+        key: bytes | None = None,
+        peer_id: str = "",
+        on_refused: Callable[[str], None] = lambda reason: None,
+        faults: FaultInjector = NO_FAULTS,
+        hostile: Hostile = NOT_HOSTILE,
+        on_remote_event: Callable[[str, bool], None] = lambda reason, logged: None,
+    ) -> None:
+        """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``.
+
+        ``key`` (from :func:`peerd.net.auth.derive_key`) turns admission on: calls out carry a credential
+        for ``peer_id`` and calls in without a valid one are refused and counted by ``on_refused``.
+        Refusals are logged rate-limited (peerd.core.log.RemoteLog); ``on_remote_event(reason, logged)``
+        counts each one.
+        """
+        self.cfg = cfg
+        self.security = security or SecurityConfig()
+        self.key = key
+        self.peer_id = peer_id
+        self.on_refused = on_refused
+        self.limits = PeerLimits(self.security.max_streams_per_peer, self.security.max_inflight_bytes_per_peer,
+                                 max_total=self.security.max_concurrent_rpcs,
+                                 max_per_address=self.security.max_streams_per_address)
+        self.remote_log = RemoteLog(get_logger("peerd.net.transport"), on_remote_event)
+        self._channel_creds = auth.channel_credentials(self.security)
+        self.faults = faults
+        self.hostile = hostile
+        self.on_bytes = on_bytes
+        self.on_rejected = on_rejected
+        self.on_transfer = on_transfer
+        self._server: grpc.aio.Server | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.port = 0
+
+    def bind(self) -> int:
+        """Create the server and bind its port (the endpoint is known before the handler exists).
+
+        Raises:
+            OSError: the address cannot be bound (port in use, bad host).
+        """
+        interceptors = []
+        if self.key is not None:
+            verifier = auth.Verifier(self.key, self.security.credential_window_s, self.security.replay_cache_size)
+            interceptors.append(auth.AdmissionInterceptor(verifier, self.on_refused, self.remote_log))
+        # Fair shares of max_concurrent_rpcs are enforced per peer and address by self.limits; grpc's
+        # own cap, which refuses whoever comes next, is only a backstop well above it (refused
+        # calls hold a grpc slot for microseconds).
+        self._server = grpc.aio.server(options=server_options(self.cfg), interceptors=interceptors,
+                                       maximum_concurrent_rpcs=4 * self.security.max_concurrent_rpcs)
+        host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
+        server_creds = auth.server_credentials(self.security)
+        try:
+            if server_creds is not None:
+                self.port = self._server.add_secure_port(f"{host}:{self.cfg.port}", server_creds)
+            else:
+                self.port = self._server.add_insecure_port(f"{host}:{self.cfg.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port} (in use?)")
+        return self.port
+
+    async def start(self, handler: Handler) -> int:
+        """Serve, handing every call to ``handler``; binds first if :meth:`bind` was not called."""
+        if self._server is None:
+            self.bind()
+        assert self._server is not None
+        _add_servicer(_Servicer(self, handler), self._server)
+        await self._server.start()
+        return self.port
+
+    def _stub(self, endpoint: str) -> peer_pb2_grpc.PeerStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            if self._channel_creds is not None:
+                opts: list[tuple[str, int | str]] = list(channel_options(self.cfg))
+                if self.security.tls_server_name:
+                    opts.append(("grpc.ssl_target_name_override", self.security.tls_server_name))
+                channel = grpc.aio.secure_channel(endpoint, self._channel_creds, options=opts)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint, options=channel_options(self.cfg))
+            self._channels[endpoint] = channel
+        return peer_pb2_grpc.PeerStub(channel)
+
+    def _credential(self, method: str) -> tuple[tuple[str, str], ...] | None:
+        return None if self.key is None else auth.credential(self.key, self.peer_id, method)
+
+    async def forget(self, endpoints: Sequence[str]) -> None:
+        """Close channels to peers that left."""
+        for ep in endpoints:
+            channel = self._channels.pop(ep, None)
+            if channel is not None:
+                await channel.close(grace=None)
+
+    async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
+        """Stream one shard to a peer.
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        header.payload_bytes = len(payload)
+        header.checksum = checksum(payload)
+        chunks = _chunks(payload, self.cfg.chunk_bytes)
+        if self.hostile.mode and header.kind == peer_pb2.PAYLOAD_KIND_CONTRIBUTION:  # tests only (hostile.py)
+            chunks = self.hostile.corrupt(header, payload, self.cfg.chunk_bytes)
+
+        async def messages() -> AsyncIterator[peer_pb2.ShardChunk]:
+            yield peer_pb2.ShardChunk(header=header)
+            for i, chunk in enumerate(chunks):
+                if i == len(chunks) // 2 and i > 0:
+                    self.faults.hit("mid_stream")
+                yield peer_pb2.ShardChunk(data=chunk)
+
+        t0 = time.monotonic()
+        await self._stub(endpoint).PushShard(messages(), timeout=max(timeout_s, 0.001),
+                                             metadata=self._credential(PUSH_METHOD))
+        self.on_transfer("push", time.monotonic() - t0)
+        self.on_bytes("tx", len(payload))
+
+    async def fetch_state(
+        self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
+    ) -> tuple[peer_pb2.StateHeader, bytes]:
+        """Download a donor's state stream; every chunk is bounded by ``chunk_timeout_s``.
+
+        Raises:
+            grpc.aio.AioRpcError, asyncio.TimeoutError, ValueError: transfer failed or malformed.
+        """
+        t0 = time.monotonic()
+        call = self._stub(endpoint).FetchState(request, timeout=self.cfg.state_timeout_s,
+                                               metadata=self._credential(FETCH_METHOD))
+        it = call.__aiter__()
+        first = await asyncio.wait_for(it.__anext__(), self.cfg.chunk_timeout_s)
+        if first.WhichOneof("part") != "header" or first.header.total_bytes > max_bytes:
+            call.cancel()
+            raise ValueError("donor sent no header or an oversized state")
+        header = first.header
+        buf = bytearray()
+        while len(buf) < header.total_bytes:
+            chunk = await asyncio.wait_for(it.__anext__(), self.cfg.chunk_timeout_s)
+            if chunk.WhichOneof("part") != "data":
+                call.cancel()
+                raise ValueError("donor sent a second header")
+            buf += chunk.data
+            self.on_bytes("rx", len(chunk.data))
+        if len(buf) != header.total_bytes:
+            call.cancel()
+            raise ValueError("donor sent more bytes than announced")
+        call.cancel()
+        self.on_transfer("state", time.monotonic() - t0)
+        return header, bytes(buf)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop serving (in-flight calls get ``grace_s``) and close every channel."""
+        await self.forget(list(self._channels))
+        if self._server is not None:
+            await self._server.stop(grace_s)

@@ -1,0 +1,135 @@
+"""Swarm view: this peer's heartbeat record, the live records it reads, suspects and re-pinging.
+
+One owner for "who is out there": the round driver asks it for candidates, the mixers for
+donors and partners. Everything here runs on the loop thread; time comes from the injected
+clock, so the simulation tier drives the same code on virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from peerd.core import schedule as sch
+from peerd.core.bridge import WorkerStats
+from peerd.core.clock import Clock
+from peerd.core.state import OuterState
+from peerd.net.membership import PeerRecord
+from peerd.net.ports import MembershipPort, NetworkPort
+
+# Peers that left the view are pinged every REPING_EVERY_S for REPING_FOR_S (see reping_loop).
+REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
+
+
+class SwarmView:
+    """Heartbeats, the live view, suspects and keeping the DHT knitted."""
+
+    def __init__(self, peer_id: str, endpoint: str, incarnation: int, membership: MembershipPort,
+                 network: NetworkPort, state: OuterState, stats: Callable[[], WorkerStats], clock: Clock,
+                 heartbeat_s: float, suspect_s: float, bootstrap: list[str],
+                 on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None]) -> None:
+        """``suspect_s``: how long a member that failed a round stays out of the plans this peer publishes.
+
+        ``on_lost_ready()`` runs when a ready peer leaves the view (a failure, for recovery time);
+        ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics).
+        """
+        self.peer_id, self.endpoint, self.incarnation = peer_id, endpoint, incarnation
+        self.membership, self.network, self.state, self.stats, self.clock = membership, network, state, stats, clock
+        self.heartbeat_s, self.suspect_s, self.bootstrap = heartbeat_s, suspect_s, bootstrap
+        self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
+        self.records: dict[str, PeerRecord] = {}  # other live peers, by id
+        self.ready = False  # synced and willing to join rounds
+        # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
+        self.suspects: dict[str, tuple[float, int, int]] = {}
+        self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
+
+    def my_record(self, ready: bool | None = None) -> PeerRecord:
+        """This peer's heartbeat record now."""
+        stats = self.stats()
+        return PeerRecord(
+            peer_id=self.peer_id, endpoint=self.endpoint, incarnation=self.incarnation,
+            revision=self.state.revision, state_hash=self.state.state_hash(),
+            fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
+            ready=self.ready if ready is None else ready, done=stats.done,
+        )
+
+    async def heartbeat(self, ready: bool | None = None, ttl_s: float | None = None) -> bool:
+        """Publish this peer's record."""
+        return await self.membership.heartbeat(self.my_record(ready), ttl_s)
+
+    async def refresh(self) -> dict[str, PeerRecord]:
+        """Read the live records (a failed lookup keeps the previous view)."""
+        records = await self.membership.live_records()
+        if records is not None:
+            records.pop(self.peer_id, None)
+            gone = [r.endpoint for pid, r in self.records.items() if pid not in records]
+            now = self.clock.monotonic()
+            self.lost.update({pid: now for pid in self.records if pid not in records})
+            for pid in records:
+                self.lost.pop(pid, None)
+            if any(r.ready for pid, r in self.records.items() if pid not in records):
+                self.on_lost_ready()
+            self.records = records
+            if gone:
+                await self.network.forget(gone)
+        self.on_refresh(len(self.records) + 1, self.membership.invalid_records)
+        return self.records
+
+    # ---- what the round driver asks ----
+
+    def candidates(self) -> list[sch.Candidate]:
+        """Every live peer as a schedule candidate, this one included."""
+        return [rec.candidate() for rec in self.records.values()] + [self.my_record().candidate()]
+
+    def unsuspected(self, candidates: list[sch.Candidate]) -> list[sch.Candidate]:
+        """``candidates`` less the members this peer suspects (used only for plans it publishes)."""
+        return [c for c in candidates if c.peer_id == self.peer_id or not self._suspected(c.peer_id)]
+
+    def suspect(self, peer_ids: tuple[str, ...]) -> None:
+        """Leave members that failed a round out of the plans this peer publishes, for a while.
+
+        A SIGKILLed peer's record stays in the DHT until its TTL runs out; without this every
+        plan until then would name it again and abort again. A suspect is readmitted as soon as
+        its record moves (a slow but live peer keeps training, so its step advances) or after
+        ``suspect_s``, when a dead peer's record has expired anyway.
+        """
+        until = self.clock.monotonic() + self.suspect_s
+        for pid in peer_ids:
+            rec = self.records.get(pid)
+            if pid != self.peer_id and rec is not None:
+                self.suspects[pid] = (until, rec.incarnation, rec.step)
+
+    def _suspected(self, peer_id: str) -> bool:
+        entry, rec = self.suspects.get(peer_id), self.records.get(peer_id)
+        if entry is None or rec is None:
+            return False
+        until, incarnation, step = entry
+        if self.clock.monotonic() >= until or (rec.incarnation, rec.step) != (incarnation, step):
+            del self.suspects[peer_id]
+            return False
+        return True
+
+    # ---- loops ----
+
+    async def heartbeat_loop(self, check: Callable[[], None]) -> None:
+        """Heartbeat and refresh every ``heartbeat_s``; ``check()`` raises to stop the peer."""
+        while True:
+            check()
+            await self.heartbeat()
+            await self.refresh()
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def reping_loop(self) -> None:
+        """Keep the DHT knitted: ping peers that left the view lately and the bootstrap peers.
+
+        A peer that vanished because *we* (or it) froze is alive again in a moment, but hivemind
+        dropped it from the routing table; without a ping neither side would find the other.
+        """
+        while True:
+            await asyncio.sleep(REPING_EVERY_S)
+            now = self.clock.monotonic()
+            for pid, at in list(self.lost.items()):
+                if now - at > REPING_FOR_S:
+                    del self.lost[pid]
+            recent = sorted(self.lost, key=self.lost.__getitem__, reverse=True)[:16]
+            await self.membership.reping(recent, self.bootstrap)

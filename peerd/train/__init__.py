@@ -1,0 +1,1 @@
+"""Training: the torch worker thread and the task plug-ins it trains."""
