@@ -2,7 +2,7 @@
 
 Runs on the daemon's loop thread. Every DHT call is bounded by ``dht.op_timeout_s`` and so is
 shutdown: under uvloop ``P2P.shutdown()`` waits for p2pd forever when p2pd died first (group
-SIGTERM), see research/hivemind.md. A watchdog notices a dead p2pd child, because hivemind then
+SIGTERM). A watchdog notices a dead p2pd child, because hivemind then
 answers every ``get`` with ``None`` silently and the peer would believe it is alone.
 
 Records are plain msgpack values (hivemind's serializer; no pickle), sealed with this peer's

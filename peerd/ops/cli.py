@@ -17,11 +17,13 @@ import typer
 
 from peerd.core.config import ConfigError, PeerdConfig, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="peerd: peer-to-peer training daemon.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="peerd: peer-to-peer training daemon.")
 
-ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b=value (repeatable).")]
-SummaryOpt = Annotated[str | None, typer.Option("--summary", help="Write the run summary JSON here.")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", metavar="FILE", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                  help="Override a config key: a.b=value (repeatable).")]
+SummaryOpt = Annotated[str | None, typer.Option("--summary", metavar="FILE", help="Write the run summary JSON here.")]
 
 
 def _load(config: str | None, overrides: list[str] | None) -> PeerdConfig:
@@ -35,36 +37,42 @@ def _load(config: str | None, overrides: list[str] | None) -> PeerdConfig:
 @app.command()
 def join(
     bootstrap: Annotated[
-        list[str] | None, typer.Option("--bootstrap", help="DHT multiaddr of a peer (repeatable).")
+        list[str] | None, typer.Option("--bootstrap", metavar="MULTIADDR", help="DHT multiaddr of a peer (repeatable).")
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     summary: SummaryOpt = None,
     ready_file: Annotated[
-        str | None, typer.Option("--ready-file", help="Write peer id and addresses as JSON here once joined.")
+        str | None, typer.Option("--ready-file", metavar="FILE",
+                                 help="Write peer id and addresses as JSON here once joined.")
     ] = None,
     exit_when_done: Annotated[
         bool,
         typer.Option("--exit-when-done", help="With train.max_steps: leave after the swarm's common final rounds."),
     ] = False,
-    log_format: Annotated[str | None, typer.Option("--log-format", help="auto, console or json.")] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", metavar="FORMAT",
+                                                   help="auto, console or json.")] = None,
     wait_for_peers: Annotated[
-        int, typer.Option("--wait-for-peers", min=1, help="Start training once this many peers are up (bounded).")
+        int, typer.Option("--wait-for-peers", min=1, metavar="N",
+                          help="Start training once this many peers are up (bounded).")
     ] = 1,
     bootstrap_file: Annotated[
         str | None,
-        typer.Option("--bootstrap-file", help="Bootstrap from another daemon's ready file (waits up to 120 s for it)."),
+        typer.Option("--bootstrap-file", metavar="FILE",
+                     help="Bootstrap from another daemon's ready file (waits up to 120 s for it)."),
     ] = None,
 ) -> None:
     """Run one daemon; without --bootstrap it starts a new swarm."""
     overrides = list(set_ or [])
+    if log_format:
+        overrides.append(f"log.format={log_format}")
+    # The config first: a typo is reported at once, before anything heavy (torch, hivemind) loads.
+    cfg = _load(config, overrides)
     bootstrap = list(bootstrap or [])
     if bootstrap_file:
         bootstrap += _maddrs_from_ready_file(bootstrap_file, timeout_s=120)
-    _check_bootstrap(bootstrap)
-    if log_format:
-        overrides.append(f"log.format={log_format}")
-    cfg = _load(config, overrides)
+    if bootstrap:
+        _check_bootstrap(bootstrap)
     from peerd.core.log import setup_logging
     from peerd.ops import quiet
 
@@ -103,12 +111,13 @@ def join(
 
 @app.command()
 def swarm(
-    peers: Annotated[int, typer.Option("--peers", min=1, max=64, help="Number of local daemons.")] = 4,
+    peers: Annotated[int, typer.Option("--peers", min=1, max=64, metavar="N", help="Number of local daemons.")] = 4,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Inner steps per peer.")] = 300,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, metavar="N", help="Inner steps per peer.")] = 300,
     summary: SummaryOpt = None,
-    workdir: Annotated[str | None, typer.Option("--workdir", help="Keep per-peer logs and files here.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", metavar="DIR",
+                                                help="Keep per-peer logs and files here.")] = None,
 ) -> None:
     """Train the built-in task with N daemons on 127.0.0.1 and print a result table."""
     _load(config, list(set_ or []))  # fail fast on a bad config, before any process starts
@@ -171,7 +180,8 @@ def _maddrs_from_ready_file(path: str, timeout_s: float) -> list[str]:
 
 @app.command()
 def status(
-    admin: Annotated[str | None, typer.Option("--admin", help="host:port of a daemon's admin endpoint.")] = None,
+    admin: Annotated[str | None, typer.Option("--admin", metavar="HOST:PORT",
+                                              help="host:port of a daemon's admin endpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     probe: Annotated[
         bool, typer.Option("--probe", help="Health check: exit 0 if every daemon is healthy, else 1.")
@@ -198,9 +208,11 @@ def status(
 @app.command()
 def report(
     summaries: Annotated[
-        list[Path], typer.Argument(help="Summary JSON files (from --summary).", exists=True, dir_okay=False)
+        list[Path], typer.Argument(metavar="SUMMARY", help="Summary JSON files (from --summary).", exists=True,
+                                   dir_okay=False)
     ],
-    out: Annotated[Path, typer.Option("--out", help="Directory for the PNG plots.")] = Path("peerd-report"),
+    out: Annotated[Path, typer.Option("--out", metavar="DIR",
+                                      help="Directory for the PNG plots.")] = Path("peerd-report"),
 ) -> None:
     """Plot eval loss vs steps and vs bytes sent, per peer, as PNG files."""
     from peerd.ops.report import load_summaries, write_report
@@ -216,8 +228,10 @@ def report(
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option("--out", help="Directory for simulate.json and PNGs.")] = Path("peerd-simulate"),
-    peers: Annotated[str, typer.Option("--peers", help="Comma-separated swarm sizes (16...1024).")] = "16,64,256,1024",
+    out: Annotated[Path, typer.Option("--out", metavar="DIR",
+                                      help="Directory for simulate.json and PNGs.")] = Path("peerd-simulate"),
+    peers: Annotated[str, typer.Option("--peers", metavar="SIZES",
+                                       help="Comma-separated swarm sizes (2..1024).")] = "16,64,256,1024",
     quick: Annotated[bool, typer.Option("--quick", help="Fewer rounds (smoke test).")] = False,
 ) -> None:
     """Gossip-mode simulator: consensus decay, mass drift with churn, codec floors, A2CiD2 (no network)."""

@@ -136,7 +136,8 @@ def decay(sizes: list[int], rounds: dict[str, int], d: int = 32, seed: int = 0) 
             reached = next((r for r, x in enumerate(dist) if x <= 1e-5 * dist[0]), None)
             out["series"].append({"topology": topo, "n": n, "distance": dist, "measured_rate": _fit_rate(dist, floor),
                                   "theory_rate": None if math.isnan(theory) else theory,
-                                  "rounds_to_1e-5": reached, "log2_n": math.log2(n)})
+                                  "rounds_to_1e-5": reached, "log2_n": math.log2(n), "rounds": nr,
+                                  "min_relative_distance": min(dist) / dist[0] if dist[0] > 0 else 0.0})
     return out
 
 
@@ -176,8 +177,10 @@ def codec_floor(n: int, rounds: int, topo: str = "random", seed: int = 2) -> dic
             for r in range(rounds):
                 sim.gossip_round(r, topo, codec)
                 dist.append(sim.distance())
-            out["series"].append({"codec": codec, "anchored": anchored, "distance": dist,
-                                  "floor": float(np.mean(dist[-5:])), "start": dist[0]})
+            last, before = float(np.mean(dist[-5:])), float(np.mean(dist[-10:-5])) if len(dist) >= 10 else math.inf
+            # A floor is where the curve has flattened: still 20 % lower than 5 rounds before is not one.
+            out["series"].append({"codec": codec, "anchored": anchored, "distance": dist, "floor": last,
+                                  "start": dist[0], "still_falling": last < 0.8 * before})
     return out
 
 

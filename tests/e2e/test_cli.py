@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import Swarm, wait_for
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -77,3 +77,44 @@ def test_swarm_sigterm_stops_every_peer(tmp_path: Path) -> None:
             launcher.kill()
         for pid in _procs_mentioning(str(work)):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("command", ["join", "swarm", "status", "report", "simulate"])
+def test_help_metavars_name_values_and_flags_take_none(command: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "peerd", command, "--help"], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    for bad in ("<bool>", "<str>", "<list[str]>", "<int range>"):
+        assert bad not in res.stdout, (bad, res.stdout)
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+    if command == "join":
+        assert "--exit-when-done  " in res.stdout and "--bootstrap MULTIADDR" in res.stdout
+
+
+def test_join_checks_the_config_before_importing_torch_or_hivemind() -> None:
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "peerd", "join", "--set", "mixing.codex=int8",
+                          "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and "mixing.codex" in res.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "peerd.core.config" in imported  # -X importtime did report
+    assert not imported & {"torch", "hivemind", "grpc"}, sorted(imported & {"torch", "hivemind", "grpc"})
+
+
+@pytest.mark.timeout(240)
+def test_graceful_leave_says_what_it_waits_for_and_prints_no_third_party_noise(swarm: Swarm) -> None:
+    a = swarm.start()
+    a.wait_ready()
+    b = swarm.start()
+    b.wait_ready()
+    wait_for(lambda: (a.status() or {}).get("rounds_committed", 0) >= 1, 120, "a committed round")
+    for p in (a, b):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (a, b):
+        assert p.proc.wait(60) == 0
+        log = p.log_file.read_text()
+        lines = log.strip().splitlines()
+        assert '"leaving"' in log and "waits_for" in log
+        assert '"stopped"' in lines[-1], lines[-5:]  # nothing after "stopped"
+        for noise in ("Traceback", "never retrieved", "use of closed network connection", "ConnectionResetError"):
+            assert noise not in log, noise

@@ -83,6 +83,9 @@ def test_missing_secret_exits_2_and_the_member_logs_the_refusal(swarm: Swarm) ->
     assert res.returncode == 2, out[-3000:]
     assert "requires a secret and this peer has none" in out and "PEERD_SECURITY__SECRET" in out
     assert swarm.secret not in out and "joined" not in out
+    # The member's join hint says how to pass the secret, and never prints it.
+    hint = first.log_file.read_text()
+    assert "export this swarm's secret as PEERD_SECURITY__SECRET" in hint and swarm.secret not in hint
     # A caller without a credential reaches the member's gRPC port: refused, and logged with the reason.
     import grpc
 
