@@ -73,6 +73,8 @@ def _grid() -> dict[str, Method]:
     g["sparse3_noEF_H20"] = replace(d, codec="sparse", error_feedback=False)
     g["sparse10_H20"] = replace(d, codec="sparse", density=0.1)
     g["sparse3_H10"] = replace(d, codec="sparse", H=10)
+    g["sparse8_3_H20"] = replace(d, codec="sparse8")  # int8 values instead of 2-bit
+    g["sparse10_H50"] = replace(d, codec="sparse", density=0.1, H=50)
     g["sparse3_keep_H20"] = replace(d, codec="sparse", unsent="worker")
     g["sparse3_keep_H10"] = replace(d, codec="sparse", unsent="worker", H=10)
     g["int8_keep_P2_H20"] = replace(d, codec="int8", unsent="worker", P=2)
@@ -218,7 +220,17 @@ def main() -> None:
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/factors.json"))
+    ap.add_argument("--merge", type=Path, nargs="*", default=[], help="fold these result files into --out, run nothing")
     args = ap.parse_args()
+    if args.merge:  # runs split over several processes: same steps and peers, one table
+        results = json.loads(args.merge[0].read_text())
+        for extra in args.merge[1:]:
+            more = json.loads(extra.read_text())
+            assert (more["steps"], more["peers"]) == (results["steps"], results["peers"]), extra
+            results["methods"].update(more["methods"])
+        _score(results)
+        args.out.write_text(json.dumps(results, indent=1))
+        return
     torch.set_num_threads(1)
     grid = _grid()
     names = [s for s in args.only.split(",") if s] or list(grid)
