@@ -6,7 +6,6 @@ import random
 
 from tests.sim.world import Event, Scenario
 
-
 # Network conditions the round protocol is specified for today: links and DHT operations well
 # inside the fixed round deadlines (2 s rounds here). Higher latency and slower DHT reads split
 # plan elections (two candidates each use their own plan); see the closing note of the
