@@ -7,8 +7,8 @@
 - **termination**: a finite run (``--exit-when-done``) ends with every peer done, at one
   revision and hash.
 - **bounded loss**: a crash costs the survivors at most ``CRASH_ROUNDS`` rounds without a commit.
-- **mass** (gossip): the swarm's total push-sum weight per fragment is conserved by exchanges
-  (only crashes lose mass).
+- **mass** (gossip): the swarm's total push-sum weight per fragment is conserved by exchanges,
+  joins and partitions (only crashes and departures take mass away).
 """
 
 from __future__ import annotations
@@ -95,3 +95,20 @@ def bounded_loss(w: World) -> None:
         window = later[:CRASH_ROUNDS]
         if len(window) == CRASH_ROUNDS and not any(row[2] == "ok" for x in window for row in x.rows.values()):
             w.fail(f"bounded loss: no commit within {CRASH_ROUNDS} rounds after the crash at t={e.at:.2f}")
+
+
+def mass(w: World, r: int) -> None:
+    """Every round (gossip): the swarm's push-sum weight per fragment is conserved.
+
+    Compared between consecutive rounds with the same live peers (a crashed or departed peer
+    takes its mass with it; a joiner takes half of its donor's). Lossy links are excluded: a
+    lost acknowledgement lets one side commit alone, a documented gap of the gossip protocol.
+    """
+    if w.sc.mode != "gossip" or w.sc.loss > 0 or any(e.kind == "lose" for e in w.sc.events):
+        return
+    live = tuple(sorted(p.peer_id for p in w.live() if p.node.view.ready))
+    totals = tuple(round(sum(p.node.mixer.w[f] for p in w.live() if p.node.view.ready), 9)
+                   for f in range(w.cfg.mixing.num_fragments))
+    previous, w._mass = w._mass, (live, totals)
+    if previous is not None and previous[0] == live and previous[1] != totals:
+        w.fail(f"mass: round {r}: total weight per fragment moved from {previous[1]} to {totals}")

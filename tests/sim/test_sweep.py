@@ -1,27 +1,36 @@
 """Seed sweep: the real round protocol under seeded faults, invariants checked on every round.
 
-A failure prints the scenario (seed, parameters, events) and the last rounds; run it again
-with ``SIM_SEED=<seed> pytest tests/sim -k replay`` to replay it exactly.
+``SIM_SEEDS`` scenarios (default 1000) from :func:`tests.sim.scenarios.random_scenario` run in
+``SIM_WORKERS`` processes (default: up to 2). A failure prints the scenario (seed, parameters,
+events) and the last rounds; replay it exactly with ``SIM_SEED=<seed> pytest tests/sim -k replay``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import multiprocessing
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+import structlog
 
 from tests.sim import invariants
 from tests.sim.scenarios import random_scenario
 from tests.sim.world import Scenario, World
 
-SEEDS_PER_CHUNK = 25
-CHUNKS = int(os.environ.get("SIM_CHUNKS", "8"))
+SEEDS = int(os.environ.get("SIM_SEEDS", "1000"))
+WORKERS = int(os.environ.get("SIM_WORKERS", str(min(2, os.cpu_count() or 1))))
+CHUNK = 125
 
 
 def run_checked(sc: Scenario) -> World:
+    """Run one scenario with every invariant checked; raises InvariantError on a violation."""
     w = World(sc)
-    w.checks.append(invariants.safety)
+    w.checks += [invariants.safety, invariants.mass]
     w.run()
     invariants.liveness(w)
     invariants.termination(w)
@@ -29,15 +38,47 @@ def run_checked(sc: Scenario) -> World:
     return w
 
 
-@pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_seed_sweep(chunk: int) -> None:
-    t0, rounds = time.monotonic(), 0
-    for seed in range(chunk * SEEDS_PER_CHUNK, (chunk + 1) * SEEDS_PER_CHUNK):
+def _quiet() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+def _one(seed: int) -> tuple[int, str | None, int]:
+    """(seed, failure or None, simulated peer-rounds)."""
+    try:
         w = run_checked(random_scenario(seed))
-        rounds += len(w.log) * max(1, len(w.peers))
-    print(f"chunk {chunk}: {SEEDS_PER_CHUNK} seeds, {rounds} peer-rounds in {time.monotonic() - t0:.1f}s")
+    except AssertionError as exc:
+        return seed, str(exc), 0
+    return seed, None, sum(len(x.rows) for x in w.log)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ProcessPoolExecutor]:
+    # spawn: a fork of a process whose torch thread pools ran can deadlock.
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as ex:
+        yield ex
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("chunk", range(math.ceil(SEEDS / CHUNK)))
+def test_seed_sweep(chunk: int, pool: ProcessPoolExecutor) -> None:
+    t0 = time.monotonic()
+    seeds = range(chunk * CHUNK, min(SEEDS, (chunk + 1) * CHUNK))
+    results = list(pool.map(_one, seeds))
+    failures = [(seed, msg) for seed, msg, _ in results if msg is not None]
+    rounds = sum(n for _, _, n in results)
+    print(f"sim chunk {chunk}: {len(seeds)} seeds, {rounds} simulated peer-rounds, {len(failures)} failed, "
+          f"{time.monotonic() - t0:.1f}s")
+    assert not failures, f"{len(failures)} of {len(seeds)} seeds failed; first:\n{failures[0][1]}"
+
+
+def test_a_seed_replays_exactly() -> None:
+    _quiet()
+    logs = [[(x.r, sorted(x.rows.items())) for x in run_checked(random_scenario(11)).log] for _ in range(2)]
+    assert logs[0] == logs[1] and len(logs[0]) > 5
 
 
 @pytest.mark.skipif("SIM_SEED" not in os.environ, reason="replays one seed given as SIM_SEED")
 def test_replay() -> None:
+    _quiet()
+    print(random_scenario(int(os.environ["SIM_SEED"])).describe())
     run_checked(random_scenario(int(os.environ["SIM_SEED"])))

@@ -218,6 +218,7 @@ class World:
         self.stops: list[tuple[float, str, str]] = []
         self.checks: list[Callable[[World, int], None]] = []
         self.epoch = EPOCH
+        self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None
 
     def peer_id(self, i: int) -> str:
         return f"peer-{i:02d}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from peerd.core.config import ConfigError, load_config
+from peerd.core.config import ConfigError, PeerdConfig, load_config
 
 
 def test_defaults() -> None:
@@ -55,8 +55,10 @@ def test_bad_yaml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_shipped_configs_are_valid() -> None:
-    for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
-        load_config(path)
+    paths = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
+    assert paths, "no shipped configs found"
+    for path in paths:
+        assert isinstance(load_config(path), PeerdConfig), path
 
 
 def test_sparse_codec_settings() -> None:

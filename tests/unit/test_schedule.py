@@ -143,6 +143,9 @@ def test_plan_record_round_trip_and_validation() -> None:
 @settings(max_examples=200, deadline=None)
 def test_plan_decoder_fuzz_never_crashes(record: object) -> None:
     try:
-        sch.plan_from_record(record, RUN, P)
+        plan = sch.plan_from_record(record, RUN, P)
     except sch.PlanError:
-        pass
+        return
+    # Anything accepted is a consistent plan of this run that round-trips through its record.
+    assert plan.run_id == RUN and plan.fragment == sch.fragment_for_round(plan.round, P)
+    assert sch.plan_from_record(plan.to_record(), RUN, P) == plan
