@@ -288,7 +288,9 @@ class Diloco:
                 return RoundOutcome(False, "revision_moved")
             old_theta = self.state.theta(p)
             try:
-                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()), fragment=p)
+                # Half the collection window at most: the contributions must still reach their owners.
+                budget = max(0.01, 0.5 * (plan.collect_deadline - self.rc.now()))
+                snap = await self.bridge.call("snapshot", budget, fragment=p)
             except (TimeoutError, BridgeFull):
                 # A busy worker (a long step, a loaded box) must not abort the round for everyone:
                 # this member still owns its shard, so it takes part with a weightless zero

@@ -25,9 +25,7 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
                   latency_s=rng.choice(latencies), jitter_s=rng.choice((0.0, 0.005, 0.02)),
                   loss=rng.choice((0.0, 0.0, 0.002, 0.01)), dht_delay_s=rng.choice(dht_delays),
                   step_s=0.5, max_steps=rng.choice((16, 24)) if finite else 0)
-    # Gossip has no weightless exchange yet: a worker whose step outlasts the collect window
-    # leaves its partner unconfirmed every round (found by this sweep; see the closing note).
-    if rng.random() < 0.3 and sc.mode == "diloco":
+    if rng.random() < 0.3:
         sc.slow[rng.randrange(peers)] = 3.0
     if rng.random() < 0.3 and peers >= 2:
         a, b = rng.sample(range(peers), 2)

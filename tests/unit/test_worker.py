@@ -124,3 +124,20 @@ def test_pacing_caps_steps_per_wall_clock_round_and_keeps_training() -> None:
         assert bridge.submit("snapshot", fragment=0).result(10).step >= 4 * cap  # commands still served
     finally:
         assert worker.stop(10)
+
+
+def test_rebase_moves_the_worker_onto_new_outer_parameters_and_keeps_unsent_samples() -> None:
+    # A round committed without this worker's contribution (its step outlasted the window):
+    # all of its local progress stays, now relative to the new outer parameters.
+    worker, bridge, layout = make_worker()
+    for _ in range(3):
+        worker.train_step()
+    params = dict(worker.task.model.named_parameters())
+    now = layout.flatten(params, 0)
+    old = now - 0.5  # the outer parameters it trained away from
+    new = old + 1.0  # what the swarm committed
+    samples = list(worker.samples_since)
+    bridge.submit("rebase", fragment=0, old=old, new=new)
+    worker.serve_commands(block=False)
+    assert torch.allclose(layout.flatten(params, 0), new + (now - old))
+    assert worker.samples_since == samples  # nothing of it was sent: it goes out next time

@@ -280,12 +280,17 @@ class GossipMixer:
             if partner is None:
                 return RoundOutcome(False, "unpaired")
             try:
-                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - self.rc.now()),
+                # Half the collection window at most: the message must still reach the partner.
+                snap = await self.bridge.call("snapshot", max(0.01, 0.5 * (plan.collect_deadline - self.rc.now())),
                                               fragment=plan.fragment)
             except (TimeoutError, BridgeFull):
-                return RoundOutcome(False, "worker_busy")
+                # A busy worker (a long step) must not leave its partner unconfirmed round after
+                # round: exchange the mass as it stands (no new local progress this round) and
+                # rebase the worker onto the result on commit, keeping all of its progress.
+                snap = None
             async with self.lock:
-                pend = await asyncio.to_thread(self._prepare, plan, snap.theta)
+                before = (self.z[plan.fragment] / self.w[plan.fragment]).to(torch.float32)
+                pend = await asyncio.to_thread(self._prepare, plan, snap.theta if snap is not None else before)
                 acked = await self._push(plan, partner, pend)
                 await self._wait_until(rs.received, plan.deadline)
                 rs.open = False
@@ -294,8 +299,11 @@ class GossipMixer:
                              received=rs.other_u is not None, error=self._last_error)
                     return RoundOutcome(False, "unconfirmed", missing=() if acked else (partner,))
                 theta = await asyncio.to_thread(self._commit, plan, pend, rs.other_u, rs.other_w)
-                self.bridge.submit("merge", token=snap.token, theta=theta)
-                snap = None
+                if snap is not None:
+                    self.bridge.submit("merge", token=snap.token, theta=theta)
+                    snap = None
+                else:
+                    self.bridge.submit("rebase", fragment=plan.fragment, old=before, new=theta)
             return RoundOutcome(True, "ok", 2)
         finally:
             rs.open = False
