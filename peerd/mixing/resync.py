@@ -26,6 +26,9 @@ from peerd.net.view import SwarmView
 
 log = get_logger("peerd.resync")
 
+# Heartbeats a joiner waits for the ready members' records to agree before it syncs anyway.
+UNSETTLED_BEATS = 3
+
 
 class StateSync:
     """Fetches outer state from donors and installs it all at once."""
@@ -46,10 +49,17 @@ class StateSync:
         A failed lookup is not an empty swarm: never start from a fresh init on a DHT error.
         """
         deadline = self.clock.monotonic() + self.cfg.transport.state_timeout_s
+        unsettled = 0
         while self.clock.monotonic() < deadline:
             if await self.view.membership.live_records() is not None:
                 await self.view.refresh()
-                if await self.if_needed(write_model=write_model):
+                ready = [r for r in self.view.records.values() if r.ready]
+                # Records are a heartbeat apart: right after a commit one member may still
+                # announce the previous revision. Give the view a few heartbeats to agree, so
+                # the state comes from every member that holds it, not from one by accident.
+                if len({(r.revision, r.state_hash) for r in ready}) > 1 and unsettled < UNSETTLED_BEATS:
+                    unsettled += 1
+                elif await self.if_needed(write_model=write_model):
                     return
             await asyncio.sleep(self.cfg.dht.heartbeat_s)
         raise FatalError("could not sync state from any donor within transport.state_timeout_s", EXIT_NETWORK)
