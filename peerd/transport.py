@@ -185,9 +185,14 @@ class _Chunks:
     """A request stream of raw bytes, decoded one message at a time by the handler (not by grpc)."""
 
     def __init__(self, raw: AsyncIterator[bytes]) -> None:
-        self._it = raw.__aiter__()
+        # grpc's iterator is opened on the first read only: an opened, never-awaited one is
+        # reported as a RuntimeWarning on stderr for each stream refused before reading.
+        self._raw = raw
+        self._it: AsyncIterator[bytes] | None = None
 
     async def __anext__(self) -> peer_pb2.ShardChunk:
+        if self._it is None:
+            self._it = self._raw.__aiter__()
         return _parse(peer_pb2.ShardChunk, await self._it.__anext__())
 
 
