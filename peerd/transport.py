@@ -8,9 +8,13 @@ its checksum matches, so a refused or broken stream never touches state. Refusal
 statuses. Keepalive is set on both sides for WAN links (NAT boxes drop idle flows after minutes).
 
 With a swarm secret every call carries a credential and the server's deny-by-default interceptor
-(peerd/auth.py) refuses any call without a valid one; each peer may hold at most
-``security.max_streams_per_peer`` incoming streams and ``security.max_inflight_bytes_per_peer``
-announced bytes at a time (peerd/limits.py). TLS / mTLS use the ``security.tls_*`` files.
+(peerd/auth.py) refuses any call without a valid one, before a byte of its body is parsed. The
+handlers take raw bytes and decode them themselves, so an undecodable body is INVALID_ARGUMENT,
+never grpc's UNKNOWN. A stream holds a slot from its first byte: each peer may hold at most
+``security.max_streams_per_peer`` incoming streams (each address ``max_streams_per_address``,
+the server ``max_concurrent_rpcs``) and ``security.max_inflight_bytes_per_peer`` announced
+bytes at a time (peerd/limits.py). Refusals are counted and logged rate-limited (peerd/log.py).
+TLS / mTLS use the ``security.tls_*`` files.
 """
 
 from __future__ import annotations
