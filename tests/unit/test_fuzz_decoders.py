@@ -22,7 +22,8 @@ from peerd.membership import PeerRecord
 from peerd.proto.v1 import peer_pb2
 from peerd.records import RecordError, SealValidator, Signer, open_sealed
 from peerd.schedule import Candidate, PlanError, make_plan, plan_from_record
-from peerd.transport import Rejected, _read_payload, checksum
+from peerd.serving import _read_payload
+from peerd.transport import Rejected, checksum
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SIGNER = Signer(rsa.generate_private_key(public_exponent=65537, key_size=2048), mac_key=b"k" * 32)
