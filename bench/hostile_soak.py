@@ -17,6 +17,7 @@ swarm secret instead, as an operator would. Output: bench/results/hostile.json.
     nice -n 10 python -m bench.hostile_soak --server-options bulk --out /tmp/bulk.json
     nice -n 10 python -m bench.hostile_soak --victim daemon --out bench/results/hostile_daemon.json
     nice -n 10 python -m bench.hostile_soak --rounds 2 --rapid-reset 4
+    nice -n 10 python -m bench.hostile_soak --victim daemon --connections 0 --out /tmp/control.json  # no attack
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def _start_victim(kind: str, server_options: str, tmp: Path, log: Any) -> tuple[
 
 
 def run(rounds: int = 10, connections: int = 500, server_options: str = "default",
-        victim_kind: str = "transport", rapid_reset_connections: int = 0) -> dict[str, Any]:
+        victim_kind: str = "transport", rapid_reset_connections: int = 0, idle_round_s: float = 5.0) -> dict[str, Any]:
     """Start a victim, churn ``rounds`` x ``connections`` outsider connections, return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
         log_file = Path(tmp) / "victim.log"
@@ -248,7 +249,11 @@ def run(rounds: int = 10, connections: int = 500, server_options: str = "default
             codes: collections.Counter[str] = collections.Counter()
             for i in range(rounds):
                 t0 = time.monotonic()
-                got = asyncio.run(_round(target, connections))
+                if connections:
+                    got = asyncio.run(_round(target, connections))
+                else:  # control: the victim's own drift over a round's time, nobody attacking
+                    time.sleep(idle_round_s)
+                    got = collections.Counter()
                 codes.update(got)
                 rows.append({"round": i + 1, "rss_mb": round(_settled_rss(victim.pid), 1),
                              "round_s": round(time.monotonic() - t0, 2), "codes": dict(got),
@@ -290,12 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-options", choices=("default", "bulk", "plain"), default="default")
     ap.add_argument("--victim", choices=("transport", "daemon"), default="transport")
     ap.add_argument("--rapid-reset", type=int, default=0, metavar="N", help="then N rapid-reset connections")
+    ap.add_argument("--idle-round-s", type=float, default=5.0, help="round length with --connections 0")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
     args = ap.parse_args(argv)
     if args.serve:
         asyncio.run(_serve(args.serve, args.server_options))
         return 0
-    res = run(args.rounds, args.connections, args.server_options, args.victim, args.rapid_reset)
+    res = run(args.rounds, args.connections, args.server_options, args.victim, args.rapid_reset, args.idle_round_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("rows", "log_tail")}, indent=1))
