@@ -8,7 +8,9 @@ gRPC channel each, no shared subchannels), makes one call per connection without
 and closes them all. After each round the victim's RSS (``/proc/PID/status`` VmRSS) is read once
 it has settled. ``--rapid-reset N`` then opens N connections that each send HEADERS + RST_STREAM
 pairs as fast as the victim reads them (HTTP/2 rapid reset, CVE-2023-44487) while an honest member
-makes calls, and records what the victim spent and whether the member got through.
+makes calls, and records what the victim spent and whether the member got through. ``--garbage N``
+then sends N garbage-body calls without a credential and N with a member's (bench/garbage.py) and
+records their status codes and the log bytes each batch made the victim write.
 ``--server-options bulk`` restores the transport's old server options (large TCP
 read chunks) for comparison; ``--victim daemon`` runs a whole ``peerd join`` (training, DHT) with a
 swarm secret instead, as an operator would. Output: bench/results/hostile.json.
@@ -16,7 +18,7 @@ swarm secret instead, as an operator would. Output: bench/results/hostile.json.
     nice -n 10 python -m bench.hostile_soak                # 10 rounds x 500 connections
     nice -n 10 python -m bench.hostile_soak --server-options bulk --out /tmp/bulk.json
     nice -n 10 python -m bench.hostile_soak --victim daemon --out bench/results/hostile_daemon.json
-    nice -n 10 python -m bench.hostile_soak --rounds 2 --rapid-reset 4
+    nice -n 10 python -m bench.hostile_soak --rounds 2 --rapid-reset 4 --garbage 1000
     nice -n 10 python -m bench.hostile_soak --victim daemon --connections 0 --out /tmp/control.json  # no attack
 """
 
@@ -196,6 +198,19 @@ def rapid_reset(pid: int, target: str, connections: int, streams: int = 100_000,
             "rss_after_mb": round(_settled_rss(pid), 1), "honest_codes": dict(honest)}
 
 
+def _garbage(target: str, log_file: Path, n: int) -> dict[str, Any]:
+    from bench.garbage import ODD, garbage_calls
+    from peerd import auth
+
+    port, key, out = int(target.rsplit(":", 1)[1]), auth.derive_key(SECRET, "peerd", "rpc"), {}
+    for signed in (False, True):
+        before = log_file.stat().st_size
+        codes = asyncio.run(garbage_calls(port, key, signed=signed, n=n))
+        out["member" if signed else "outsider"] = {"codes": {c.name: k for c, k in codes.items()},
+                                                   "log_bytes": log_file.stat().st_size - before}
+    return {**out, "unknown_or_internal": ODD[:5]}
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -236,7 +251,8 @@ def _start_victim(kind: str, server_options: str, tmp: Path, log: Any) -> tuple[
 
 
 def run(rounds: int = 10, connections: int = 500, server_options: str = "default",
-        victim_kind: str = "transport", rapid_reset_connections: int = 0, idle_round_s: float = 5.0) -> dict[str, Any]:
+        victim_kind: str = "transport", rapid_reset_connections: int = 0, idle_round_s: float = 5.0,
+        garbage: int = 0) -> dict[str, Any]:
     """Start a victim, churn ``rounds`` x ``connections`` outsider connections, return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
         log_file = Path(tmp) / "victim.log"
@@ -261,6 +277,7 @@ def run(rounds: int = 10, connections: int = 500, server_options: str = "default
                 print(f"round {i + 1}: rss {rows[-1]['rss_mb']} MB, {dict(got)}, log {rows[-1]['log_bytes']} B",
                       file=sys.stderr, flush=True)
             reset = rapid_reset(victim.pid, target, rapid_reset_connections) if rapid_reset_connections else None
+            junk = _garbage(target, log_file, garbage) if garbage else None
             log_bytes = log_file.stat().st_size - log_before  # written while under attack
         finally:
             victim.terminate()
@@ -276,11 +293,12 @@ def run(rounds: int = 10, connections: int = 500, server_options: str = "default
     return {
         "command": f"nice -n 10 python -m bench.hostile_soak --rounds {rounds} --connections {connections} "
                    f"--server-options {server_options} --victim {victim_kind}"
-                   + (f" --rapid-reset {rapid_reset_connections}" if rapid_reset_connections else ""),
+                   + (f" --rapid-reset {rapid_reset_connections}" if rapid_reset_connections else "")
+                   + (f" --garbage {garbage}" if garbage else ""),
         "victim": victim_kind, "server_options": server_options, "rounds": rounds, "connections": connections,
         "start_rss_mb": round(start_rss, 1), "rows": rows, "rss_growth_mb": round(growth, 1),
         "rss_growth_last3_mb": round(last3, 1), "codes": dict(codes), "log_bytes": log_bytes, "log_tail": tail,
-        "rapid_reset": reset,
+        "rapid_reset": reset, "garbage": junk,
         "targets": {"growth_mb_max": TARGET_TOTAL_MB, "last3_mb_max": TARGET_LAST3_MB,
                     "met": growth <= TARGET_TOTAL_MB and last3 < TARGET_LAST3_MB},
     }
@@ -295,13 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-options", choices=("default", "bulk", "plain"), default="default")
     ap.add_argument("--victim", choices=("transport", "daemon"), default="transport")
     ap.add_argument("--rapid-reset", type=int, default=0, metavar="N", help="then N rapid-reset connections")
+    ap.add_argument("--garbage", type=int, default=0, metavar="N", help="then N garbage calls without and with "
+                    "a credential")
     ap.add_argument("--idle-round-s", type=float, default=5.0, help="round length with --connections 0")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
     args = ap.parse_args(argv)
     if args.serve:
         asyncio.run(_serve(args.serve, args.server_options))
         return 0
-    res = run(args.rounds, args.connections, args.server_options, args.victim, args.rapid_reset, args.idle_round_s)
+    res = run(args.rounds, args.connections, args.server_options, args.victim, args.rapid_reset, args.idle_round_s,
+              args.garbage)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("rows", "log_tail")}, indent=1))

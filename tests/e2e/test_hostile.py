@@ -16,9 +16,10 @@ import signal
 import grpc
 import pytest
 
+from bench.garbage import NEVER, ODD, garbage_calls
 from peerd import auth
 from tests.conftest import Swarm, wait_for
-from tests.integration.test_hostile_calls import CALLS, MAX_LOG_BYTES, NEVER, ODD, garbage_calls
+from tests.integration.test_hostile_calls import CALLS, MAX_LOG_BYTES
 
 COMMITTED = 'outcome="committed"'
 # Three processes on a shared 2-core machine: 4 s rounds leave room for scheduling hiccups.
