@@ -101,7 +101,7 @@ class Verifier:
     """Checks credentials against one key, with a time window and a bounded replay cache.
 
     The cache remembers each admitted nonce until its credential leaves the window. One peer id
-    may hold at most ``cache_size // 64`` of it (at least 16): a member flooding admitted calls
+    may hold at most ``cache_size // 16`` of it (at least 16): a member flooding admitted calls
     is refused (``replay_quota``) before it fills the cache. Members can claim many ids, so a
     full cache forgets its oldest nonce rather than refuse everyone (the refusal let one member
     lock the whole swarm out for a window). Forgetting only matters to a replayer who captured
@@ -111,7 +111,7 @@ class Verifier:
     def __init__(self, key: bytes, window_s: float, cache_size: int, clock: Callable[[], float] = time.time) -> None:
         """``clock`` is injectable for tests."""
         self.key, self.window_s, self.cache_size, self.clock = key, window_s, cache_size, clock
-        self.peer_quota = max(16, cache_size // 64)
+        self.peer_quota = max(16, cache_size // 16)
         self._seen: dict[str, float] = {}  # nonce -> time after which it can no longer be replayed
         self._order: deque[tuple[float, str, str]] = deque()  # (until, nonce, peer), in admission order
         self._per_peer: dict[str, int] = {}

@@ -8,50 +8,39 @@ its checksum matches, so a refused or broken stream never touches state. Refusal
 statuses. Keepalive is set on both sides for WAN links (NAT boxes drop idle flows after minutes).
 
 With a swarm secret every call carries a credential and the server's deny-by-default interceptor
-(peerd/net/auth.py) refuses any call without a valid one; each peer may hold at most
-``security.max_streams_per_peer`` incoming streams and ``security.max_inflight_bytes_per_peer``
-announced bytes at a time (peerd/net/limits.py). TLS / mTLS use the ``security.tls_*`` files.
+(peerd/net/auth.py) refuses any call without a valid one, before a byte of its body is parsed. The
+handlers take raw bytes and decode them themselves, so an undecodable body is INVALID_ARGUMENT,
+never grpc's UNKNOWN. A stream holds a slot from its first byte: each peer may hold at most
+``security.max_streams_per_peer`` incoming streams (each address ``max_streams_per_address``,
+the server ``max_concurrent_rpcs``) and ``security.max_inflight_bytes_per_peer`` announced
+bytes at a time (peerd/net/limits.py). Refusals are counted and logged rate-limited (peerd/core/log.py).
+TLS / mTLS use the ``security.tls_*`` files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import ExitStack
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from peerd.core.config import SecurityConfig, TransportConfig
 from peerd.core.faults import NO_FAULTS, FaultInjector
 from peerd.core.log import RemoteLog, get_logger
 from peerd.net import auth
 from peerd.net.hostile import NOT_HOSTILE, Hostile
-from peerd.net.limits import LimitExceeded, PeerLimits
+from peerd.net.limits import PeerLimits
+from peerd.net.serving import MAX_CHUNK_BYTES, SERVICE, Rejected, Servicer, add_servicer, checksum, split_chunks
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
+__all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",
+           "StateSource", "Handler", "Transport", "checksum"]
+
 MAX_MESSAGE_BYTES = 4 << 20
-# Largest data chunk any peer may send: a protocol constant, not the receiver's own
-# transport.chunk_bytes (peers may configure different chunk sizes).
-MAX_CHUNK_BYTES = 3 << 20
-SERVICE = "peerd.v1.Peer"
 PUSH_METHOD = f"/{SERVICE}/PushShard"
 FETCH_METHOD = f"/{SERVICE}/FetchState"
-_M = TypeVar("_M", bound=Message)
-
-
-class Rejected(Exception):
-    """A sink refuses a stream; becomes a gRPC error status with this code and detail."""
-
-    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
-        """Remember the status to send."""
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 class ShardSink(Protocol):
@@ -73,22 +62,6 @@ class StateSource(Protocol):
 
 class Handler(ShardSink, StateSource, Protocol):
     """What a server hands its calls to: one mixer takes pushes and serves state."""
-
-
-def _hasher() -> hashlib._Hash:
-    return hashlib.blake2b(digest_size=16)
-
-
-def checksum(payload: bytes | memoryview) -> bytes:
-    """Payload digest carried in headers."""
-    digest = _hasher()
-    digest.update(payload)
-    return digest.digest()
-
-
-def _chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
-    view = memoryview(payload)
-    return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
 
 
 # Bulk-transfer tuning (bench/transport.py): HTTP/2 frames default to 16 KiB, so a 1 MiB chunk
@@ -136,162 +109,6 @@ def server_options(cfg: TransportConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
-                        request_iterator: AsyncIterator[peer_pb2.ShardChunk]) -> bytes:
-    """Read exactly ``header.payload_bytes`` in bounded chunks, each within the per-chunk timeout.
-
-    Raises:
-        Rejected: truncated, oversized, stalled past the round deadline or checksum mismatch.
-        TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s`` (stream cut).
-    """
-    buf = bytearray()
-    # Hash each chunk as it lands, overlapping the sender's next chunk, instead of one pass
-    # over the whole payload at the end (blake2b of 64 MiB: 0.1-0.4 s here, half the transfer).
-    digest = _hasher()
-    while len(buf) < header.payload_bytes:
-        budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
-        if budget <= 0:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "stream missed the round deadline")
-        try:
-            chunk = await asyncio.wait_for(request_iterator.__anext__(), budget)
-        except StopAsyncIteration:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
-        if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
-        buf += chunk.data
-        if len(buf) > header.payload_bytes:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
-        digest.update(chunk.data)
-    # The stream must end here; anything else is a protocol violation.
-    try:
-        await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
-    except StopAsyncIteration:
-        pass
-    if digest.digest() != header.checksum:
-        raise Rejected(grpc.StatusCode.DATA_LOSS, "payload checksum mismatch")
-    return bytes(buf)
-
-
-def _parse(cls: type[_M], raw: bytes) -> _M:
-    """Decode one request message; anything undecodable is the caller's fault (INVALID_ARGUMENT).
-
-    Raises:
-        Rejected: INVALID_ARGUMENT, the bytes are not a ``cls``.
-    """
-    try:
-        return cls.FromString(raw)
-    except (DecodeError, ValueError, TypeError, RecursionError):
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable {cls.DESCRIPTOR.name}") from None
-
-
-class _Chunks:
-    """A request stream of raw bytes, decoded one message at a time by the handler (not by grpc)."""
-
-    def __init__(self, raw: AsyncIterator[bytes]) -> None:
-        self._it = raw.__aiter__()
-
-    async def __anext__(self) -> peer_pb2.ShardChunk:
-        return _parse(peer_pb2.ShardChunk, await self._it.__anext__())
-
-
-class _Servicer:
-    """Handlers over raw request bytes: nothing is parsed before admission and the stream slot."""
-
-    def __init__(self, transport: Transport, handler: Handler) -> None:
-        self.t = transport
-        self.handler = handler
-
-    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
-                      detail: str) -> None:
-        self.t.on_rejected(reason)
-        self.t.remote_log.event(f"stream_{reason}", self._holder(context)[0], "stream refused", level=logging.INFO,
-                                detail=detail[:200])
-        await context.abort(code, detail)
-
-    async def _fail(self, context: grpc.aio.ServicerContext, what: str) -> None:
-        # A bug of ours that a remote call triggered: refused as INTERNAL, logged (rate-limited) with its stack.
-        self.t.on_rejected("internal")
-        self.t.remote_log.event("handler_error", self._holder(context)[0], f"{what} handler failed",
-                                level=logging.ERROR, exc_info=True)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-    def _holder(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
-        address = auth.host_of(context.peer() or "")
-        # Without a secret the caller is unauthenticated: cap by its address instead.
-        who = auth.caller(context.invocation_metadata()) if self.t.key is not None else None
-        return (who or "") if self.t.key is not None else address, address
-
-    async def PushShard(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> peer_pb2.PushShardResponse:
-        t, handler = self.t, self.handler
-        holder, address = self._holder(context)
-        chunks = _Chunks(request_iterator)
-        try:
-            # The slot is taken before the first byte is read: idle streams, and streams whose
-            # header waits for its round's plan, count against their peer.
-            with t.limits.stream(holder, address):
-                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
-                if first.WhichOneof("part") != "header":
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
-                header = first.header
-                if t.key is not None and holder != header.sender:
-                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
-                deadline = await handler.admit(header)
-                with t.limits.inflight(holder, header.payload_bytes):
-                    payload = await _read_payload(t, header, deadline, chunks)
-                await handler.deliver(header, payload)
-        except LimitExceeded as exc:
-            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
-        except Rejected as rej:
-            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
-        except TimeoutError:
-            await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "chunk_timeout", "chunk timeout")
-        except StopAsyncIteration:  # the client ended (or cancelled) the stream before a header
-            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_stream", "empty stream")
-        except Exception:
-            await self._fail(context, "PushShard")
-        t.on_bytes("rx", len(payload))
-        return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
-
-    async def FetchState(  # noqa: N802 - gRPC method name
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[peer_pb2.StateChunk]:
-        t = self.t
-        holder, address = self._holder(context)
-        with ExitStack() as slot:
-            try:
-                slot.enter_context(t.limits.stream(holder, address))
-                header, payload = await self.handler.state_for(_parse(peer_pb2.FetchStateRequest, request))
-            except LimitExceeded as exc:
-                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
-            except Rejected as rej:
-                await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
-            except Exception:
-                await self._fail(context, "FetchState")
-            yield peer_pb2.StateChunk(header=header)
-            for i, chunk in enumerate(_chunks(payload, t.cfg.chunk_bytes)):
-                if i == 1:
-                    t.faults.hit("donor_mid_transfer")
-                t.on_bytes("tx", len(chunk))
-                yield peer_pb2.StateChunk(data=chunk)
-
-
-def _add_servicer(servicer: _Servicer, server: grpc.aio.Server) -> None:
-    """Register the handlers with raw-bytes request deserializers (same wire format as the stubs)."""
-    handlers = {
-        "PushShard": grpc.stream_unary_rpc_method_handler(
-            servicer.PushShard, request_deserializer=None,
-            response_serializer=peer_pb2.PushShardResponse.SerializeToString),
-        "FetchState": grpc.unary_stream_rpc_method_handler(
-            servicer.FetchState, request_deserializer=None,
-            response_serializer=peer_pb2.StateChunk.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
 class Transport:
     """gRPC server plus one cached channel per peer endpoint."""
 
@@ -305,9 +122,9 @@ class Transport:
         key: bytes | None = None,
         peer_id: str = "",
         on_refused: Callable[[str], None] = lambda reason: None,
+        on_remote_event: Callable[[str, bool], None] = lambda reason, logged: None,
         faults: FaultInjector = NO_FAULTS,
         hostile: Hostile = NOT_HOSTILE,
-        on_remote_event: Callable[[str, bool], None] = lambda reason, logged: None,
     ) -> None:
         """Counters go through ``on_bytes(direction, n)``, ``on_rejected(reason)``, ``on_transfer(kind, s)``.
 
@@ -324,7 +141,7 @@ class Transport:
         self.limits = PeerLimits(self.security.max_streams_per_peer, self.security.max_inflight_bytes_per_peer,
                                  max_total=self.security.max_concurrent_rpcs,
                                  max_per_address=self.security.max_streams_per_address)
-        self.remote_log = RemoteLog(get_logger("peerd.net.transport"), on_remote_event)
+        self.remote_log = RemoteLog(get_logger("peerd.transport"), on_remote_event)
         self._channel_creds = auth.channel_credentials(self.security)
         self.faults = faults
         self.hostile = hostile
@@ -368,7 +185,7 @@ class Transport:
         if self._server is None:
             self.bind()
         assert self._server is not None
-        _add_servicer(_Servicer(self, handler), self._server)
+        add_servicer(Servicer(self, handler), self._server)
         await self._server.start()
         return self.port
 
@@ -403,7 +220,7 @@ class Transport:
         """
         header.payload_bytes = len(payload)
         header.checksum = checksum(payload)
-        chunks = _chunks(payload, self.cfg.chunk_bytes)
+        chunks = split_chunks(payload, self.cfg.chunk_bytes)
         if self.hostile.mode and header.kind == peer_pb2.PAYLOAD_KIND_CONTRIBUTION:  # tests only (hostile.py)
             chunks = self.hostile.corrupt(header, payload, self.cfg.chunk_bytes)
 

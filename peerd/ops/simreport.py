@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peerd.mixing.gossip import simulate as sim
+from peerd.ops import simulate as sim
 
 _SIZE_IN, _DPI = (12, 8), 110
 

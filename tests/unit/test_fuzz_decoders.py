@@ -23,7 +23,8 @@ from peerd.core import codec
 from peerd.core.schedule import Candidate, PlanError, make_plan, plan_from_record
 from peerd.net.membership import PeerRecord
 from peerd.net.records import RecordError, SealValidator, Signer, open_sealed
-from peerd.net.transport import Rejected, _read_payload, checksum
+from peerd.net.serving import _read_payload
+from peerd.net.transport import Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

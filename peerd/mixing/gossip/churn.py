@@ -28,7 +28,7 @@ from peerd.proto.v1 import peer_pb2
 if TYPE_CHECKING:
     from peerd.mixing.gossip.round import GossipMixer
 
-log = get_logger("peerd.mixing.gossip")
+log = get_logger("peerd.gossip")
 
 
 class GossipChurn:

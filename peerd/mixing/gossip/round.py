@@ -52,7 +52,7 @@ from peerd.net.transport import Rejected
 from peerd.net.view import SwarmView
 from peerd.proto.v1 import peer_pb2
 
-log = get_logger("peerd.mixing.gossip")
+log = get_logger("peerd.gossip")
 GOSSIP = peer_pb2.PAYLOAD_KIND_GOSSIP
 HANDOFF = peer_pb2.PAYLOAD_KIND_HANDOFF
 
