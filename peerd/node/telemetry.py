@@ -66,6 +66,8 @@ class Telemetry:
         self.metrics.train_samples.inc(samples)
         self.metrics.train_loss.set(loss)
         self.metrics.step_duration.observe(dt)
+        wall = time.monotonic() - self.started_at
+        self.metrics.utilization.set(min(1.0, self.bridge.stats.busy_s / max(wall, 1e-9)))
 
     def on_eval(self, loss: float) -> None:
         """Worker thread: gauge and an append, both thread-safe."""
