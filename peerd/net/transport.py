@@ -41,6 +41,7 @@ MAX_CHUNK_BYTES = 3 << 20
 SERVICE = "peerd.v1.Peer"
 PUSH_METHOD = f"/{SERVICE}/PushShard"
 FETCH_METHOD = f"/{SERVICE}/FetchState"
+PLAN_METHOD = f"/{SERVICE}/OfferPlan"
 _M = TypeVar("_M", bound=Message)
 
 
@@ -69,6 +70,13 @@ class StateSource(Protocol):
 
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Snapshot the fragments the requester lacks; raise Rejected to refuse."""
+
+
+class PlanSink(Protocol):
+    """Takes round plans offered by their publishers (the round driver's inbox)."""
+
+    async def offer_plan(self, offer: peer_pb2.PlanOffer) -> bool:
+        """Verify and keep an offered plan; False (counted by the sink) when it is refused."""
 
 
 class Handler(ShardSink, StateSource, Protocol):
@@ -198,9 +206,10 @@ class _Chunks:
 class _Servicer:
     """Handlers over raw request bytes: nothing is parsed before admission and the stream slot."""
 
-    def __init__(self, transport: Transport, handler: Handler) -> None:
+    def __init__(self, transport: Transport, handler: Handler, plans: PlanSink | None) -> None:
         self.t = transport
         self.handler = handler
+        self.plans = plans
 
     async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
                       detail: str) -> None:
@@ -255,6 +264,28 @@ class _Servicer:
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
 
+    async def OfferPlan(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PlanOfferReply:
+        holder, address = self._holder(context)
+        accepted = False
+        try:
+            with self.t.limits.stream(holder, address):
+                if self.plans is None:
+                    raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "this peer takes no plan offers")
+                offer = _parse(peer_pb2.PlanOffer, request)
+                # With a secret the credential names the caller: only a plan's publisher offers it.
+                if self.t.key is not None and holder != offer.publisher:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "offer publisher differs from the credential")
+                accepted = await self.plans.offer_plan(offer)
+        except LimitExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        except Exception:
+            await self._fail(context, "OfferPlan")
+        return peer_pb2.PlanOfferReply(accepted=accepted)
+
     async def FetchState(  # noqa: N802 - gRPC method name
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[peer_pb2.StateChunk]:
@@ -281,6 +312,9 @@ class _Servicer:
 def _add_servicer(servicer: _Servicer, server: grpc.aio.Server) -> None:
     """Register the handlers with raw-bytes request deserializers (same wire format as the stubs)."""
     handlers = {
+        "OfferPlan": grpc.unary_unary_rpc_method_handler(
+            servicer.OfferPlan, request_deserializer=None,
+            response_serializer=peer_pb2.PlanOfferReply.SerializeToString),
         "PushShard": grpc.stream_unary_rpc_method_handler(
             servicer.PushShard, request_deserializer=None,
             response_serializer=peer_pb2.PushShardResponse.SerializeToString),
@@ -363,12 +397,15 @@ class Transport:
             raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port} (in use?)")
         return self.port
 
-    async def start(self, handler: Handler) -> int:
-        """Serve, handing every call to ``handler``; binds first if :meth:`bind` was not called."""
+    async def start(self, handler: Handler, plans: PlanSink | None = None) -> int:
+        """Serve, handing pushes and fetches to ``handler`` and plan offers to ``plans``.
+
+        Binds first if :meth:`bind` was not called. Without ``plans`` offers are refused (UNIMPLEMENTED).
+        """
         if self._server is None:
             self.bind()
         assert self._server is not None
-        _add_servicer(_Servicer(self, handler), self._server)
+        _add_servicer(_Servicer(self, handler, plans), self._server)
         await self._server.start()
         return self.port
 
@@ -419,6 +456,17 @@ class Transport:
                                              metadata=self._credential(PUSH_METHOD))
         self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
+
+    async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
+        """Hand a plan to one member; True when it verified there.
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        reply = await self._stub(endpoint).OfferPlan(offer, timeout=max(timeout_s, 0.001),
+                                                     metadata=self._credential(PLAN_METHOD))
+        self.on_bytes("tx", offer.ByteSize())
+        return bool(reply.accepted)
 
     async def fetch_state(
         self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
