@@ -57,6 +57,8 @@ PLAN_READ_FRACTION = 0.4
 CATCH_UP_AFTER = 0.02
 # Measured times are stretched by this much before they become a phase (jitter, a slower peer).
 MARGIN = 1.25
+# The settle point comes at most this far into the exchange window.
+MAX_SETTLE_FRACTION = 0.2
 # Fixed slack per exchange phase (scheduling, decoding, the reduce itself).
 PHASE_SLACK_S = 0.05
 
@@ -80,17 +82,27 @@ class RoundClock:
                    net if net is not None else NetEstimate())
 
     def settle(self) -> float:
-        """Seconds from a round's start to its settle point: a heartbeat store must land first."""
-        return max(self.settle_s, MARGIN * (self.net.dht_s or 0.0))
+        """Seconds from a round's start to its settle point: a heartbeat store must land first.
+
+        At most ``MAX_SETTLE_FRACTION`` of the exchange window, whatever was measured.
+        """
+        cap = max(self.settle_s, MAX_SETTLE_FRACTION * self.window())
+        return min(cap, max(self.settle_s, MARGIN * (self.net.dht_s or 0.0)))
 
     def plan_slot(self) -> float:
         """Seconds between plan candidates' turns: the better one's DHT read plus its offer's one-way hop.
 
         A candidate publishes only when no better-ranked plan reached it within its slots, so a
-        slot shorter than that lets two candidates publish and the round split.
+        slot shorter than that lets two candidates publish and the round split. The slots of all
+        candidates end by half of the exchange window, whatever was measured.
         """
-        measured = (self.net.dht_s or 0.0) + 0.5 * (self.net.rtt_s or 0.0)
-        return max(self.plan_slot_s, MARGIN * measured)
+        measured = MARGIN * ((self.net.dht_s or 0.0) + 0.5 * (self.net.rtt_s or 0.0))
+        cap = (0.5 * self.window() - self.settle()) / (self.plan_candidates + 1)
+        return max(self.plan_slot_s, min(cap, measured))
+
+    def window(self) -> float:
+        """Seconds from a round's start to its exchange deadline."""
+        return self.deadline_fraction * self.round_s
 
     def now(self) -> float:
         """Current Unix time of this peer."""
