@@ -57,6 +57,10 @@ PLAN_READ_FRACTION = 0.4
 CATCH_UP_AFTER = 0.02
 # Measured times are stretched by this much before they become a phase (jitter, a slower peer).
 MARGIN = 1.25
+# Share of the exchange window (after the plan) that reduced shards get at least, and the
+# contributions' share when nothing is measured yet.
+REDUCE_SHARE = 0.25
+LOOPBACK_COLLECT_SHARE = 0.55
 # The settle point comes at most this far into the exchange window.
 MAX_SETTLE_FRACTION = 0.2
 # Fixed slack per exchange phase (scheduling, decoding, the reduce itself).
@@ -129,22 +133,19 @@ class RoundClock:
         return MARGIN * self.net.transfer_s(nbytes) + PHASE_SLACK_S
 
     def collect_deadline(self, r: int, now: float, nbytes: int = 0) -> float:
-        """Owners stop waiting for contributions: whatever the reduce phase does not need.
+        """Owners stop waiting for contributions; the reduce phase gets what it needs of the rest.
 
-        ``nbytes``: what one member pushes per phase (about a fragment's encoded size). Without
-        measurements (or when the window cannot hold both phases) the split is the loopback one,
-        a bit more than half of the time left for contributions.
+        ``nbytes``: what one member pushes per phase (about a fragment's encoded size).
+        Contributions need a worker's snapshot (up to a training step) besides their transfer,
+        so they get every second the reduce phase does not need: twice its measured time, and
+        at least ``REDUCE_SHARE`` of the window. Without measurements, the loopback split.
         """
         begin = max(self.start(r), now)
-        end = self.deadline(r)
-        split = begin + 0.55 * max(0.0, end - begin)
+        window = max(0.0, self.deadline(r) - begin)
         if self.net.rtt_s is None:
-            return split
-        reduce_s = self.phase_s(nbytes)
-        if end - begin < 2 * reduce_s:
-            # Too short for both phases at the measured speed: split the window in proportion.
-            return begin + 0.5 * max(0.0, end - begin)
-        return max(split, end - reduce_s)
+            return begin + LOOPBACK_COLLECT_SHARE * window
+        reduce_s = max(REDUCE_SHARE * window, 2 * self.phase_s(nbytes))
+        return begin + max(0.5 * window, window - reduce_s) if window < 2 * reduce_s else begin + window - reduce_s
 
     def publish_at(self, r: int, rank: int) -> float:
         """Earliest time candidate ``rank`` may publish a plan for round ``r``."""

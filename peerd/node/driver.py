@@ -131,6 +131,10 @@ class RoundDriver:
         self.metrics.transfer_duration.observe(rc.clock.monotonic() - t0)
         self.metrics.revision.set(state.revision)
         self._account(r, plan, outcome)
+        if outcome.committed:
+            # Announce the new revision now rather than at the next heartbeat: until then a joiner
+            # or a plan publisher sees the members at different revisions (one donor, fewer members).
+            self._keep(self._timed(view.heartbeat()))
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:
@@ -245,7 +249,11 @@ class RoundDriver:
                 chosen = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
                 if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
                     return chosen
-                may_publish = self.finishing is None and rank < rc.plan_candidates and chosen is None
+                # A candidate publishes only within its own slot (the last one: any time). One
+                # that comes later (a loop starved by a busy box) may meet a worse plan that its
+                # members already took: its own, better-ranked one would split the round.
+                in_slot = rank == rc.plan_candidates - 1 or rc.now() < rc.publish_at(r, rank + 1)
+                may_publish = self.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
                     tried = True
                     mine = self._publish(r, rank, candidates, nbytes)
