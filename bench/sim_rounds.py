@@ -33,6 +33,7 @@ GENERATORS: dict[str, Callable[[int], Scenario]] = {
 
 
 def sweep(gen: Callable[[int], Scenario], seeds: range) -> dict[str, Any]:
+    """Run every seed with the invariants checked; member-round totals and failing seeds."""
     committed = aborted = 0
     failures = []
     t0 = time.monotonic()
@@ -55,6 +56,7 @@ def sweep(gen: Callable[[int], Scenario], seeds: range) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Sweep each generator and store the result under ``--label``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--label", default="after")
