@@ -8,16 +8,22 @@ loop, so the same round driver and mixers run for N peers in one process on virt
 of wall time and every phase of it (settle point, plan slots, how long a reader looks for a plan,
 the exchange deadline, the laggard's catch-up point) is a method here, so a change of timing
 policy is a change of this one type.
+
+Phases are sized from what this peer measured of its network (:class:`~peerd.core.netstats.NetEstimate`:
+round trips, DHT operation times, push throughput) and from the bytes a round moves; the
+configured times are floors, so a loopback swarm keeps its short phases and a swarm over the
+internet gets phases its round trips fit in.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from peerd.core.config import RoundConfig
+from peerd.core.netstats import NetEstimate
 
 
 class Clock(Protocol):
@@ -49,6 +55,16 @@ SYSTEM = SystemClock()
 PLAN_READ_FRACTION = 0.4
 # A laggard fetches state this fraction of a round after the round's deadline (commits are done).
 CATCH_UP_AFTER = 0.02
+# Measured times are stretched by this much before they become a phase (jitter, a slower peer).
+MARGIN = 1.25
+# Share of the exchange window (after the plan) that reduced shards get at least, and the
+# contributions' share when nothing is measured yet.
+REDUCE_SHARE = 0.25
+LOOPBACK_COLLECT_SHARE = 0.55
+# The settle point comes at most this far into the exchange window.
+MAX_SETTLE_FRACTION = 0.2
+# Fixed slack per exchange phase (scheduling, decoding, the reduce itself).
+PHASE_SLACK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,11 +77,36 @@ class RoundClock:
     plan_candidates: int
     deadline_fraction: float
     clock: Clock = SYSTEM
+    net: NetEstimate = field(default_factory=NetEstimate)  # mutable: the peer's measurements so far
 
     @classmethod
-    def from_config(cls, cfg: RoundConfig, clock: Clock = SYSTEM) -> RoundClock:
-        """The round clock a config describes."""
-        return cls(cfg.round_s, cfg.settle_s, cfg.plan_slot_s, cfg.plan_candidates, cfg.deadline_fraction, clock)
+    def from_config(cls, cfg: RoundConfig, clock: Clock = SYSTEM, net: NetEstimate | None = None) -> RoundClock:
+        """The round clock a config describes, sized by ``net``'s measurements (default: none yet)."""
+        return cls(cfg.round_s, cfg.settle_s, cfg.plan_slot_s, cfg.plan_candidates, cfg.deadline_fraction, clock,
+                   net if net is not None else NetEstimate())
+
+    def settle(self) -> float:
+        """Seconds from a round's start to its settle point: a heartbeat store must land first.
+
+        At most ``MAX_SETTLE_FRACTION`` of the exchange window, whatever was measured.
+        """
+        cap = max(self.settle_s, MAX_SETTLE_FRACTION * self.window())
+        return min(cap, max(self.settle_s, MARGIN * (self.net.dht_s or 0.0)))
+
+    def plan_slot(self) -> float:
+        """Seconds between plan candidates' turns: the better one's DHT read plus its offer's one-way hop.
+
+        A candidate publishes only when no better-ranked plan reached it within its slots, so a
+        slot shorter than that lets two candidates publish and the round split. The slots of all
+        candidates end by half of the exchange window, whatever was measured.
+        """
+        measured = MARGIN * ((self.net.dht_s or 0.0) + 0.5 * (self.net.rtt_s or 0.0))
+        cap = (0.5 * self.window() - self.settle()) / (self.plan_candidates + 1)
+        return max(self.plan_slot_s, min(cap, measured))
+
+    def window(self) -> float:
+        """Seconds from a round's start to its exchange deadline."""
+        return self.deadline_fraction * self.round_s
 
     def now(self) -> float:
         """Current Unix time of this peer."""
@@ -81,25 +122,50 @@ class RoundClock:
 
     def settle_at(self, r: int) -> float:
         """When the view for round ``r``'s plan is read: heartbeats of the round's start have landed."""
-        return self.start(r) + self.settle_s
+        return self.start(r) + self.settle()
 
     def deadline(self, r: int) -> float:
         """End of round ``r``'s exchange: members stop waiting for reduced shards."""
         return self.start(r) + self.deadline_fraction * self.round_s
 
-    def collect_deadline(self, r: int, now: float) -> float:
-        """Owners stop waiting for contributions: a bit more than half of the time left at ``now``."""
+    def phase_s(self, nbytes: int) -> float:
+        """Time one exchange phase needs when every member pushes ``nbytes`` in all through its uplink."""
+        return MARGIN * self.net.transfer_s(nbytes) + PHASE_SLACK_S
+
+    def collect_deadline(self, r: int, now: float, nbytes: int = 0) -> float:
+        """Owners stop waiting for contributions; the reduce phase gets what it needs of the rest.
+
+        ``nbytes``: what one member pushes per phase (about a fragment's encoded size).
+        Contributions need a worker's snapshot (up to a training step) besides their transfer,
+        so they get every second the reduce phase does not need: twice its measured time, and
+        at least ``REDUCE_SHARE`` of the window. Without measurements, the loopback split.
+        """
         begin = max(self.start(r), now)
-        return begin + 0.55 * max(0.0, self.deadline(r) - begin)
+        window = max(0.0, self.deadline(r) - begin)
+        if self.net.rtt_s is None:
+            return begin + LOOPBACK_COLLECT_SHARE * window
+        reduce_s = max(REDUCE_SHARE * window, 2 * self.phase_s(nbytes))
+        return begin + max(0.5 * window, window - reduce_s) if window < 2 * reduce_s else begin + window - reduce_s
 
     def publish_at(self, r: int, rank: int) -> float:
         """Earliest time candidate ``rank`` may publish a plan for round ``r``."""
-        return self.settle_at(r) + rank * self.plan_slot_s
+        return self.settle_at(r) + rank * self.plan_slot()
 
-    def plan_give_up(self, r: int) -> float:
+    def plan_settled_at(self, r: int, rank: int) -> float:
+        """When a plan of publisher rank ``rank`` is final: no better-ranked plan can still reach a reader.
+
+        The leader's (rank 0) plan is final at once; a later candidate's waits one more slot,
+        as a better-ranked plan may have been published just before it and still be on its way.
+        """
+        return self.start(r) if rank == 0 else self.publish_at(r, rank + 1)
+
+    def plan_give_up(self, r: int, nbytes: int = 0) -> float:
         """Readers stop looking for round ``r``'s plan at this time (a member could not contribute after)."""
-        return max(self.settle_at(r) + self.plan_slot_s * (self.plan_candidates + 1),
-                   self.start(r) + PLAN_READ_FRACTION * self.deadline_fraction * self.round_s)
+        last_slot = self.settle_at(r) + self.plan_slot() * (self.plan_candidates + 1)
+        loopback = self.start(r) + PLAN_READ_FRACTION * self.deadline_fraction * self.round_s
+        if self.net.rtt_s is None:
+            return max(last_slot, loopback)
+        return max(last_slot, loopback, self.deadline(r) - 2 * self.phase_s(nbytes))
 
     def catch_up_at(self, r: int) -> float:
         """When a laggard fetches what round ``r``'s members committed (just after its deadline)."""

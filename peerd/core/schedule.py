@@ -175,11 +175,14 @@ def make_plan(
     now: float,
     mode: str = "diloco",
     topology: str = "",
+    collect_deadline: float | None = None,
+    deadline: float | None = None,
 ) -> RoundPlan | None:
     """The plan ``publisher`` would publish at time ``now`` for round ``r``, or None if it may not.
 
-    Only an eligible candidate publishes; members are all eligible candidates. Owners collect
-    contributions for a bit more than half of the time left, and reduced shards use the rest.
+    Only an eligible candidate publishes; members are all eligible candidates. Deadlines: given
+    (the round clock sizes them from measurements), or by default owners collect contributions
+    for a bit more than half of the time left and reduced shards use the rest.
     """
     candidates = list(candidates)
     ready = [c for c in candidates if c.ready]
@@ -189,7 +192,10 @@ def make_plan(
         return None
     order = rendezvous_order(run_id, r, by_id)
     start = round_start(r, round_s)
-    deadline = start + deadline_fraction * round_s
+    if deadline is None:
+        deadline = start + deadline_fraction * round_s
+    if collect_deadline is None:
+        collect_deadline = max(start, now) + 0.55 * max(0.0, deadline - max(start, now))
     return RoundPlan(
         run_id=run_id,
         round=r,
@@ -201,7 +207,7 @@ def make_plan(
         endpoints=tuple(by_id[p].endpoint for p in order),
         publisher=publisher,
         publisher_rank=order.index(publisher),
-        collect_deadline=max(start, now) + 0.55 * max(0.0, deadline - max(start, now)),
+        collect_deadline=min(collect_deadline, deadline),
         deadline=deadline,
         # Final only when every ready peer is a member and done: a laggard that is resyncing
         # must take part in the last rounds, or it would end the run on a state of its own.

@@ -255,8 +255,10 @@ class Diloco:
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:
         async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
+            t0 = self.rc.clock.monotonic()
             try:
                 await self.network.push_shard(plan.endpoints[idx], header, payload, deadline - self.rc.now())
+                self.rc.net.push(len(payload), self.rc.clock.monotonic() - t0)  # feeds the round clock
                 return True
             except (grpc.aio.AioRpcError, OSError):
                 return False
@@ -288,9 +290,10 @@ class Diloco:
                 return RoundOutcome(False, "revision_moved")
             old_theta = self.state.theta(p)
             try:
-                # Half the collection window at most: the contributions must still reach their owners.
-                budget = max(0.01, 0.5 * (plan.collect_deadline - self.rc.now()))
-                snap = await self.bridge.call("snapshot", budget, fragment=p)
+                # Leave the contribution time to travel: a snapshot that comes later is useless.
+                travel = self.rc.phase_s(self._push_bytes(plan)) if self.rc.net.rtt_s is not None else 0.0
+                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
+                                              fragment=p)
             except (TimeoutError, BridgeFull):
                 # A busy worker (a long step, a loaded box) must not abort the round for everyone:
                 # this member still owns its shard, so it takes part with a weightless zero
@@ -343,6 +346,13 @@ class Diloco:
             for old in [k for k in self._rounds if k < plan.round - 2]:
                 self._rounds.pop(old, None)
                 self._plan_ready.pop(old, None)
+
+    def _push_bytes(self, plan: RoundPlan) -> int:
+        """Bytes this member pushes as contributions in ``plan`` (its fragment less its own shard)."""
+        n = len(plan.members)
+        size = codec.encoded_size(self.mix.codec, self.state.layout.numels[plan.fragment], self.mix.block_size,
+                                  self.mix.sparse_density)
+        return size * max(1, n - 1) // max(1, n)
 
     def _encode_contribution(
         self, p: int, snap: Snapshot | None, bounds: list[tuple[int, int]]

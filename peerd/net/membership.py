@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgpack
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
@@ -31,11 +32,13 @@ from peerd.core.aio import bounded
 from peerd.core.config import DhtConfig
 from peerd.core.schedule import Candidate, RoundPlan, plan_from_record
 from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
+from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
 RECORD_VERSION = 1
 MAX_RECORD_FIELD_CHARS = 512
+MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
 
 
 class DhtError(RuntimeError):
@@ -306,16 +309,47 @@ class Membership:
         """Store a plan under the round's key with the publisher as subkey."""
         assert self.node is not None
         assert self.signer is not None and plan.publisher == self.signer.peer_id
-        key = f"peerd/v1/{self.run_id}/plan.{plan.round}"
+        key = self._plan_key(plan.round)
         expiration = get_dht_time() + ttl_s
         value = self.signer.seal(key, plan.to_record(), expiration)
         ok = await self._bounded("store", self.node.store(key, value, expiration, subkey=plan.publisher))
         return ok is True
 
+    def _plan_key(self, r: int) -> str:
+        return f"peerd/v1/{self.run_id}/plan.{r}"
+
+    def plan_offer(self, plan: RoundPlan, ttl_s: float) -> peer_pb2.PlanOffer:
+        """The plan sealed exactly as its DHT copy, as a gRPC offer to the members (msgpack: plain data)."""
+        assert self.signer is not None and plan.publisher == self.signer.peer_id
+        value = self.signer.seal(self._plan_key(plan.round), plan.to_record(), get_dht_time() + ttl_s)
+        return peer_pb2.PlanOffer(round=plan.round, publisher=plan.publisher,
+                                  sealed=msgpack.packb(value, use_bin_type=True))
+
+    def open_plan_offer(self, offer: peer_pb2.PlanOffer, num_fragments: int) -> RoundPlan:
+        """Verify an offered plan like one read from the DHT (CPU only: call it off the loop).
+
+        Raises:
+            ValueError: not plain msgpack, oversized, bad signature or MAC, an expired seal, a
+                malformed plan, or a plan for another publisher or round than the offer says.
+        """
+        if len(offer.sealed) > MAX_PLAN_OFFER_BYTES:
+            raise ValueError("plan offer oversized")
+        try:
+            value = msgpack.unpackb(offer.sealed, raw=False, strict_map_key=True)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ValueError(f"plan offer is not plain msgpack: {type(exc).__name__}") from None
+        body = open_sealed(self._plan_key(offer.round), offer.publisher, value, None, self.mac_key)
+        if isinstance(value, dict) and isinstance(value.get("exp"), float) and value["exp"] < get_dht_time():
+            raise ValueError("plan offer expired")
+        plan = plan_from_record(body, self.run_id, num_fragments)
+        if plan.publisher != offer.publisher or plan.round != offer.round:
+            raise ValueError("offered plan is for another publisher or round")
+        return plan
+
     async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
         """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
         assert self.node is not None
-        key = f"peerd/v1/{self.run_id}/plan.{r}"
+        key = self._plan_key(r)
         found = await self._bounded("get", self.node.get(key, latest=True))
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return []

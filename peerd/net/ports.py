@@ -12,7 +12,7 @@ from typing import Protocol
 
 from peerd.core.schedule import RoundPlan
 from peerd.net.membership import PeerRecord
-from peerd.net.transport import Handler
+from peerd.net.transport import Handler, PlanSink
 from peerd.proto.v1 import peer_pb2
 
 
@@ -33,6 +33,12 @@ class MembershipPort(Protocol):
     async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
         """Valid plans published for round ``r``."""
 
+    def plan_offer(self, plan: RoundPlan, ttl_s: float) -> peer_pb2.PlanOffer:
+        """This peer's plan sealed like its DHT copy, to offer to the members directly."""
+
+    def open_plan_offer(self, offer: peer_pb2.PlanOffer, num_fragments: int) -> RoundPlan:
+        """Verify an offered plan exactly like a DHT read; raises ``ValueError`` when it does not."""
+
     async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
         """Ping peers that may have dropped out of the routing table."""
 
@@ -43,8 +49,11 @@ class MembershipPort(Protocol):
 class NetworkPort(Protocol):
     """Calls to other peers, and the server that hands incoming ones to the mixer."""
 
-    async def start(self, handler: Handler) -> int:
-        """Serve incoming calls through ``handler``; returns the bound port."""
+    async def start(self, handler: Handler, plans: PlanSink | None = None) -> int:
+        """Serve incoming calls through ``handler`` (plan offers through ``plans``); returns the bound port."""
+
+    async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
+        """Hand a round plan to a member; raises ``grpc.aio.AioRpcError`` or ``OSError`` when it fails."""
 
     async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
         """Stream one shard; raises ``grpc.aio.AioRpcError`` or ``OSError`` when it fails."""

@@ -26,7 +26,7 @@ from peerd.net.limits import LimitExceeded
 from peerd.proto.v1 import peer_pb2
 
 if TYPE_CHECKING:
-    from peerd.net.transport import Handler, Transport
+    from peerd.net.transport import Handler, PlanSink, Transport
 
 SERVICE = "peerd.v1.Peer"
 # Largest data chunk any peer may send: a protocol constant, not the receiver's own
@@ -129,9 +129,10 @@ class _Chunks:
 class Servicer:
     """Handlers over raw request bytes: nothing is parsed before admission and the stream slot."""
 
-    def __init__(self, transport: Transport, handler: Handler) -> None:
-        """Handlers for ``transport`` (its config, limits and counters) that hand calls to ``handler``."""
+    def __init__(self, transport: Transport, handler: Handler, plans: PlanSink | None) -> None:
+        """Handlers for ``transport``: pushes and fetches go to ``handler``, offers to ``plans`` (None: refused)."""
         self.handler = handler
+        self.plans = plans
         self.t = transport
 
     async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
@@ -188,6 +189,29 @@ class Servicer:
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
 
+    async def OfferPlan(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PlanOfferReply:
+        """Take a round plan offered by its publisher (verified by the plan sink like a DHT read)."""
+        holder, address = self._holder(context)
+        accepted = False
+        try:
+            with self.t.limits.stream(holder, address):
+                if self.plans is None:
+                    raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "this peer takes no plan offers")
+                offer = _parse(peer_pb2.PlanOffer, request)
+                # With a secret the credential names the caller: only a plan's publisher offers it.
+                if self.t.key is not None and holder != offer.publisher:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "offer publisher differs from the credential")
+                accepted = await self.plans.offer_plan(offer)
+        except LimitExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        except Exception:
+            await self._fail(context, "OfferPlan")
+        return peer_pb2.PlanOfferReply(accepted=accepted)
+
     async def FetchState(  # noqa: N802 - gRPC method name
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[peer_pb2.StateChunk]:
@@ -215,6 +239,9 @@ class Servicer:
 def add_servicer(servicer: Servicer, server: grpc.aio.Server) -> None:
     """Register the handlers with raw-bytes request deserializers (same wire format as the stubs)."""
     handlers = {
+        "OfferPlan": grpc.unary_unary_rpc_method_handler(
+            servicer.OfferPlan, request_deserializer=None,
+            response_serializer=peer_pb2.PlanOfferReply.SerializeToString),
         "PushShard": grpc.stream_unary_rpc_method_handler(
             servicer.PushShard, request_deserializer=None,
             response_serializer=peer_pb2.PushShardResponse.SerializeToString),

@@ -36,11 +36,12 @@ from peerd.net.serving import MAX_CHUNK_BYTES, SERVICE, Rejected, Servicer, add_
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 __all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",
-           "StateSource", "Handler", "Transport", "checksum"]
+           "StateSource", "Handler", "PlanSink", "PLAN_METHOD", "Transport", "checksum"]
 
 MAX_MESSAGE_BYTES = 4 << 20
 PUSH_METHOD = f"/{SERVICE}/PushShard"
 FETCH_METHOD = f"/{SERVICE}/FetchState"
+PLAN_METHOD = f"/{SERVICE}/OfferPlan"
 
 
 class ShardSink(Protocol):
@@ -58,6 +59,13 @@ class StateSource(Protocol):
 
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Snapshot the fragments the requester lacks; raise Rejected to refuse."""
+
+
+class PlanSink(Protocol):
+    """Takes round plans offered by their publishers (the round driver's inbox)."""
+
+    async def offer_plan(self, offer: peer_pb2.PlanOffer) -> bool:
+        """Verify and keep an offered plan; False (counted by the sink) when it is refused."""
 
 
 class Handler(ShardSink, StateSource, Protocol):
@@ -180,12 +188,15 @@ class Transport:
             raise OSError(f"cannot bind gRPC on {host}:{self.cfg.port} (in use?)")
         return self.port
 
-    async def start(self, handler: Handler) -> int:
-        """Serve, handing every call to ``handler``; binds first if :meth:`bind` was not called."""
+    async def start(self, handler: Handler, plans: PlanSink | None = None) -> int:
+        """Serve, handing pushes and fetches to ``handler`` and plan offers to ``plans``.
+
+        Binds first if :meth:`bind` was not called. Without ``plans`` offers are refused (UNIMPLEMENTED).
+        """
         if self._server is None:
             self.bind()
         assert self._server is not None
-        add_servicer(Servicer(self, handler), self._server)
+        add_servicer(Servicer(self, handler, plans), self._server)
         await self._server.start()
         return self.port
 
@@ -236,6 +247,17 @@ class Transport:
                                              metadata=self._credential(PUSH_METHOD))
         self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
+
+    async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
+        """Hand a plan to one member; True when it verified there.
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        reply = await self._stub(endpoint).OfferPlan(offer, timeout=max(timeout_s, 0.001),
+                                                     metadata=self._credential(PLAN_METHOD))
+        self.on_bytes("tx", offer.ByteSize())
+        return bool(reply.accepted)
 
     async def fetch_state(
         self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int

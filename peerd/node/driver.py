@@ -1,17 +1,19 @@
 """Round driver: one round per ``round.round_s`` of wall time, plan election, dispatch to the mixer.
 
 For each round: publish this peer's record, read the view at the settle point, decide whether
-this peer is in sync, obtain the round's plan (read it, or publish one when this peer's slot
-comes), run it through the mixer, count the outcome. Time comes from the injected
-:class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this very code on virtual time.
+this peer is in sync, obtain the round's plan (offered by its publisher, read from the DHT, or
+published by this peer when its slot comes), run it through the mixer, count the outcome. Time
+comes from the injected :class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this
+very code on virtual time; the DHT operations timed here feed its estimates.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
+from peerd.core import codec
 from peerd.core import schedule as sch
 from peerd.core.clock import RoundClock
 from peerd.core.config import PeerdConfig
@@ -23,8 +25,10 @@ from peerd.mixing.base import Mixer, RoundOutcome
 from peerd.net.ports import MembershipPort
 from peerd.net.view import SwarmView
 from peerd.node.health import RoundLog
+from peerd.node.offers import PlanInbox, PlanOfferer
 
 log = get_logger("peerd.rounds")
+T = TypeVar("T")
 
 # At the end of a finite run, rounds the in-sync peers hold so a peer behind them can resync.
 LAGGARD_WAIT_ROUNDS = 3
@@ -35,9 +39,12 @@ class RoundDriver:
 
     def __init__(self, cfg: PeerdConfig, rounds: RoundClock, view: SwarmView, mixer: Mixer,
                  membership: MembershipPort, metrics: Metrics, counters: Counters, faults: FaultInjector,
-                 exit_when_done: bool, request_stop: Callable[[str], None]) -> None:
+                 exit_when_done: bool, request_stop: Callable[[str], None], inbox: PlanInbox,
+                 offerer: PlanOfferer) -> None:
         """``request_stop("done")`` ends the peer once a finite run's final rounds are committed."""
         self.cfg, self.rc, self.view, self.mixer, self.membership = cfg, rounds, view, mixer, membership
+        self.inbox, self.offerer = inbox, offerer
+        self._background: set[asyncio.Future[Any]] = set()  # plan stores still in flight, referenced
         self.metrics, self.counters, self.faults = metrics, counters, faults
         self.exit_when_done, self.request_stop = exit_when_done, request_stop
         self.peer_id = view.peer_id
@@ -78,11 +85,11 @@ class RoundDriver:
         rc, view = self.rc, self.view
         # Publish this peer's post-commit revision first, then read everyone's after a short
         # settle time, so the plan is built from this round's records rather than last round's.
-        beat = asyncio.ensure_future(view.heartbeat())
+        beat = self._timed(view.heartbeat())
         # Bounded: a slow DHT store must not eat the round (the heartbeat loop retries anyway).
         await asyncio.wait([beat], timeout=max(0.0, rc.settle_at(r) - rc.now()))
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
-        await view.refresh()
+        await self._timed(view.refresh())
         me = view.my_record().candidate()
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
@@ -124,6 +131,10 @@ class RoundDriver:
         self.metrics.transfer_duration.observe(rc.clock.monotonic() - t0)
         self.metrics.revision.set(state.revision)
         self._account(r, plan, outcome)
+        if outcome.committed:
+            # Announce the new revision now rather than at the next heartbeat: until then a joiner
+            # or a plan publisher sees the members at different revisions (one donor, fewer members).
+            self._keep(self._timed(view.heartbeat()))
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:
@@ -185,48 +196,91 @@ class RoundDriver:
         self.laggard_waits = self.laggard_waits + 1 if waiting else 0
         return waiting and self.laggard_waits <= LAGGARD_WAIT_ROUNDS
 
-    async def _obtain_plan(self, r: int, candidates: list[sch.Candidate]) -> sch.RoundPlan | None:
-        """This round's plan: read from the DHT, or published by this peer when its slot comes.
+    def _timed(self, op: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Run a DHT operation; its duration feeds the round clock's DHT estimate."""
+        t0 = self.rc.clock.monotonic()
+        fut = asyncio.ensure_future(op)
+        fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is not None
+                              else self.rc.net.dht(self.rc.clock.monotonic() - t0))
+        return fut
 
-        A DHT read or store can take a few hundred ms on a busy box (the remote loop threads
-        share the GIL with training), so readers keep looking until the round clock's
-        ``plan_give_up`` rather than only during the publication slots, and a publisher uses its
-        own plan at once unless it already saw a better-ranked one: reading it back cost the
-        whole window on a loaded 2-core machine (CI) and the round was lost.
+    def _round_bytes(self, r: int, members: int) -> int:
+        """What one member pushes per exchange phase of round ``r``: its fragment, encoded, less its own shard."""
+        mix = self.cfg.mixing
+        numel = self.view.state.layout.numels[sch.fragment_for_round(r, mix.num_fragments)]
+        size = codec.encoded_size(mix.codec, numel, mix.block_size, mix.sparse_density)
+        return size * max(1, members - 1) // max(1, members)
+
+    def _keep(self, fut: asyncio.Future[Any]) -> None:
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+
+    async def _obtain_plan(self, r: int, candidates: list[sch.Candidate]) -> sch.RoundPlan | None:
+        """This round's plan: offered by its publisher, read from the DHT, or published by this peer.
+
+        A publisher offers its plan to every member over gRPC (one hop) and stores it in the DHT
+        for members whose offer was lost. DHT reads take several round trips over the internet
+        and hundreds of ms on a busy box, so readers take an offered plan as soon as it is final
+        (the leader's at once; candidate ``k``'s one plan slot after its turn, as a better one may
+        still be on its way), keep reading the DHT in the background, and look until the round
+        clock's ``plan_give_up``. A candidate publishes only when it has seen no plan at all by
+        its turn, and only once (a store that timed out may still land; a second plan would split).
         """
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
         order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
         rank = order.index(self.peer_id)
-        give_up = rc.plan_give_up(r)
-        reads, tried, mine = 0, False, None
-        while rc.now() < give_up:
-            reads += 1
-            plans = await self.membership.read_plans(r, cfg.mixing.num_fragments)
-            chosen = sch.choose_plan(plans + ([mine] if mine is not None else []))
-            if chosen is not None:  # with ``mine``: this was the read-back, take the best we know
-                return chosen
-            may_publish = self.finishing is None and rank < rc.plan_candidates
-            if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
-                tried = True  # once: a store that timed out may still land, and a second plan would split
-                now = rc.now()
-                plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
-                                     self.view.unsuspected(candidates), rc.round_s, rc.deadline_fraction, now,
-                                     self.mixer.mode, cfg.mixing.topology)
-                if plan is None or len(plan.members) < cfg.round.min_members:
-                    # Everyone else is suspected: publish nothing, but a better-ranked or later
-                    # candidate may still publish a plan that names this peer.
-                    await asyncio.sleep(0.05)
+        nbytes = self._round_bytes(r, len(elig))
+        give_up = rc.plan_give_up(r, nbytes)
+        found: list[sch.RoundPlan] = []
+        reads = 0
+
+        async def read_dht() -> None:
+            nonlocal reads
+            while True:
+                found[:] = await self._timed(self.membership.read_plans(r, cfg.mixing.num_fragments))
+                reads += 1
+                await asyncio.sleep(0.05)
+
+        reader = asyncio.ensure_future(read_dht())
+        tried, mine = False, None
+        try:
+            while rc.now() < give_up:
+                chosen = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
+                if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
+                    return chosen
+                # A candidate publishes only within its own slot (the last one: any time). One
+                # that comes later (a loop starved by a busy box) may meet a worse plan that its
+                # members already took: its own, better-ranked one would split the round.
+                in_slot = rank == rc.plan_candidates - 1 or rc.now() < rc.publish_at(r, rank + 1)
+                may_publish = self.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
+                if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
+                    tried = True
+                    mine = self._publish(r, rank, candidates, nbytes)
                     continue
-                if rank == 0:
-                    self.faults.hit("leader_before_publish")
-                if await self.membership.publish_plan(plan, ttl_s=4 * rc.round_s):
-                    if rank == 0:
-                        return plan  # nobody outranks the leader: no need to read it back
-                    mine = plan  # read back once: a better-ranked plan may have landed meanwhile
-                    continue
-            await asyncio.sleep(0.05)
-        if mine is not None:
-            return mine
-        log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(rc.now() - give_up, 3))
-        return None
+                await self.inbox.wait(r, min(0.05, give_up - rc.now()))
+        finally:
+            reader.cancel()
+        best = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
+        if best is None:
+            log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(rc.now() - give_up, 3))
+        return best
+
+    def _publish(self, r: int, rank: int, candidates: list[sch.Candidate], nbytes: int) -> sch.RoundPlan | None:
+        """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""
+        cfg, rc = self.cfg, self.rc
+        now = rc.now()
+        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
+                             self.view.unsuspected(candidates), rc.round_s, rc.deadline_fraction, now,
+                             self.mixer.mode, cfg.mixing.topology,
+                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r))
+        if plan is None or len(plan.members) < cfg.round.min_members:
+            # Everyone else is suspected: publish nothing, but a better-ranked or later
+            # candidate may still publish a plan that names this peer.
+            return None
+        if rank == 0:
+            self.faults.hit("leader_before_publish")
+        ttl_s = 4 * rc.round_s
+        self.offerer.offer(plan, self.membership.plan_offer(plan, ttl_s))
+        self._keep(self._timed(self.membership.publish_plan(plan, ttl_s=ttl_s)))
+        return plan

@@ -24,6 +24,7 @@ from peerd.mixing.gossip.round import GossipMixer
 from peerd.net.ports import MembershipPort, NetworkPort
 from peerd.net.view import SwarmView
 from peerd.node.driver import RoundDriver
+from peerd.node.offers import PlanInbox, PlanOfferer
 
 
 def build_mixer(cfg: PeerdConfig, peer_id: str, state: OuterState, bridge: Bridge, network: NetworkPort,
@@ -51,8 +52,11 @@ class PeerNode:
                               on_lost_ready=self._lost_ready, on_refresh=self._refreshed)
         self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
                                  faults)
+        self.inbox = PlanInbox(membership, self.rounds, cfg.mixing.num_fragments,
+                               lambda reason: metrics.rejected.labels(reason=f"plan_offer_{reason}").inc())
+        self.offerer = PlanOfferer(network, self.rounds, peer_id, cfg.transport.rpc_timeout_s)
         self.driver = RoundDriver(cfg, self.rounds, self.view, self.mixer, membership, metrics, counters, faults,
-                                  exit_when_done, request_stop)
+                                  exit_when_done, request_stop, self.inbox, self.offerer)
         self._invalid_seen = 0
 
     def _lost_ready(self) -> None:
@@ -64,8 +68,8 @@ class PeerNode:
         self._invalid_seen = invalid
 
     async def start_serving(self) -> int:
-        """Hand incoming calls to the mixer; returns the bound port."""
-        return await self.network.start(self.mixer)
+        """Hand incoming pushes and fetches to the mixer, plan offers to the driver's inbox; returns the port."""
+        return await self.network.start(self.mixer, self.inbox)
 
     async def join(self, write_model: ModelWriter) -> None:
         """Adopt the swarm's state (before the worker trains)."""

@@ -89,6 +89,8 @@ async def test_only_valid_fresh_credentials_get_in_streaming_included(secure: Se
     async with grpc.aio.insecure_channel(f"127.0.0.1:{h.transport.port}") as ch:
         call = peer_pb2_grpc.PeerStub(ch).FetchState(peer_pb2.FetchStateRequest(run_id="peerd"), timeout=10)
         assert await refused_code(call.read()) == grpc.StatusCode.UNAUTHENTICATED
+        offer = peer_pb2_grpc.PeerStub(ch).OfferPlan(peer_pb2.PlanOffer(round=plan.round, publisher="x"), timeout=10)
+        assert await refused_code(offer) == grpc.StatusCode.UNAUTHENTICATED
         unknown = ch.unary_unary("/peerd.v1.Peer/Admin")
         assert await refused_code(unknown(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
     assert h.diloco._rounds[plan.round].contributions == {}
@@ -99,7 +101,7 @@ async def test_only_valid_fresh_credentials_get_in_streaming_included(secure: Se
     assert await refused_code(raw_push(h, header, payload, md)) == grpc.StatusCode.UNAUTHENTICATED
     assert h.state.state_hash() == before
     assert sorted(set(h.refused)) == ["bad_mac", "expired", "missing", "replay"]
-    assert len(h.refused) == 8
+    assert len(h.refused) == 9  # 5 pushes, FetchState, OfferPlan, the unknown method, the replay
 
 
 async def test_honest_transport_client_pushes_and_fetches_state(secure: SecureHarness) -> None:

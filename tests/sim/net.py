@@ -14,9 +14,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peerd.core.schedule import RoundPlan
+import msgpack
+
+from peerd.core.schedule import RoundPlan, plan_from_record
 from peerd.net.membership import PeerRecord
-from peerd.net.transport import Handler, Rejected, checksum
+from peerd.net.transport import Handler, PlanSink, Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 
 
@@ -40,6 +42,7 @@ class SimNetwork:
     def __init__(self, loop: asyncio.AbstractEventLoop, rng: random.Random, default: Link) -> None:
         self.loop, self.rng, self.default = loop, rng, default
         self.handlers: dict[str, tuple[str, Handler]] = {}  # endpoint -> (peer id, handler)
+        self.plan_sinks: dict[str, PlanSink] = {}  # endpoint -> the peer's plan inbox
         self.links: dict[tuple[str, str], Link] = {}
         self.cut: set[frozenset[str]] = set()
         self.down: set[str] = set()
@@ -78,8 +81,10 @@ class SimTransport:
         self.net, self.peer_id, self.endpoint = net, peer_id, endpoint
         self.tx_bytes = 0
 
-    async def start(self, handler: Handler) -> int:
+    async def start(self, handler: Handler, plans: PlanSink | None = None) -> int:
         self.net.handlers[self.endpoint] = (self.peer_id, handler)
+        if plans is not None:
+            self.net.plan_sinks[self.endpoint] = plans
         return int(self.endpoint.rsplit(":", 1)[1])
 
     async def forget(self, endpoints: Sequence[str]) -> None:
@@ -116,6 +121,23 @@ class SimTransport:
 
         await self._call(endpoint, timeout_s, body())
 
+    async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
+        sent = peer_pb2.PlanOffer.FromString(offer.SerializeToString())  # what crosses the wire
+
+        async def body() -> bool:
+            dst, _ = self.net.resolve(endpoint)
+            sink = self.net.plan_sinks.get(endpoint)
+            await self.net.gate(self.peer_id)
+            await self.net.hop(self.peer_id, dst, len(offer.sealed) + 64)
+            await self.net.gate(dst)
+            if sink is None:
+                raise SimRpcError(f"{endpoint}: UNIMPLEMENTED")
+            accepted = await sink.offer_plan(sent)
+            await self.net.hop(dst, self.peer_id, 16)
+            return accepted
+
+        return await self._call(endpoint, timeout_s, body())  # type: ignore[return-value]
+
     async def fetch_state(self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
                           ) -> tuple[peer_pb2.StateHeader, bytes]:
         async def body() -> tuple[peer_pb2.StateHeader, bytes]:
@@ -150,8 +172,9 @@ class SimMembership:
     """One peer's DHT port (see :class:`peerd.net.ports.MembershipPort`)."""
 
     def __init__(self, dht: SimDht, net: SimNetwork, peer_id: str, ttl_s: float, delay_s: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, run_id: str = "run") -> None:
         self.dht, self.net, self.peer_id, self.ttl_s, self.delay_s, self.rng = dht, net, peer_id, ttl_s, delay_s, rng
+        self.run_id = run_id
         self.invalid_records = 0
         self.ops = 0
 
@@ -182,6 +205,17 @@ class SimMembership:
     async def read_plans(self, r: int, num_fragments: int) -> list[RoundPlan]:
         await self._op()
         return list(self.dht.get(f"plan.{r}").values())  # type: ignore[arg-type]
+
+    def plan_offer(self, plan: RoundPlan, ttl_s: float) -> peer_pb2.PlanOffer:
+        # The sim has no identities: the "seal" is the plain record; the schema checks are the real ones.
+        return peer_pb2.PlanOffer(round=plan.round, publisher=plan.publisher,
+                                  sealed=msgpack.packb(plan.to_record(), use_bin_type=True))
+
+    def open_plan_offer(self, offer: peer_pb2.PlanOffer, num_fragments: int) -> RoundPlan:
+        plan = plan_from_record(msgpack.unpackb(offer.sealed, raw=False), self.run_id, num_fragments)
+        if plan.publisher != offer.publisher or plan.round != offer.round:
+            raise ValueError("offered plan is for another publisher or round")
+        return plan
 
     async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
         return 0

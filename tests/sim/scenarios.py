@@ -53,3 +53,26 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
         sc.duration_s = last_join + sc.max_steps * sc.step_s * max(sc.slow.values(), default=1.0) + 24.0
     return sc
+
+
+def latency_scenario(seed: int) -> Scenario:
+    """A WAN swarm: 50-150 ms one-way latency, slow DHT operations, thin links, a few faults.
+
+    The quiet case of :func:`random_scenario` over the internet: most rounds here should commit,
+    so the sweep over these seeds measures how much of a round the latency and the DHT eat.
+    """
+    rng = random.Random(10_000 + seed)
+    peers = rng.choice((2, 3, 4, 4, 5, 6))
+    sc = Scenario(seed=seed, peers=peers, mode="diloco", duration_s=rng.choice((20.0, 24.0, 30.0)),
+                  latency_s=rng.choice((0.05, 0.075, 0.1, 0.15)), jitter_s=rng.choice((0.0, 0.01, 0.03)),
+                  loss=rng.choice((0.0, 0.0, 0.005)), dht_delay_s=rng.choice((0.1, 0.2, 0.3)),
+                  bandwidth_bps=rng.choice((20e6, 50e6, 100e6)), step_s=0.5)
+    if rng.random() < 0.3:
+        sc.slow[rng.randrange(peers)] = 3.0
+    if rng.random() < 0.3:
+        a, b = rng.sample(range(peers), 2)
+        sc.asym[(a, b)] = rng.choice((0.2, 0.3))
+    if rng.random() < 0.3:
+        sc.events.append(Event(round(rng.uniform(4.0, sc.duration_s - 8.0), 2), "stall", rng.randrange(peers),
+                               round(rng.uniform(0.3, 2.0), 2)))
+    return sc

@@ -99,7 +99,7 @@ class SimPeer:
         self.clock = LoopClock(world.loop, EPOCH, world.rng.uniform(-0.02, 0.02))
         self.transport = SimTransport(world.net, self.peer_id, f"sim:{10000 + index}")
         self.membership = SimMembership(world.dht, world.net, self.peer_id, cfg.dht.ttl_s, world.dht_delay_s,
-                                        random.Random(world.rng.random()))
+                                        random.Random(world.rng.random()), cfg.run_id)
         self.stopped: str | None = None
         self.node = PeerNode(cfg, self.peer_id, self.transport.endpoint, incarnation, self.membership,
                              self.transport, self.state, self.bridge, self.clock, self.metrics, self.counters,
@@ -174,6 +174,7 @@ class Scenario:
     jitter_s: float = 0.002
     loss: float = 0.0
     dht_delay_s: float = 0.02
+    bandwidth_bps: float = 1e9  # every link, each direction
     step_s: float = 0.25
     slow: dict[int, float] = field(default_factory=dict)  # peer -> step time factor
     asym: dict[tuple[int, int], float] = field(default_factory=dict)  # (a, b) -> one-way latency
@@ -182,7 +183,8 @@ class Scenario:
 
     def describe(self) -> str:
         head = (f"seed={self.seed} peers={self.peers} mode={self.mode} duration={self.duration_s}s "
-                f"max_steps={self.max_steps} latency={self.latency_s} loss={self.loss} slow={self.slow} "
+                f"max_steps={self.max_steps} latency={self.latency_s} dht_delay={self.dht_delay_s} "
+                f"bandwidth={self.bandwidth_bps:g} loss={self.loss} slow={self.slow} "
                 f"asym={self.asym}")
         return "\n".join([head, *(f"  {e}" for e in self.events)])
 
@@ -210,7 +212,7 @@ class World:
         self.exit_when_done = sc.max_steps > 0 if sc.exit_when_done is None else sc.exit_when_done
         self.dht_delay_s = sc.dht_delay_s
         self.net = SimNetwork(self.loop, random.Random(self.rng.random()),
-                              Link(sc.latency_s, sc.jitter_s, 1e9, sc.loss))
+                              Link(sc.latency_s, sc.jitter_s, sc.bandwidth_bps, sc.loss))
         self.dht = SimDht(self.loop)
         self.peers: dict[int, SimPeer] = {}
         self.gone: list[SimPeer] = []
@@ -253,7 +255,7 @@ class World:
         elif e.kind == "lose":  # one direction drops every call for a while (asymmetric loss)
             key = (pid, self.peer_id(e.other))
             before = net.links.get(key)
-            net.links[key] = Link(self.sc.latency_s, self.sc.jitter_s, 1e9, 1.0)
+            net.links[key] = Link(self.sc.latency_s, self.sc.jitter_s, self.sc.bandwidth_bps, 1.0)
             restore = (lambda: net.links.pop(key)) if before is None else (lambda: net.links.update({key: before}))
             self.loop.call_later(e.arg, restore)
 
@@ -271,7 +273,8 @@ class World:
 
     async def main(self) -> None:
         for (a, b), lat in self.sc.asym.items():
-            self.net.links[(self.peer_id(a), self.peer_id(b))] = Link(lat, self.sc.jitter_s, 1e9, self.sc.loss)
+            self.net.links[(self.peer_id(a), self.peer_id(b))] = Link(lat, self.sc.jitter_s, self.sc.bandwidth_bps,
+                                                                      self.sc.loss)
         # Start just after a round boundary, as a launcher would; peers join one by one.
         round_s = self.cfg.round.round_s
         for i in range(self.sc.peers):

@@ -318,3 +318,59 @@ class StateChunk(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___StateChunk: _TypeAlias = StateChunk  # noqa: Y015
+
+@_typing.final
+class PlanOffer(_message.Message):
+    """A round plan handed to a member directly by its publisher, next to the copy stored in the DHT:
+    one hop instead of DHT lookups, which can take longer than a round's plan window over the
+    internet or on a busy machine. The receiver verifies it exactly like a plan read from the DHT
+    (signature, swarm MAC, schema, run, round and publisher).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PUBLISHER_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    """Round the plan is for; only rounds near the receiver's current one are taken."""
+    publisher: _builtins.str
+    """libp2p peer id of the publisher: the subkey the sealed record is bound to."""
+    sealed: _builtins.bytes
+    """The sealed plan record as stored in the DHT, msgpack-encoded (peerd/net/records.py); at most 260 KiB."""
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        publisher: _builtins.str = ...,
+        sealed: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["publisher", b"publisher", "round", b"round", "sealed", b"sealed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanOffer: _TypeAlias = PlanOffer  # noqa: Y015
+
+@_typing.final
+class PlanOfferReply(_message.Message):
+    """The answer to a PlanOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """True when the plan verified and was kept for its round."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanOfferReply: _TypeAlias = PlanOfferReply  # noqa: Y015

@@ -35,6 +35,11 @@ class PeerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.OfferPlan = channel.unary_unary(
+                '/peerd.v1.Peer/OfferPlan',
+                request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOffer.SerializeToString,
+                response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOfferReply.FromString,
+                _registered_method=True)
         self.PushShard = channel.stream_unary(
                 '/peerd.v1.Peer/PushShard',
                 request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.ShardChunk.SerializeToString,
@@ -50,6 +55,13 @@ class PeerStub:
 class PeerServicer:
     """The service every daemon serves on its gRPC port.
     """
+
+    def OfferPlan(self, request, context):
+        """Hands a round's plan to a member (its publisher calls every member once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def PushShard(self, request_iterator, context):
         """Pushes one shard payload (a contribution to its owner, or a reduced shard to a member).
@@ -68,6 +80,11 @@ class PeerServicer:
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'OfferPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferPlan,
+                    request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOffer.FromString,
+                    response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOfferReply.SerializeToString,
+            ),
             'PushShard': grpc.stream_unary_rpc_method_handler(
                     servicer.PushShard,
                     request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.ShardChunk.FromString,
@@ -89,6 +106,33 @@ def add_PeerServicer_to_server(servicer, server):
 class Peer:
     """The service every daemon serves on its gRPC port.
     """
+
+    @staticmethod
+    def OfferPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Peer/OfferPlan',
+            peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOffer.SerializeToString,
+            peerd_dot_proto_dot_v1_dot_peer__pb2.PlanOfferReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def PushShard(request_iterator,

@@ -39,6 +39,8 @@ class PeerStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
+    OfferPlan: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PlanOffer, _peer_pb2.PlanOfferReply]
+    """Hands a round's plan to a member (its publisher calls every member once)."""
     PushShard: _grpc.StreamUnaryMultiCallable[_peer_pb2.ShardChunk, _peer_pb2.PushShardResponse]
     """Pushes one shard payload (a contribution to its owner, or a reduced shard to a member)."""
     FetchState: _grpc.UnaryStreamMultiCallable[_peer_pb2.FetchStateRequest, _peer_pb2.StateChunk]
@@ -49,6 +51,8 @@ class PeerAsyncStub(PeerStub):
     """The service every daemon serves on its gRPC port."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    OfferPlan: _aio.UnaryUnaryMultiCallable[_peer_pb2.PlanOffer, _peer_pb2.PlanOfferReply]  # type: ignore[assignment]
+    """Hands a round's plan to a member (its publisher calls every member once)."""
     PushShard: _aio.StreamUnaryMultiCallable[_peer_pb2.ShardChunk, _peer_pb2.PushShardResponse]  # type: ignore[assignment]
     """Pushes one shard payload (a contribution to its owner, or a reduced shard to a member)."""
     FetchState: _aio.UnaryStreamMultiCallable[_peer_pb2.FetchStateRequest, _peer_pb2.StateChunk]  # type: ignore[assignment]
@@ -56,6 +60,14 @@ class PeerAsyncStub(PeerStub):
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """The service every daemon serves on its gRPC port."""
+
+    @_abc_1.abstractmethod
+    def OfferPlan(
+        self,
+        request: _peer_pb2.PlanOffer,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.PlanOfferReply, _abc.Awaitable[_peer_pb2.PlanOfferReply]]:
+        """Hands a round's plan to a member (its publisher calls every member once)."""
 
     @_abc_1.abstractmethod
     def PushShard(
