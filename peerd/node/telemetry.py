@@ -99,6 +99,7 @@ class Telemetry:
             "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "revision": proto["revision"], "state_hash": proto["state_hash"],
             "mass_weights": proto.get("mass_weights"),  # gossip push-sum weights
+            "reachability": proto.get("reachability"),  # server / client, and how it was decided (net/reach.py)
             **health.status_fields(self),  # healthy/health/reasons, windowed tx/rx rates, recent rounds
         }
 
