@@ -58,6 +58,7 @@ from peerd.net.view import SwarmView
 from peerd.proto.v1 import peer_pb2
 
 MAX_WEIGHT = 1e15
+MAX_TRACKED = 256
 CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
 REDUCED = peer_pb2.PAYLOAD_KIND_REDUCED
 
@@ -104,6 +105,10 @@ class Diloco:
         self.metrics = metrics
         self.faults = faults
         self.residuals = [torch.zeros(n) for n in state.layout.numels]
+        # Per member: committed rounds whose every reduced shard includes its contribution (status;
+        # shows that a client-mode peer's work is counted, not just that it committed).
+        self.included: dict[str, int] = {}
+        self.commits = 0
         self._rounds: dict[int, _Round] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
@@ -149,8 +154,8 @@ class Diloco:
             self.residuals = [r.clone() for r in saved]
 
     def status(self) -> dict[str, Any]:
-        """No mode-specific status fields."""
-        return {}
+        """Committed rounds and, per member, how many of them included its contribution everywhere."""
+        return {"contributions": {"commits": self.commits, "included": dict(self.included)}}
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -391,6 +396,12 @@ class Diloco:
             if len(rs.reduced) < owners:
                 missing = tuple(m for i, m in enumerate(plan.members[:owners]) if i not in rs.reduced)
                 return RoundOutcome(False, "missing_reduced_shards", contributors, missing)
+            self.commits += 1
+            for m in plan.members:
+                if all(m in rs.reduced[i].contributors for i in range(owners)):
+                    self.included[m] = self.included.get(m, 0) + 1
+            if len(self.included) > 4 * MAX_TRACKED:  # members come and go: keep the counts bounded
+                self.included = dict(sorted(self.included.items(), key=lambda kv: -kv[1])[:MAX_TRACKED])
             async with self.commit_lock:
                 await asyncio.to_thread(self._commit, rs, pending)
                 # Committed: from here on the worker must get the merge even if it is slow, so it
