@@ -75,7 +75,8 @@ class PeerNode:
 
     async def detect_reachability(self) -> Reachability:
         """Whether others can dial this peer (client mode when not); before :meth:`join`."""
-        await self.view.refresh()
+        if self.reach.mode == "auto":
+            await self.view.refresh()  # helpers come from the live records
         return await self.reach.detect()
 
     async def become_ready(self) -> None:
