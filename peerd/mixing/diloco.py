@@ -9,7 +9,7 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
    has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
    to every member (itself included: it uses the decoded bytes too). With a sparse codec the mean
    goes out in the denser format of ``codec.reduced_spec`` (the contributions' union support).
-3. A member that holds all ``n`` reduced shards by the plan's deadline commits: the identical
+3. A member that holds all reduced shards by the plan's deadline commits: the identical
    outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
    Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
    fragment's progress is simply sent again at its next turn.
@@ -19,7 +19,8 @@ and gives them no shard, so only the first ``plan.owners`` members own shards. A
 contributions to the owners like anyone else and, instead of waiting for reduced shards to be
 pushed to it, opens one PullShard call per owner; the owner answers once its reduce is done, with
 the same bytes it pushes to the others, and the client runs them through the same admission and
-checks as a push.
+checks as a push. An owner that lacks a client's contribution at the collect deadline sends no
+reduced shard (the round aborts): a client proves that it follows the plan only by contributing.
 
 Received data is validated against the local plan before a byte of payload is read (header) and
 before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
@@ -379,6 +380,14 @@ class Diloco:
             else:
                 await self._wait_until(rs.all_contributed, plan.collect_deadline)
                 rs.collecting = False
+                absent = tuple(m for m in plan.members[owners:] if m not in rs.contributions)
+                if absent:
+                    # A client's contribution is its only sign that it follows this plan (it sends no
+                    # reduced shard). Without it the owners alone could commit, while the client
+                    # followed another plan or none: a split state. So it is required, as every
+                    # owner's reduced shard is; the others then miss this shard and abort too.
+                    await send_task
+                    return RoundOutcome(False, "missing_client_contribution", 0, absent)
                 reduced = await asyncio.to_thread(self._reduce, rs)
                 rs.reduced[me] = reduced
                 rs.my_reduced.set()
