@@ -133,3 +133,39 @@ def test_dial_back_over_grpc() -> None:
     assert not other[0] and "calls from 127.0.0.1" in other[1]
     assert not dead[0] and "failed" in dead[1]
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_new_methods_need_a_credential() -> None:
+    from peerd.net import auth
+    from peerd.proto.v1 import peer_pb2_grpc
+
+    key = auth.derive_key("s" * 32, "run", "rpc")
+
+    async def go() -> list[grpc.StatusCode]:
+        server = Transport(TransportConfig(host="127.0.0.1", port=0), lambda d, n: None, lambda r: None,
+                           key=key, peer_id="server")
+        port = await server.start(_Sink())
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = peer_pb2_grpc.PeerStub(ch)
+                calls = [stub.DialBack(peer_pb2.DialBackRequest(run_id="run", requester="x", endpoint="127.0.0.1:1"),
+                                       timeout=10),
+                         stub.Ping(peer_pb2.PingRequest(nonce=b"n"), timeout=10)]
+                for call in calls:
+                    try:
+                        await call
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as exc:
+                        codes.append(exc.code())
+                try:
+                    async for _ in stub.PullShard(peer_pb2.PullRequest(run_id="run", requester="x"), timeout=10):
+                        pass
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
+        finally:
+            await server.stop(0)
+        return codes
+
+    assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 3
