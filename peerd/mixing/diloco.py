@@ -19,8 +19,8 @@ and gives them no shard, so only the first ``plan.owners`` members own shards. A
 contributions to the owners like anyone else and, instead of waiting for reduced shards to be
 pushed to it, opens one PullShard call per owner; the owner answers once its reduce is done, with
 the same bytes it pushes to the others, and the client runs them through the same admission and
-checks as a push. An owner that lacks a client's contribution at the collect deadline sends no
-reduced shard (the round aborts): a client proves that it follows the plan only by contributing.
+checks as a push. A round commits only if every client's contribution is in at least one reduced
+shard: a client proves that it follows the plan only by contributing.
 
 Received data is validated against the local plan before a byte of payload is read (header) and
 before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
@@ -380,14 +380,6 @@ class Diloco:
             else:
                 await self._wait_until(rs.all_contributed, plan.collect_deadline)
                 rs.collecting = False
-                absent = tuple(m for m in plan.members[owners:] if m not in rs.contributions)
-                if absent:
-                    # A client's contribution is its only sign that it follows this plan (it sends no
-                    # reduced shard). Without it the owners alone could commit, while the client
-                    # followed another plan or none: a split state. So it is required, as every
-                    # owner's reduced shard is; the others then miss this shard and abort too.
-                    await send_task
-                    return RoundOutcome(False, "missing_client_contribution", 0, absent)
                 reduced = await asyncio.to_thread(self._reduce, rs)
                 rs.reduced[me] = reduced
                 rs.my_reduced.set()
@@ -405,6 +397,14 @@ class Diloco:
             if len(rs.reduced) < owners:
                 missing = tuple(m for i, m in enumerate(plan.members[:owners]) if i not in rs.reduced)
                 return RoundOutcome(False, "missing_reduced_shards", contributors, missing)
+            # A client sends no reduced shard: its contribution, in some owner's reduce, is the only
+            # sign that it follows this plan. Without one the owners could commit alone while it
+            # followed another plan or none (a split state at one revision). Every member sees the
+            # same reduced shards, so every member decides alike and suspects the same clients.
+            absent = tuple(m for m in plan.members[owners:]
+                           if not any(m in rs.reduced[i].contributors for i in range(owners)))
+            if absent:
+                return RoundOutcome(False, "missing_client_contribution", contributors, absent)
             self.commits += 1
             for m in plan.members:
                 if all(m in rs.reduced[i].contributors for i in range(owners)):
