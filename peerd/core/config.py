@@ -115,6 +115,13 @@ class TransportConfig(_Section):
     state_timeout_s: float = Field(120.0, gt=0)
     keepalive_time_s: float = Field(30.0, gt=0)
     keepalive_timeout_s: float = Field(10.0, gt=0)
+    # auto: on join, ask a reachable peer to dial this one back (peerd/net/reach.py); server: assume
+    # others can dial in (port forwarded, public address); client: never dialled (behind NAT): this
+    # peer only opens connections, owns no shard and pulls reduced shards (docs/running-at-home.md).
+    mode: Literal["auto", "server", "client"] = "auto"
+    # Pace this peer's gRPC sends / receives to at most this many Mbit/s (0: no cap); see peerd/net/pacing.py.
+    max_upload_mbit: float = Field(0.0, ge=0)
+    max_download_mbit: float = Field(0.0, ge=0)
 
 
 class DhtConfig(_Section):

@@ -59,6 +59,7 @@ class Candidate:
     state_hash: str
     ready: bool
     done: bool
+    reachable: bool = True  # False: client mode (cannot be dialled; owns no shard)
 
 
 def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:
@@ -90,7 +91,7 @@ class RoundPlan:
     fragment: int
     revision: int
     state_hash: str
-    members: tuple[str, ...]  # rendezvous order; member i owns shard i
+    members: tuple[str, ...]  # owners first, then clients, each in rendezvous order; member i < owners owns shard i
     endpoints: tuple[str, ...]  # gRPC host:port of each member, same order
     publisher: str
     publisher_rank: int
@@ -99,11 +100,24 @@ class RoundPlan:
     final: bool  # every member has finished training
     mode: str = "diloco"  # mixing mode every member runs this round
     topology: str = ""  # gossip: pairing rule over the hash-ordered members (peerd/mixing/gossip/topology.py)
+    # The last ``clients`` members cannot be dialled (client mode): they own no shard, only push to
+    # owners and pull reduced shards. 0 is left out of the record, so such plans (and their ids) are
+    # exactly what peers without client mode publish and accept.
+    clients: int = 0
+
+    @property
+    def owners(self) -> int:
+        """How many members own a shard (the first ``owners`` members)."""
+        return len(self.members) - self.clients
+
+    def is_client(self, peer_id: str) -> bool:
+        """Whether a member is in client mode in this plan."""
+        return self.index_of(peer_id) >= self.owners
 
     @functools.cached_property
     def plan_id(self) -> str:
         """Content hash that identifies this plan in every message of the round (computed once)."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        blob = json.dumps(self.to_record(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.blake2b(blob, digest_size=12).hexdigest()
 
     def index_of(self, peer_id: str) -> int:
@@ -115,7 +129,10 @@ class RoundPlan:
 
     def to_record(self) -> dict[str, Any]:
         """Plain msgpack-able dict for the DHT."""
-        return asdict(self) | {"members": list(self.members), "endpoints": list(self.endpoints)}
+        record = asdict(self) | {"members": list(self.members), "endpoints": list(self.endpoints)}
+        if not self.clients:
+            del record["clients"]
+        return record
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -134,8 +151,11 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
     Raises:
         PlanError: missing/extra/ill-typed fields, wrong run, inconsistent members.
     """
-    if not isinstance(record, Mapping) or set(record) != set(_FIELDS):
+    if not isinstance(record, Mapping) or set(record) - {"clients"} != set(_FIELDS):
         raise PlanError("plan record has wrong fields")
+    clients = record.get("clients", 0)
+    if "clients" in record and (type(clients) is not int or not 0 < clients < len(record["members"] or ())):
+        raise PlanError("plan clients out of range (at least one member must own a shard)")
     for key, typ in _FIELDS.items():
         value = record[key]
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
@@ -161,7 +181,7 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
         raise PlanError("plan mode or topology unknown")
     return RoundPlan(**{**record, "members": members, "endpoints": endpoints,
                         "collect_deadline": float(record["collect_deadline"]),
-                        "deadline": float(record["deadline"])})
+                        "deadline": float(record["deadline"]), "clients": clients})
 
 
 def make_plan(
@@ -182,15 +202,19 @@ def make_plan(
 
     Only an eligible candidate publishes; members are all eligible candidates. Deadlines: given
     (the round clock sizes them from measurements), or by default owners collect contributions
-    for a bit more than half of the time left and reduced shards use the rest.
+    for a bit more than half of the time left and reduced shards use the rest. Shards go to
+    reachable members only: client-mode members come last and own none; without a reachable
+    member there is no plan (see :func:`has_owner`).
     """
     candidates = list(candidates)
     ready = [c for c in candidates if c.ready]
     elig = eligible(candidates, mode)
     by_id = {c.peer_id: c for c in elig}
-    if publisher not in by_id:
+    if publisher not in by_id or not has_owner(elig):
         return None
-    order = rendezvous_order(run_id, r, by_id)
+    servers = rendezvous_order(run_id, r, [c.peer_id for c in elig if c.reachable])
+    clients = rendezvous_order(run_id, r, [c.peer_id for c in elig if not c.reachable])
+    order = servers + clients
     start = round_start(r, round_s)
     if deadline is None:
         deadline = start + deadline_fraction * round_s
@@ -206,7 +230,7 @@ def make_plan(
         members=tuple(order),
         endpoints=tuple(by_id[p].endpoint for p in order),
         publisher=publisher,
-        publisher_rank=order.index(publisher),
+        publisher_rank=rendezvous_order(run_id, r, by_id).index(publisher),  # the driver's slot order
         collect_deadline=min(collect_deadline, deadline),
         deadline=deadline,
         # Final only when every ready peer is a member and done: a laggard that is resyncing
@@ -214,7 +238,13 @@ def make_plan(
         final=all(c.done for c in ready) and len(ready) == len(elig),
         mode=mode,
         topology=topology if mode == "gossip" else "",
+        clients=len(clients),
     )
+
+
+def has_owner(candidates: Iterable[Candidate]) -> bool:
+    """Whether a reachable peer is among ``candidates`` (someone must own shards / be dialled)."""
+    return any(c.reachable for c in candidates)
 
 
 def publish_time(r: int, rank: int, round_s: float, plan_slot_s: float, settle_s: float = 0.0) -> float:

@@ -9,10 +9,18 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
    has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
    to every member (itself included: it uses the decoded bytes too). With a sparse codec the mean
    goes out in the denser format of ``codec.reduced_spec`` (the contributions' union support).
-3. A member that holds all ``n`` reduced shards by the plan's deadline commits: the identical
+3. A member that holds all reduced shards by the plan's deadline commits: the identical
    outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
    Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
    fragment's progress is simply sent again at its next turn.
+
+Client mode (a member that cannot be dialled, ``plan.clients``): the plan puts such members last
+and gives them no shard, so only the first ``plan.owners`` members own shards. A client pushes its
+contributions to the owners like anyone else and, instead of waiting for reduced shards to be
+pushed to it, opens one PullShard call per owner; the owner answers once its reduce is done, with
+the same bytes it pushes to the others, and the client runs them through the same admission and
+checks as a push. A round commits only if every client's contribution is in at least one reduced
+shard: a client proves that it follows the plan only by contributing.
 
 Received data is validated against the local plan before a byte of payload is read (header) and
 before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
@@ -51,6 +59,7 @@ from peerd.net.view import SwarmView
 from peerd.proto.v1 import peer_pb2
 
 MAX_WEIGHT = 1e15
+MAX_TRACKED = 256
 CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
 REDUCED = peer_pb2.PAYLOAD_KIND_REDUCED
 
@@ -74,6 +83,7 @@ class _Round:
     open: bool = True
     all_contributed: asyncio.Event = field(default_factory=asyncio.Event)
     all_reduced: asyncio.Event = field(default_factory=asyncio.Event)
+    my_reduced: asyncio.Event = field(default_factory=asyncio.Event)  # an owner's reduce is done (pulls wait)
 
 
 class Diloco:
@@ -96,6 +106,10 @@ class Diloco:
         self.metrics = metrics
         self.faults = faults
         self.residuals = [torch.zeros(n) for n in state.layout.numels]
+        # Per member: committed rounds whose every reduced shard includes its contribution (status;
+        # shows that a client-mode peer's work is counted, not just that it committed).
+        self.included: dict[str, int] = {}
+        self.commits = 0
         self._rounds: dict[int, _Round] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
@@ -141,8 +155,8 @@ class Diloco:
             self.residuals = [r.clone() for r in saved]
 
     def status(self) -> dict[str, Any]:
-        """No mode-specific status fields."""
-        return {}
+        """Committed rounds and, per member, how many of them included its contribution everywhere."""
+        return {"contributions": {"commits": self.commits, "included": dict(self.included)}}
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -164,10 +178,14 @@ class Diloco:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {want}/{self.mix.block_size}")
         if header.kind == CONTRIB:
             shard, deadline = rs.me, plan.collect_deadline
+            if rs.me < 0:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this member owns no shard (client mode)")
             if header.sender in rs.contributions or not rs.collecting:
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution duplicated or too late")
         elif header.kind == REDUCED:
             shard, deadline = sender, plan.deadline
+            if shard >= plan.owners:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender owns no shard in this round")
             if shard in rs.reduced or not rs.open:
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard duplicated or too late")
         else:
@@ -213,8 +231,31 @@ class Diloco:
             if not rs.open or header.shard in rs.reduced:
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard too late")
             rs.reduced[header.shard] = shard
-            if len(rs.reduced) == len(rs.plan.members):
+            if len(rs.reduced) == rs.plan.owners:
                 rs.all_reduced.set()
+
+    async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
+        """A client-mode member pulls this owner's reduced shard: wait for the reduce, bounded by the plan.
+
+        Raises:
+            Rejected: wrong run or plan, not a client member, not this owner's shard, or no reduce in time.
+        """
+        if request.run_id != self.cfg.run_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        rs = await self._wait_round(request.round)
+        plan = rs.plan
+        if request.plan_id != plan.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
+        if plan.index_of(request.requester) < 0 or not plan.is_client(request.requester):
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not a client member of this round")
+        if rs.me < 0 or request.shard != rs.me:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "this peer does not own that shard")
+        await self._wait_until(rs.my_reduced, plan.deadline)
+        reduced = rs.reduced.get(rs.me)
+        if reduced is None or self.rc.now() >= plan.deadline:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no reduced shard before the round's deadline")
+        start, end = rs.bounds[rs.me]
+        return self._header(plan, REDUCED, rs.me, end - start, reduced.weight, reduced.contributors), reduced.payload
 
     async def _wait_round(self, r: int) -> _Round:
         rs = self._rounds.get(r)
@@ -252,6 +293,27 @@ class Diloco:
             contributors=list(contributors),
         )
 
+    async def _pull_all(self, plan: RoundPlan, rs: _Round) -> int:
+        """Client mode: pull every owner's reduced shard (retried while the round lasts)."""
+        async def one(idx: int) -> bool:
+            request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
+                                           requester=self.peer_id, shard=idx)
+            sink = _FromOwner(self, plan.members[idx])
+            while idx not in rs.reduced and self.rc.now() < plan.deadline:
+                try:
+                    await self.network.pull_shard(plan.endpoints[idx], request, sink, plan.deadline - self.rc.now())
+                except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError):
+                    # The owner may not have read the plan yet, or a connection broke: try again shortly.
+                    await asyncio.sleep(min(0.25, max(0.0, plan.deadline - self.rc.now())))
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    return False
+            return idx in rs.reduced
+
+        return sum(await asyncio.gather(*(one(i) for i in range(plan.owners))))
+
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:
         async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
@@ -274,8 +336,9 @@ class Diloco:
 
     def open_round(self, plan: RoundPlan) -> _Round:
         """Register a plan so that pushes for its round are admitted (and wake waiting handlers)."""
-        bounds = shard_bounds(self.state.layout.numels[plan.fragment], len(plan.members), self.mix.block_size)
-        rs = _Round(plan=plan, me=plan.index_of(self.peer_id), bounds=bounds)
+        bounds = shard_bounds(self.state.layout.numels[plan.fragment], plan.owners, self.mix.block_size)
+        me = plan.index_of(self.peer_id)
+        rs = _Round(plan=plan, me=me if me < plan.owners else -1, bounds=bounds)
         self._rounds[plan.round] = rs
         self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
         return rs
@@ -284,6 +347,7 @@ class Diloco:
         """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
         rs = self.open_round(plan)
         me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
+        owners = plan.owners
         snap: Snapshot | None = None
         try:
             if self.state.revision != plan.revision:
@@ -301,33 +365,57 @@ class Diloco:
                 snap = None
             weight = float(snap.samples) if snap is not None else 0.0
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
-            own = payloads[me]
-            rs.contributions[self.peer_id] = _Shard(
-                weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
-                                                bounds[me][1] - bounds[me][0], self.mix.block_size,
-                                                density=self.mix.sparse_density))
-            if len(rs.contributions) == n:
-                rs.all_contributed.set()
+            if me >= 0:
+                own = payloads[me]
+                rs.contributions[self.peer_id] = _Shard(
+                    weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
+                                                    bounds[me][1] - bounds[me][0], self.mix.block_size,
+                                                    density=self.mix.sparse_density))
+                if len(rs.contributions) == n:
+                    rs.all_contributed.set()
             self.faults.hit("before_send")
             sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], weight), payloads[i])
-                     for i in range(n) if i != me]
+                     for i in range(owners) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
-            await self._wait_until(rs.all_contributed, plan.collect_deadline)
-            rs.collecting = False
-            reduced = await asyncio.to_thread(self._reduce, rs)
-            rs.reduced[me] = reduced
-            if len(rs.reduced) == n:
-                rs.all_reduced.set()
-            out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
-                                    reduced.contributors), reduced.payload) for i in range(n) if i != me]
-            await self._push_all(plan, out, plan.deadline)
-            await send_task
+            contributors = 0
+            if me < 0:  # client mode: no shard to reduce; pull every owner's reduced shard
+                await self._pull_all(plan, rs)
+                await send_task
+                contributors = min((len(s.contributors) for s in rs.reduced.values()), default=0)
+            else:
+                await self._wait_until(rs.all_contributed, plan.collect_deadline)
+                rs.collecting = False
+                reduced = await asyncio.to_thread(self._reduce, rs)
+                rs.reduced[me] = reduced
+                rs.my_reduced.set()
+                if len(rs.reduced) == owners:
+                    rs.all_reduced.set()
+                # Clients are not dialled: they pull this shard (reduced_for) on calls of their own.
+                out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
+                                        reduced.contributors), reduced.payload) for i in range(owners) if i != me]
+                await self._push_all(plan, out, plan.deadline)
+                await send_task
+                contributors = len(reduced.contributors)
             self.faults.hit("after_send")
             await self._wait_until(rs.all_reduced, plan.deadline)
             rs.open = False
-            if len(rs.reduced) < n:
-                missing = tuple(m for i, m in enumerate(plan.members) if i not in rs.reduced)
-                return RoundOutcome(False, "missing_reduced_shards", len(reduced.contributors), missing)
+            if len(rs.reduced) < owners:
+                missing = tuple(m for i, m in enumerate(plan.members[:owners]) if i not in rs.reduced)
+                return RoundOutcome(False, "missing_reduced_shards", contributors, missing)
+            # A client sends no reduced shard: its contribution, in some owner's reduce, is the only
+            # sign that it follows this plan. Without one the owners could commit alone while it
+            # followed another plan or none (a split state at one revision). Every member sees the
+            # same reduced shards, so every member decides alike and suspects the same clients.
+            absent = tuple(m for m in plan.members[owners:]
+                           if not any(m in rs.reduced[i].contributors for i in range(owners)))
+            if absent:
+                return RoundOutcome(False, "missing_client_contribution", contributors, absent)
+            self.commits += 1
+            for m in plan.members:
+                if all(m in rs.reduced[i].contributors for i in range(owners)):
+                    self.included[m] = self.included.get(m, 0) + 1
+            if len(self.included) > 4 * MAX_TRACKED:  # members come and go: keep the counts bounded
+                self.included = dict(sorted(self.included.items(), key=lambda kv: -kv[1])[:MAX_TRACKED])
             async with self.commit_lock:
                 await asyncio.to_thread(self._commit, rs, pending)
                 # Committed: from here on the worker must get the merge even if it is slow, so it
@@ -337,7 +425,7 @@ class Diloco:
                     snap = None
                 else:
                     self.bridge.submit("rebase", fragment=p, old=old_theta, new=self.state.theta(p))
-            return RoundOutcome(True, "ok", len(reduced.contributors))
+            return RoundOutcome(True, "ok", contributors)
         finally:
             rs.open = rs.collecting = False
             if snap is not None:
@@ -410,8 +498,8 @@ class Diloco:
 
     def _commit(self, rs: _Round, pending_residual: torch.Tensor | None) -> None:
         plan = rs.plan
-        mean = torch.cat([rs.reduced[i].values for i in range(len(plan.members))])
-        if sum(rs.reduced[i].weight for i in range(len(plan.members))) > 0:
+        mean = torch.cat([rs.reduced[i].values for i in range(plan.owners)])
+        if sum(rs.reduced[i].weight for i in range(plan.owners)) > 0:
             self.state.apply_outer_step(plan.fragment, mean, self.mix.outer_lr, self.mix.outer_momentum,
                                         self.mix.nesterov, plan.revision)
         else:
@@ -422,3 +510,18 @@ class Diloco:
     async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.0, deadline - self.rc.now()))
+
+
+class _FromOwner:
+    """The sink of one pull: the header must come from the owner asked, then the mixer's own checks."""
+
+    def __init__(self, mixer: Diloco, owner: str) -> None:
+        self.mixer, self.owner = mixer, owner
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        if header.sender != self.owner or header.kind != REDUCED:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "pulled shard is not the asked owner's reduced shard")
+        return await self.mixer.admit(header)
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        await self.mixer.deliver(header, payload)

@@ -85,7 +85,8 @@ class StateSync:
             return True
         if elig and elig[0].revision == me.revision:
             self.metrics.hash_mismatches.inc()
-        donors = [c for c in elig if c.peer_id != self.peer_id]
+        # Client-mode peers cannot be dialled: state comes from reachable donors only.
+        donors = [c for c in elig if c.peer_id != self.peer_id and c.reachable]
         if not_before is not None:
             await asyncio.sleep(max(0.0, not_before - self.clock.time()))
         synced = await self._fetch(donors, donor_decides=not_before is not None)

@@ -36,7 +36,12 @@ from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
+# v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
+# be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
+# drops (and counts) a client-mode peer's record, which it could not serve anyway (it would hand it a
+# shard). Readers accept both.
 RECORD_VERSION = 1
+RECORD_VERSION_CLIENT = 2
 MAX_RECORD_FIELD_CHARS = 512
 MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
 
@@ -59,16 +64,20 @@ class PeerRecord:
     step: int
     ready: bool  # synced and willing to join rounds
     done: bool  # reached train.max_steps
+    reachable: bool = True  # others can dial ``endpoint``; False: client mode (owns no shard, never dialled)
 
     def to_value(self) -> dict[str, Any]:
-        """msgpack-able dict."""
-        return {
+        """msgpack-able dict (v1 for a reachable peer, v2 with ``reachable`` for a client)."""
+        value = {
             "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
             "incarnation": self.incarnation, "revision": self.revision,
             "state_hash": self.state_hash, "fragment_hashes": list(self.fragment_hashes),
             "samples_per_s": self.samples_per_s, "step": self.step, "ready": self.ready,
             "done": self.done,
         }
+        if not self.reachable:
+            value |= {"v": RECORD_VERSION_CLIENT, "reachable": False}
+        return value
 
     @classmethod
     def from_value(cls, subkey: Any, value: Any) -> PeerRecord:
@@ -77,11 +86,14 @@ class PeerRecord:
         Raises:
             ValueError: any schema violation, or a record stored under another peer's subkey.
         """
-        if not isinstance(value, dict) or value.get("v") != RECORD_VERSION:
-            raise ValueError("not a peerd v1 record")
-        want = {"peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
-                "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
-                "step": int, "ready": bool, "done": bool}
+        if not isinstance(value, dict) or value.get("v") not in (RECORD_VERSION, RECORD_VERSION_CLIENT):
+            raise ValueError("not a peerd v1/v2 record")
+        want: dict[str, type | tuple[type, ...]] = {
+            "peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
+            "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
+            "step": int, "ready": bool, "done": bool}
+        if value["v"] == RECORD_VERSION_CLIENT:
+            want["reachable"] = bool
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -103,7 +115,8 @@ class PeerRecord:
 
     def candidate(self) -> Candidate:
         """The schedule's view of this record."""
-        return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done)
+        return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done,
+                         self.reachable)
 
 
 def probe_port(host: str, port: int) -> None:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -56,14 +56,27 @@ def checksum(payload: bytes | memoryview) -> bytes:
     return digest.digest()
 
 
+def address_of(peer: str) -> str:
+    """Bare IP of a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, url-escaped or not)."""
+    text = peer.replace("%5B", "[").replace("%5D", "]")
+    text = text.split(":", 1)[1] if text.startswith(("ipv4:", "ipv6:")) else text
+    return endpoint_host(text)
+
+
+def endpoint_host(endpoint: str) -> str:
+    """Host part of ``host:port`` / ``[v6]:port``, without brackets."""
+    host = endpoint.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def split_chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
     """``payload`` cut into data chunks of at most ``chunk_bytes``."""
     view = memoryview(payload)
     return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
 
 
-async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
-                        request_iterator: AsyncIterator[peer_pb2.ShardChunk]) -> bytes:
+async def read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
+                       request_iterator: AsyncIterator[peer_pb2.ShardChunk] | Any) -> bytes:
     """Read exactly ``header.payload_bytes`` in bounded chunks, each within the per-chunk timeout.
 
     Raises:
@@ -88,6 +101,7 @@ async def _read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: fl
         if len(buf) > header.payload_bytes:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
         digest.update(chunk.data)
+        await t.down.take(len(chunk.data))
     # The stream must end here; anything else is a protocol violation.
     try:
         await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
@@ -174,7 +188,7 @@ class Servicer:
                     raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
                 deadline = await self.handler.admit(header)
                 with t.limits.inflight(holder, header.payload_bytes):
-                    payload = await _read_payload(t, header, deadline, chunks)
+                    payload = await read_payload(t, header, deadline, chunks)
                 await self.handler.deliver(header, payload)
         except LimitExceeded as exc:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
@@ -229,11 +243,69 @@ class Servicer:
             except Exception:
                 await self._fail(context, "FetchState")
             yield peer_pb2.StateChunk(header=header)
-            for i, chunk in enumerate(split_chunks(payload, t.cfg.chunk_bytes)):
+            for i, chunk in enumerate(split_chunks(payload, t.up.chunk_bytes(t.cfg.chunk_bytes))):
                 if i == 1:
                     t.faults.hit("donor_mid_transfer")
+                await t.up.take(len(chunk))
                 t.on_bytes("tx", len(chunk))
                 yield peer_pb2.StateChunk(data=chunk)
+
+    async def PullShard(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.ShardChunk]:
+        """Stream this owner's reduced shard to a client-mode member, exactly like a push."""
+        t = self.t
+        holder, address = self._holder(context)
+        with ExitStack() as slot:
+            try:
+                slot.enter_context(t.limits.stream(holder, address))
+                req = _parse(peer_pb2.PullRequest, request)
+                if t.key is not None and holder != req.requester:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester differs from the credential")
+                header, payload = await self.handler.reduced_for(req)
+            except LimitExceeded as exc:
+                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+            except Rejected as rej:
+                await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+            except Exception:
+                await self._fail(context, "PullShard")
+            header.payload_bytes = len(payload)
+            header.checksum = checksum(payload)
+            yield peer_pb2.ShardChunk(header=header)
+            for chunk in split_chunks(payload, t.up.chunk_bytes(t.cfg.chunk_bytes)):
+                await t.up.take(len(chunk))
+                yield peer_pb2.ShardChunk(data=chunk)
+            t.on_bytes("tx", len(payload))
+
+    async def DialBack(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.DialBackReply:
+        """Dial the caller back (only the address its call came from) and say whether that worked."""
+        t = self.t
+        holder, address = self._holder(context)
+        try:
+            with t.limits.stream(holder, address):
+                req = _parse(peer_pb2.DialBackRequest, request)
+                return await t.serve_dial_back(req, holder, address_of(context.peer() or ""))
+        except LimitExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        except Exception:
+            await self._fail(context, "DialBack")
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def Ping(  # noqa: N802 - gRPC method name
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PingReply:
+        """Answer a dial-back probe with its nonce and this peer's id."""
+        try:
+            req = _parse(peer_pb2.PingRequest, request)
+            if len(req.nonce) > 32:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "nonce longer than 32 bytes")
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        return peer_pb2.PingReply(nonce=req.nonce, peer_id=self.t.peer_id)
 
 
 def add_servicer(servicer: Servicer, server: grpc.aio.Server) -> None:
@@ -248,6 +320,15 @@ def add_servicer(servicer: Servicer, server: grpc.aio.Server) -> None:
         "FetchState": grpc.unary_stream_rpc_method_handler(
             servicer.FetchState, request_deserializer=None,
             response_serializer=peer_pb2.StateChunk.SerializeToString),
+        "PullShard": grpc.unary_stream_rpc_method_handler(
+            servicer.PullShard, request_deserializer=None,
+            response_serializer=peer_pb2.ShardChunk.SerializeToString),
+        "DialBack": grpc.unary_unary_rpc_method_handler(
+            servicer.DialBack, request_deserializer=None,
+            response_serializer=peer_pb2.DialBackReply.SerializeToString),
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            servicer.Ping, request_deserializer=None,
+            response_serializer=peer_pb2.PingReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

@@ -20,6 +20,7 @@ TLS / mTLS use the ``security.tls_*`` files.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
@@ -32,7 +33,18 @@ from peerd.core.log import RemoteLog, get_logger
 from peerd.net import auth
 from peerd.net.hostile import NOT_HOSTILE, Hostile
 from peerd.net.limits import PeerLimits
-from peerd.net.serving import MAX_CHUNK_BYTES, SERVICE, Rejected, Servicer, add_servicer, checksum, split_chunks
+from peerd.net.pacing import Pacer
+from peerd.net.serving import (
+    MAX_CHUNK_BYTES,
+    SERVICE,
+    Rejected,
+    Servicer,
+    add_servicer,
+    checksum,
+    endpoint_host,
+    read_payload,
+    split_chunks,
+)
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 __all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",
@@ -42,6 +54,11 @@ MAX_MESSAGE_BYTES = 4 << 20
 PUSH_METHOD = f"/{SERVICE}/PushShard"
 FETCH_METHOD = f"/{SERVICE}/FetchState"
 PLAN_METHOD = f"/{SERVICE}/OfferPlan"
+PULL_METHOD = f"/{SERVICE}/PullShard"
+DIAL_BACK_METHOD = f"/{SERVICE}/DialBack"
+PING_METHOD = f"/{SERVICE}/Ping"
+# A dial-back probe is one tiny call: answered within this or the caller counts as not dialable.
+PING_TIMEOUT_S = 3.0
 
 
 class ShardSink(Protocol):
@@ -68,8 +85,16 @@ class PlanSink(Protocol):
         """Verify and keep an offered plan; False (counted by the sink) when it is refused."""
 
 
-class Handler(ShardSink, StateSource, Protocol):
-    """What a server hands its calls to: one mixer takes pushes and serves state."""
+class ShardSource(Protocol):
+    """Serves reduced shards to client-mode members that pull them (implemented by the mixer)."""
+
+    async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
+        """Wait (bounded by the round) for this owner's reduced shard; raise Rejected to refuse."""
+
+
+class Handler(ShardSink, StateSource, ShardSource, Protocol):
+    """What a server hands its calls to: one mixer takes pushes, serves state and reduced shards."""
+
 
 
 # Bulk-transfer tuning (bench/transport.py): HTTP/2 frames default to 16 KiB, so a 1 MiB chunk
@@ -159,6 +184,9 @@ class Transport:
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.port = 0
+        self.up, self.down = Pacer(cfg.max_upload_mbit), Pacer(cfg.max_download_mbit)
+        self._dial_backs: dict[str, float] = {}  # caller address/id -> monotonic time of its last dial-back
+        self._dialling = asyncio.Semaphore(4)  # dial-backs in flight at once
 
     def bind(self) -> int:
         """Create the server and bind its port (the endpoint is known before the handler exists).
@@ -231,7 +259,7 @@ class Transport:
         """
         header.payload_bytes = len(payload)
         header.checksum = checksum(payload)
-        chunks = split_chunks(payload, self.cfg.chunk_bytes)
+        chunks = split_chunks(payload, self.up.chunk_bytes(self.cfg.chunk_bytes))
         if self.hostile.mode and header.kind == peer_pb2.PAYLOAD_KIND_CONTRIBUTION:  # tests only (hostile.py)
             chunks = self.hostile.corrupt(header, payload, self.cfg.chunk_bytes)
 
@@ -240,6 +268,7 @@ class Transport:
             for i, chunk in enumerate(chunks):
                 if i == len(chunks) // 2 and i > 0:
                     self.faults.hit("mid_stream")
+                await self.up.take(len(chunk))
                 yield peer_pb2.ShardChunk(data=chunk)
 
         t0 = time.monotonic()
@@ -284,12 +313,98 @@ class Transport:
                 raise ValueError("donor sent a second header")
             buf += chunk.data
             self.on_bytes("rx", len(chunk.data))
+            await self.down.take(len(chunk.data))
         if len(buf) != header.total_bytes:
             call.cancel()
             raise ValueError("donor sent more bytes than announced")
         call.cancel()
         self.on_transfer("state", time.monotonic() - t0)
         return header, bytes(buf)
+
+    async def pull_shard(self, endpoint: str, request: peer_pb2.PullRequest, sink: ShardSink, timeout_s: float) -> None:
+        """Pull an owner's reduced shard (client mode) and hand it to ``sink`` like a push.
+
+        The header is admitted by ``sink`` before a payload byte is read, the payload is read in
+        bounded chunks and checksummed, and only then delivered: the same checks as a push.
+
+        Raises:
+            grpc.aio.AioRpcError, Rejected, TimeoutError: refused, unreachable, malformed or late.
+        """
+        t0 = time.monotonic()
+        call = self._stub(endpoint).PullShard(request, timeout=max(timeout_s, 0.001),
+                                              metadata=self._credential(PULL_METHOD))
+        try:
+            it = call.__aiter__()
+            first = await asyncio.wait_for(it.__anext__(), max(timeout_s, 0.001))
+            if first.WhichOneof("part") != "header" or first.header.kind != peer_pb2.PAYLOAD_KIND_REDUCED:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "owner sent no reduced-shard header")
+            deadline = await sink.admit(first.header)  # checks the size against the codec and shape
+            payload = await read_payload(self, first.header, deadline, it)
+            await sink.deliver(first.header, payload)
+        finally:
+            call.cancel()
+        self.on_transfer("pull", time.monotonic() - t0)
+        self.on_bytes("rx", len(payload))
+
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
+        """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back; (reachable, detail).
+
+        Raises:
+            grpc.aio.AioRpcError: the helper refused or could not be reached.
+        """
+        request = peer_pb2.DialBackRequest(run_id=run_id, requester=self.peer_id, endpoint=my_endpoint,
+                                           nonce=os.urandom(16))
+        reply = await self._stub(endpoint).DialBack(request, timeout=PING_TIMEOUT_S + self.cfg.rpc_timeout_s,
+                                                    metadata=self._credential(DIAL_BACK_METHOD))
+        return reply.reachable, reply.detail
+
+    async def serve_dial_back(self, req: peer_pb2.DialBackRequest, holder: str, seen: str) -> peer_pb2.DialBackReply:
+        """Dial a caller back: only the address its call came from, at most once per few seconds.
+
+        Dialling exactly the caller's own address (never a third party's) keeps this from being a
+        way to make peers connect elsewhere. A caller that announces another host than the one it
+        calls from (a private address behind a NAT) is told so without a dial: nobody else can
+        reach that host either.
+
+        Raises:
+            Rejected: wrong run, a requester that is not the credential's, or too frequent.
+        """
+        if self.key is not None and holder != req.requester:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester differs from the credential")
+        if not req.endpoint or len(req.endpoint) > 300 or len(req.nonce) > 32 or not req.requester:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "malformed dial-back request")
+        now, key = time.monotonic(), f"{seen}/{req.requester[:80]}"
+        if now - self._dial_backs.get(key, -1e9) < 2.0:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, "dial-back asked too often")
+        if len(self._dial_backs) > 4096:
+            self._dial_backs.clear()
+        self._dial_backs[key] = now
+        host = endpoint_host(req.endpoint)
+        if host != seen:
+            return peer_pb2.DialBackReply(reachable=False, detail=f"announces {host} but calls from {seen} (NAT?)")
+        async with self._dialling:
+            ok, detail = await self._ping(req.endpoint, req.nonce, req.requester)
+        return peer_pb2.DialBackReply(reachable=ok, detail=detail)
+
+    async def _ping(self, endpoint: str, nonce: bytes, expect: str) -> tuple[bool, str]:
+        """One probe on a fresh channel (a cached one could ride an old connection the caller opened)."""
+        if self._channel_creds is not None:
+            opts: list[tuple[str, int | str]] = list(channel_options(self.cfg))
+            if self.security.tls_server_name:
+                opts.append(("grpc.ssl_target_name_override", self.security.tls_server_name))
+            channel = grpc.aio.secure_channel(endpoint, self._channel_creds, options=opts)
+        else:
+            channel = grpc.aio.insecure_channel(endpoint, options=channel_options(self.cfg))
+        try:
+            reply = await peer_pb2_grpc.PeerStub(channel).Ping(
+                peer_pb2.PingRequest(nonce=nonce), timeout=PING_TIMEOUT_S, metadata=self._credential(PING_METHOD))
+        except grpc.aio.AioRpcError as exc:
+            return False, f"dial-back to {endpoint} failed: {exc.code().name}"
+        finally:
+            await channel.close(grace=None)
+        if reply.nonce != nonce or reply.peer_id != expect:
+            return False, f"{endpoint} answered as someone else"
+        return True, f"dialled back {endpoint}"
 
     async def stop(self, grace_s: float) -> None:
         """Stop serving (in-flight calls get ``grace_s``) and close every channel."""

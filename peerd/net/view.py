@@ -39,6 +39,7 @@ class SwarmView:
         self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
+        self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
@@ -50,7 +51,7 @@ class SwarmView:
             peer_id=self.peer_id, endpoint=self.endpoint, incarnation=self.incarnation,
             revision=self.state.revision, state_hash=self.state.state_hash(),
             fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
-            ready=self.ready if ready is None else ready, done=stats.done,
+            ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
         )
 
     async def heartbeat(self, ready: bool | None = None, ttl_s: float | None = None) -> bool:

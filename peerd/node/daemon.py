@@ -168,6 +168,7 @@ class Daemon:
         if rpc_key is None:  # no secret: a swarm that has one would refuse every call; say so now
             await joincheck.require_secret_if_swarm_has_one(membership, self.bootstrap)
         params = dict(task.model.named_parameters())
+        await node.detect_reachability()  # before the sync: a joiner's heartbeats then say what it is
         await node.join(lambda frags: [layout.unflatten_into(params, f, t) for f, t in frags.items()])
         await self._check_joined_a_run(membership, node)
         await self._announce(membership, node)
@@ -209,7 +210,7 @@ class Daemon:
         if self.ready_file:
             info = {"peer_id": node.peer_id, "dht_maddrs": maddrs, "grpc": node.view.endpoint,
                     "metrics": f"{self.cfg.metrics.host}:{self.telemetry.metrics_port}",
-                    "admin": admin.address if admin else None}
+                    "admin": admin.address if admin else None, "reachability": node.reach.result.mode}
             tmp = Path(self.ready_file + ".tmp")
             tmp.write_text(json.dumps(info))
             os.replace(tmp, self.ready_file)

@@ -75,7 +75,11 @@ class RoundDriver:
 
     def _count(self, outcome: str, reason: str) -> None:
         self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
-        if outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
+        if outcome == "skipped" and reason == "no_reachable_peer":
+            if self.last_round.get("reason") != reason:
+                log.warning("no_reachable_peer", peers=len(self.view.records) + 1,
+                            fix="rounds wait until a peer that accepts inbound connections joins (transport.mode)")
+        elif outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
             log.info("round_skipped", reason=reason, peers=len(self.view.records) + 1)
         self.last_round = {"outcome": outcome, "reason": reason, "at": self.rc.now()}
         self.round_log.observe(outcome, reason)
@@ -111,6 +115,11 @@ class RoundDriver:
             self._count("skipped", "too_few_peers")
             if self.exit_when_done and me.done and not view.records:
                 self.request_stop("done")
+            return
+        if not sch.has_owner(elig):
+            # Only client-mode peers (nobody can be dialled): no plan could give a shard to anyone.
+            # Wait, state untouched, until a reachable peer joins; said once, not every round.
+            self._count("skipped", "no_reachable_peer")
             return
         if self._await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")

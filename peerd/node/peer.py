@@ -22,6 +22,7 @@ from peerd.mixing.base import Mixer, ModelWriter
 from peerd.mixing.diloco import Diloco
 from peerd.mixing.gossip.round import GossipMixer
 from peerd.net.ports import MembershipPort, NetworkPort
+from peerd.net.reach import Reachability, ReachCheck
 from peerd.net.view import SwarmView
 from peerd.node.driver import RoundDriver
 from peerd.node.offers import PlanInbox, PlanOfferer
@@ -57,6 +58,7 @@ class PeerNode:
         self.offerer = PlanOfferer(network, self.rounds, peer_id, cfg.transport.rpc_timeout_s)
         self.driver = RoundDriver(cfg, self.rounds, self.view, self.mixer, membership, metrics, counters, faults,
                                   exit_when_done, request_stop, self.inbox, self.offerer)
+        self.reach = ReachCheck(cfg.transport.mode, network, self.view, cfg.run_id)
         self._invalid_seen = 0
 
     def _lost_ready(self) -> None:
@@ -75,6 +77,12 @@ class PeerNode:
         """Adopt the swarm's state (before the worker trains)."""
         await self.mixer.join(write_model)
 
+    async def detect_reachability(self) -> Reachability:
+        """Whether others can dial this peer (client mode when not); before :meth:`join`."""
+        if self.reach.mode == "auto":
+            await self.view.refresh()  # helpers come from the live records
+        return await self.reach.detect()
+
     async def become_ready(self) -> None:
         """Start taking part in rounds."""
         self.view.ready = True
@@ -83,7 +91,7 @@ class PeerNode:
     def loops(self, check: Callable[[], None]) -> dict[str, Coroutine[Any, Any, None]]:
         """The peer's never-ending tasks by name; ``check()`` raises to stop the peer."""
         return {"heartbeat": self.view.heartbeat_loop(check), "rounds": self.driver.loop(),
-                "reping": self.view.reping_loop()}
+                "reping": self.view.reping_loop(), "reachability": self.reach.loop()}
 
     async def leave(self, swarm_finishing: bool) -> None:
         """Announce departure (a record that is not ready and expires almost at once), then hand over."""
@@ -93,4 +101,5 @@ class PeerNode:
     def status(self) -> dict[str, Any]:
         """Protocol fields of ``peerd status``."""
         return {"swarm_size": len(self.view.records) + 1, "last_round": dict(self.driver.last_round),
-                "revision": self.state.revision, "state_hash": self.state.state_hash(), **self.mixer.status()}
+                "revision": self.state.revision, "state_hash": self.state.state_hash(),
+                "reachability": self.reach.result.as_dict(), **self.mixer.status()}

@@ -101,6 +101,9 @@ class Telemetry:
             "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "revision": proto["revision"], "state_hash": proto["state_hash"],
             "mass_weights": proto.get("mass_weights"),  # gossip push-sum weights
+            "reachability": proto.get("reachability"),
+            # server / client and how it was decided (net/reach.py); diloco: rounds including each member's work
+            "contributions": proto.get("contributions"),
             **health.status_fields(self),  # healthy/health/reasons, windowed tx/rx rates, recent rounds
         }
 

@@ -78,8 +78,9 @@ def render(statuses: list[dict[str, Any]], console: Console | None = None) -> No
     table = Table(title="peerd status" + (f" — run {', '.join(runs)}" if runs else ""), box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False, padding=0)
     # Numbers and ids never wrap or get cut; only the last round's reason folds onto more lines.
-    for col, kw in (("peer", {}), ("health", {}), ("peers", {"justify": "right"}), ("step", {"justify": "right"}),
-                    ("loss", {"justify": "right"}), ("ok/ab", {}), ("last round", {"overflow": "fold", "ratio": 1}),
+    for col, kw in (("peer", {}), ("health", {}), ("peers", {"justify": "right"}), ("link", {}),
+                    ("step", {"justify": "right"}), ("loss", {"justify": "right"}), ("ok/ab", {}),
+                    ("last round", {"overflow": "fold", "ratio": 1}),
                     ("tx/rx /s", {}), ("rev", {"justify": "right"}), ("hash", {})):
         table.add_column(col, no_wrap=col != "last round", min_width=None if col == "last round" else len(col), **kw)
     notes = []
@@ -93,7 +94,7 @@ def render(statuses: list[dict[str, Any]], console: Console | None = None) -> No
             continue
         table.add_row(
             who, state if state == "healthy" else f"[bold red]{state}[/]", str(s.get("swarm_size", "-")),
-            str(s.get("step", "-")), _loss(s.get("loss")),
+            str((s.get("reachability") or {}).get("mode", "-")), str(s.get("step", "-")), _loss(s.get("loss")),
             f"{s.get('rounds_committed', '-')}/{s.get('rounds_aborted', '-')}",
             f"{last.get('outcome', '-')} {last.get('reason', '')}".strip() if last else "-",
             f"{rate(s.get('tx_bytes_per_s'))}/{rate(s.get('rx_bytes_per_s'))}", str(s.get("revision", "-")),
@@ -103,3 +104,8 @@ def render(statuses: list[dict[str, Any]], console: Console | None = None) -> No
         console.print(table)
     for line in notes:
         console.print(line, soft_wrap=False)
+    for s in statuses:  # a peer others cannot dial takes part in rounds but reduces nothing: say how that was found
+        reach = s.get("reachability") or {}
+        if reach.get("mode") == "client":
+            console.print(f"{short_id(s.get('peer_id'))}: client mode (not dialable: {reach.get('how', '')})",
+                          soft_wrap=False)

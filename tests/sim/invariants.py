@@ -46,6 +46,12 @@ def _fault_active(w: World, t0: float, t1: float) -> bool:
     return bool(w.net.cut)
 
 
+def _servers(w: World, rows: dict[str, object]) -> int:
+    """Live peers of a round that can be dialled (client-mode peers own no shard: alone they cannot commit)."""
+    clients = {w.peer_id(i) for i in w.sc.clients}
+    return sum(1 for pid in rows if pid not in clients)
+
+
 def liveness(w: World) -> None:
     """After the run: every quiet stretch of LIVENESS_ROUNDS rounds with >= 2 ready peers commits."""
     round_s = w.cfg.round.round_s
@@ -55,6 +61,8 @@ def liveness(w: World) -> None:
         t0 = window[0].r * round_s - w.epoch
         t1 = (window[-1].r + 1) * round_s - w.epoch
         if _fault_active(w, t0, t1) or min(len(x.rows) for x in window) < 2:
+            continue
+        if min(_servers(w, x.rows) for x in window) < 1:  # no reachable peer: rounds wait, by design
             continue
         if any(row[2] == "ok" for x in window for row in x.rows.values()):
             continue
@@ -88,7 +96,7 @@ def bounded_loss(w: World) -> None:
     for e in w.sc.events:
         if e.kind != "crash":
             continue
-        later = [x for x in w.log if x.r * round_s - w.epoch > e.at and len(x.rows) >= 2]
+        later = [x for x in w.log if x.r * round_s - w.epoch > e.at and len(x.rows) >= 2 and _servers(w, x.rows)]
         if _fault_active(w, e.at + 0.1, e.at + CRASH_ROUNDS * round_s) and any(
                 o is not e and o.kind != "crash" for o in w.sc.events):
             continue

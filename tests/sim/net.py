@@ -2,7 +2,9 @@
 
 :class:`SimNetwork` connects the peers' real mixers: a push or a state fetch is delivered to the
 destination's handler after a per-link latency (plus seeded jitter) and serialisation time at the
-link's bandwidth; links can lose calls, be cut (partitions) or lead to a crashed peer. A stalled
+link's bandwidth; links can lose calls, be cut (partitions) or lead to a crashed peer. A peer in
+``clients`` is behind a NAT: nobody can open a call to it (it still opens its own, and pulls
+reduced shards on them). A stalled
 peer (a busy box) handles nothing until its stall ends. :class:`SimDht` is one global store
 with TTLs on virtual time; each peer's :class:`SimMembership` reaches it after a seeded delay.
 """
@@ -47,6 +49,7 @@ class SimNetwork:
         self.cut: set[frozenset[str]] = set()
         self.down: set[str] = set()
         self.stalled_until: dict[str, float] = {}
+        self.clients: set[str] = set()  # peer ids that cannot be dialled (behind a NAT)
         self.calls = 0
 
     def link(self, a: str, b: str) -> Link:
@@ -71,6 +74,8 @@ class SimNetwork:
         found = self.handlers.get(endpoint)
         if found is None:
             raise SimRpcError(f"{endpoint}: connection refused")
+        if found[0] in self.clients:
+            raise SimRpcError(f"{endpoint}: no route (behind a NAT)")
         return found
 
 
@@ -137,6 +142,33 @@ class SimTransport:
             return accepted
 
         return await self._call(endpoint, timeout_s, body())  # type: ignore[return-value]
+
+    async def pull_shard(self, endpoint: str, request: peer_pb2.PullRequest, sink: object, timeout_s: float) -> None:
+        async def body() -> None:
+            dst, handler = self.net.resolve(endpoint)
+            await self.net.gate(self.peer_id)
+            await self.net.hop(self.peer_id, dst, 256)
+            await self.net.gate(dst)
+            header, payload = await handler.reduced_for(request)
+            header.payload_bytes = len(payload)
+            header.checksum = checksum(payload)
+            await sink.admit(header)  # type: ignore[attr-defined]
+            await self.net.hop(dst, self.peer_id, len(payload))
+            await self.net.gate(self.peer_id)
+            await sink.deliver(header, payload)  # type: ignore[attr-defined]
+
+        await self._call(endpoint, timeout_s, body())
+
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
+        async def body() -> tuple[bool, str]:
+            dst, _ = self.net.resolve(endpoint)
+            await self.net.hop(self.peer_id, dst, 128)
+            await self.net.gate(dst)
+            ok = self.peer_id not in self.net.clients and self.net.reachable(dst, self.peer_id)
+            await self.net.hop(dst, self.peer_id, 64)
+            return ok, "sim: dialled back" if ok else "sim: dial-back failed (behind a NAT)"
+
+        return await self._call(endpoint, 5.0, body())  # type: ignore[return-value]
 
     async def fetch_state(self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
                           ) -> tuple[peer_pb2.StateHeader, bytes]:

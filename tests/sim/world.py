@@ -115,6 +115,7 @@ class SimPeer:
 
     async def start(self) -> None:
         await self.node.start_serving()
+        await self.node.detect_reachability()
         await self.node.join(lambda frags: [self.layout.unflatten_into(self.params, f, t) for f, t in frags.items()])
         await self.node.become_ready()
         self.tasks = [asyncio.ensure_future(c) for c in self.node.loops(lambda: None).values()]
@@ -150,7 +151,9 @@ class Event:
     """One scheduled fault: at virtual time ``at`` do ``kind`` to ``peer`` (and ``other``)."""
 
     at: float
-    kind: str  # stall | crash | restart | join | cut | heal | lose (peer -> other drops calls for arg s)
+    # stall | crash | restart | join | cut | heal | lose (peer -> other drops calls for arg s) | leave (graceful)
+    # | rejoin (a restart that keeps its state, as from a checkpoint)
+    kind: str
     peer: int
     arg: float = 0.0
     other: int = -1
@@ -180,12 +183,16 @@ class Scenario:
     asym: dict[tuple[int, int], float] = field(default_factory=dict)  # (a, b) -> one-way latency
     events: list[Event] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    clients: set[int] = field(default_factory=set)  # peers behind a NAT (cannot be dialled: client mode)
+    # True: peers detect their reachability by dial-back (transport.mode=auto); False: it is configured
+    # (server, or client for ``clients``), so a scenario without clients runs exactly as before.
+    detect: bool = False
 
     def describe(self) -> str:
         head = (f"seed={self.seed} peers={self.peers} mode={self.mode} duration={self.duration_s}s "
                 f"max_steps={self.max_steps} latency={self.latency_s} dht_delay={self.dht_delay_s} "
                 f"bandwidth={self.bandwidth_bps:g} loss={self.loss} slow={self.slow} "
-                f"asym={self.asym}")
+                f"asym={self.asym} clients={sorted(self.clients)}")
         return "\n".join([head, *(f"  {e}" for e in self.events)])
 
 
@@ -231,9 +238,18 @@ class World:
     def live(self) -> list[SimPeer]:
         return [p for p in self.peers.values() if p.stopped is None]
 
-    async def _add(self, i: int) -> None:
+    async def _add(self, i: int, keep: SimPeer | None = None) -> None:
         step = self.sc.step_s * self.sc.slow.get(i, 1.0)
+        if i in self.sc.clients:
+            self.net.clients.add(self.peer_id(i))
         peer = SimPeer(self, i, int(self.loop.time() * 1e9) + i, step, self.sc.max_steps)
+        if not self.sc.detect:
+            peer.node.reach.mode = "client" if i in self.sc.clients else "server"
+        if keep is not None:  # as restored from a checkpoint: outer state and model as they were
+            snap = keep.state.snapshot()
+            peer.state.install(snap.revision, snap.theta, snap.momentum)
+            for f, theta in snap.theta.items():
+                peer.layout.unflatten_into(peer.params, f, theta)
         self.peers[i] = peer
         await peer.start()
 
@@ -246,6 +262,12 @@ class World:
             self.gone.append(self.peers.pop(e.peer))
         elif e.kind in ("restart", "join") and e.peer not in self.peers:
             await self._add(e.peer)
+        elif e.kind == "leave" and e.peer in self.peers:
+            peer = self.peers.pop(e.peer)
+            peer._stop("left")
+            self.gone.append(peer)
+        elif e.kind == "rejoin" and e.peer not in self.peers:
+            await self._add(e.peer, keep=next((p for p in reversed(self.gone) if p.index == e.peer), None))
         elif e.kind == "cut":
             net.cut.add(frozenset((pid, self.peer_id(e.other))))
         elif e.kind == "heal":

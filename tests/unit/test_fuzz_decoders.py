@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from peerd.core import codec
 from peerd.core.schedule import Candidate, PlanError, make_plan, plan_from_record
 from peerd.net.membership import PeerRecord
+from peerd.net.pacing import Pacer
 from peerd.net.records import RecordError, SealValidator, Signer, open_sealed
-from peerd.net.serving import _read_payload
+from peerd.net.serving import read_payload as _read_payload
 from peerd.net.transport import Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 
@@ -58,7 +59,7 @@ chunk = st.one_of(st.binary(max_size=64).map(lambda b: peer_pb2.ShardChunk(data=
 def test_stream_chunk_reader_fails_only_with_a_refusal(announced: int, chunks: list, good_sum: bool) -> None:
     data = b"".join(c.data for c in chunks)
     header = peer_pb2.ShardHeader(payload_bytes=announced, checksum=checksum(data) if good_sum else b"x")
-    t = SimpleNamespace(cfg=SimpleNamespace(chunk_timeout_s=1.0))
+    t = SimpleNamespace(cfg=SimpleNamespace(chunk_timeout_s=1.0), down=Pacer(0))
 
     async def stream():
         for c in chunks:

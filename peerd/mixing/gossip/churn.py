@@ -49,7 +49,7 @@ class GossipChurn:
                 await asyncio.sleep(self.cfg.dht.heartbeat_s)
                 continue
             await self.view.refresh()
-            ready = {pid: rec for pid, rec in self.view.records.items() if rec.ready}
+            ready = {pid: rec for pid, rec in self.view.records.items() if rec.ready and rec.reachable}
             if not ready:
                 gossip.reset([1.0] * state.layout.num_fragments)
                 log.info("gossip_started", weights=gossip.mass_weights())
@@ -94,7 +94,7 @@ class GossipChurn:
 
     async def leave(self) -> None:
         """Hand this peer's mass to a ready partner."""
-        ready = [rec for rec in self.view.records.values() if rec.ready]
+        ready = [rec for rec in self.view.records.values() if rec.ready and rec.reachable]
         if not ready:
             return
         endpoints = [rec.endpoint for rec in sorted(ready, key=lambda r: r.peer_id)][:3]

@@ -130,6 +130,10 @@ class GossipMixer:
         if not swarm_finishing:
             await self.churn.leave()
 
+    async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
+        """Gossip mode has no reduced shards to pull."""
+        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode serves no pulls")
+
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Serve ``theta``; a cloning joiner (``take_mass``) gets half of this peer's mass."""
         return await self.churn.serve(request)
@@ -279,6 +283,10 @@ class GossipMixer:
         try:
             if partner is None:
                 return RoundOutcome(False, "unpaired")
+            if plan.is_client(partner) or plan.is_client(self.peer_id):
+                # Client mode in gossip is not implemented: a pair with a peer that cannot be dialled
+                # would only time out, so it is skipped (state untouched) instead.
+                return RoundOutcome(False, "client_pair")
             try:
                 # Half the collection window at most: the message must still reach the partner.
                 snap = await self.bridge.call("snapshot", max(0.01, 0.5 * (plan.collect_deadline - self.rc.now())),

@@ -374,3 +374,152 @@ class PlanOfferReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanOfferReply: _TypeAlias = PlanOfferReply  # noqa: Y015
+
+@_typing.final
+class PullRequest(_message.Message):
+    """A client-mode member asks a shard's owner for the reduced shard (it cannot be dialled, so
+    the owner answers on this call instead of pushing). The reply is a ShardChunk stream exactly
+    like a PushShard: a header (kind PAYLOAD_KIND_REDUCED) first, then payload bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run the caller belongs to."""
+    round: _builtins.int
+    """Round number of the plan."""
+    plan_id: _builtins.str
+    """Identifier (hash) of the plan the caller follows; must equal the owner's."""
+    requester: _builtins.str
+    """Caller's peer id; must be a member of the plan (and, with admission, its credential's id)."""
+    shard: _builtins.int
+    """Shard index asked for; must be the owner's shard."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        plan_id: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        shard: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "requester", b"requester", "round", b"round", "run_id", b"run_id", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullRequest: _TypeAlias = PullRequest  # noqa: Y015
+
+@_typing.final
+class DialBackRequest(_message.Message):
+    """Asks a peer to dial the caller back, so that the caller learns whether it accepts inbound calls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run the caller belongs to."""
+    requester: _builtins.str
+    """Caller's peer id (the dialled server must answer Ping with it)."""
+    endpoint: _builtins.str
+    """gRPC host:port the caller announces; its host must be the address the call comes from."""
+    nonce: _builtins.bytes
+    """Random bytes the dialled server must echo (at most 32)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "nonce", b"nonce", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DialBackRequest: _TypeAlias = DialBackRequest  # noqa: Y015
+
+@_typing.final
+class DialBackReply(_message.Message):
+    """Outcome of a dial-back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reachable: _builtins.bool
+    """True when a Ping to the caller's endpoint came back from the caller."""
+    detail: _builtins.str
+    """Why not (the address seen, the error), for logs and `peerd status`."""
+    def __init__(
+        self,
+        *,
+        reachable: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reachable", b"reachable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DialBackReply: _TypeAlias = DialBackReply  # noqa: Y015
+
+@_typing.final
+class PingRequest(_message.Message):
+    """A dial-back probe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """Echoed in the reply."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingRequest: _TypeAlias = PingRequest  # noqa: Y015
+
+@_typing.final
+class PingReply(_message.Message):
+    """Reply to a probe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """The request's nonce."""
+    peer_id: _builtins.str
+    """Peer id of the answering daemon."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        peer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce", "peer_id", b"peer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingReply: _TypeAlias = PingReply  # noqa: Y015

@@ -50,6 +50,21 @@ class PeerStub:
                 request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.FetchStateRequest.SerializeToString,
                 response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.StateChunk.FromString,
                 _registered_method=True)
+        self.PullShard = channel.unary_stream(
+                '/peerd.v1.Peer/PullShard',
+                request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PullRequest.SerializeToString,
+                response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.ShardChunk.FromString,
+                _registered_method=True)
+        self.DialBack = channel.unary_unary(
+                '/peerd.v1.Peer/DialBack',
+                request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackRequest.SerializeToString,
+                response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackReply.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/peerd.v1.Peer/Ping',
+                request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
+                response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -77,6 +92,27 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullShard(self, request, context):
+        """Streams an owner's reduced shard to a client-mode member once it is ready (bounded by the plan).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DialBack(self, request, context):
+        """Dials the caller's announced endpoint back (a Ping) and says whether it answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """Answers a dial-back probe with the nonce and this peer's id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +130,21 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.FetchState,
                     request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.FetchStateRequest.FromString,
                     response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.StateChunk.SerializeToString,
+            ),
+            'PullShard': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullShard,
+                    request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PullRequest.FromString,
+                    response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.ShardChunk.SerializeToString,
+            ),
+            'DialBack': grpc.unary_unary_rpc_method_handler(
+                    servicer.DialBack,
+                    request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackRequest.FromString,
+                    response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.FromString,
+                    response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +229,87 @@ class Peer:
             '/peerd.v1.Peer/FetchState',
             peerd_dot_proto_dot_v1_dot_peer__pb2.FetchStateRequest.SerializeToString,
             peerd_dot_proto_dot_v1_dot_peer__pb2.StateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/peerd.v1.Peer/PullShard',
+            peerd_dot_proto_dot_v1_dot_peer__pb2.PullRequest.SerializeToString,
+            peerd_dot_proto_dot_v1_dot_peer__pb2.ShardChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DialBack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Peer/DialBack',
+            peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackRequest.SerializeToString,
+            peerd_dot_proto_dot_v1_dot_peer__pb2.DialBackReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Peer/Ping',
+            peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
+            peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class PeerStub:
     """Pushes one shard payload (a contribution to its owner, or a reduced shard to a member)."""
     FetchState: _grpc.UnaryStreamMultiCallable[_peer_pb2.FetchStateRequest, _peer_pb2.StateChunk]
     """Streams the donor's outer state for the fragments the caller lacks."""
+    PullShard: _grpc.UnaryStreamMultiCallable[_peer_pb2.PullRequest, _peer_pb2.ShardChunk]
+    """Streams an owner's reduced shard to a client-mode member once it is ready (bounded by the plan)."""
+    DialBack: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DialBackRequest, _peer_pb2.DialBackReply]
+    """Dials the caller's announced endpoint back (a Ping) and says whether it answered."""
+    Ping: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]
+    """Answers a dial-back probe with the nonce and this peer's id."""
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -57,6 +63,12 @@ class PeerAsyncStub(PeerStub):
     """Pushes one shard payload (a contribution to its owner, or a reduced shard to a member)."""
     FetchState: _aio.UnaryStreamMultiCallable[_peer_pb2.FetchStateRequest, _peer_pb2.StateChunk]  # type: ignore[assignment]
     """Streams the donor's outer state for the fragments the caller lacks."""
+    PullShard: _aio.UnaryStreamMultiCallable[_peer_pb2.PullRequest, _peer_pb2.ShardChunk]  # type: ignore[assignment]
+    """Streams an owner's reduced shard to a client-mode member once it is ready (bounded by the plan)."""
+    DialBack: _aio.UnaryUnaryMultiCallable[_peer_pb2.DialBackRequest, _peer_pb2.DialBackReply]  # type: ignore[assignment]
+    """Dials the caller's announced endpoint back (a Ping) and says whether it answered."""
+    Ping: _aio.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]  # type: ignore[assignment]
+    """Answers a dial-back probe with the nonce and this peer's id."""
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """The service every daemon serves on its gRPC port."""
@@ -84,5 +96,29 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.StateChunk], _abc.AsyncIterator[_peer_pb2.StateChunk]]:
         """Streams the donor's outer state for the fragments the caller lacks."""
+
+    @_abc_1.abstractmethod
+    def PullShard(
+        self,
+        request: _peer_pb2.PullRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.ShardChunk], _abc.AsyncIterator[_peer_pb2.ShardChunk]]:
+        """Streams an owner's reduced shard to a client-mode member once it is ready (bounded by the plan)."""
+
+    @_abc_1.abstractmethod
+    def DialBack(
+        self,
+        request: _peer_pb2.DialBackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.DialBackReply, _abc.Awaitable[_peer_pb2.DialBackReply]]:
+        """Dials the caller's announced endpoint back (a Ping) and says whether it answered."""
+
+    @_abc_1.abstractmethod
+    def Ping(
+        self,
+        request: _peer_pb2.PingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.PingReply, _abc.Awaitable[_peer_pb2.PingReply]]:
+        """Answers a dial-back probe with the nonce and this peer's id."""
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,86 @@
+"""Client mode in the simulation tier: peers behind a NAT (nobody can dial them) on the real protocol.
+
+- Peers detect that they cannot be dialled (dial-back), own no shard, pull reduced shards, and their
+  contributions are in the reduce of nearly every round they take part in.
+- A swarm whose only reachable peer leaves keeps its state, says why rounds stop (no plan can be
+  made: ``no_reachable_peer``, no aborted rounds), and resumes once a reachable peer is back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+
+from tests.sim import invariants
+from tests.sim.world import Event, Scenario, World
+
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+def _counted(w: World, counted: dict[str, list[bool]], r: int) -> None:
+    """Per client: whether every owner's reduced shard of round ``r`` includes its contribution."""
+    clients = [w.peer_id(i) for i in w.sc.clients]
+    shards = []
+    for p in w.live():
+        rs = p.node.mixer._rounds.get(r)
+        if rs is not None and rs.me >= 0:
+            shards.append(rs.reduced.get(rs.me))
+    if not shards:
+        return
+    for c in clients:
+        peer = next((p for p in w.live() if p.peer_id == c), None)
+        if peer is None or not peer.node.view.ready:
+            continue
+        counted.setdefault(c, []).append(all(s is not None and c in s.contributors for s in shards))
+
+
+def test_nat_peers_detected_and_counted() -> None:
+    sc = Scenario(seed=7, peers=5, clients={2, 4}, detect=True, duration_s=40.0, latency_s=0.03, jitter_s=0.01,
+                  asym={(2, 0): 0.15, (1, 4): 0.1})
+    counted: dict[str, list[bool]] = {}
+    w = World(sc)
+    w.checks += [invariants.safety, lambda w, r: _counted(w, counted, r)]
+    w.run()
+    invariants.liveness(w)
+    modes = {p.peer_id: p.node.reach.result.mode for p in w.peers.values()}
+    assert modes == {"peer-00": "server", "peer-01": "server", "peer-02": "client", "peer-03": "server",
+                     "peer-04": "client"}, modes
+    for p in w.peers.values():
+        assert p.node.view.my_record().reachable == (modes[p.peer_id] == "server")
+    rounds = counted["peer-02"][2:] + counted["peer-04"][2:]  # the first rounds include joining
+    assert len(rounds) >= 20 and sum(rounds) >= 0.9 * len(rounds), counted
+    ends = {(p.state.revision, p.state.state_hash()) for p in w.peers.values()}
+    assert len(ends) == 1 and next(iter(ends))[0] >= 10, ends
+
+
+def test_only_reachable_peer_leaves_then_returns() -> None:
+    left_at, back_at = 11.0, 25.0
+    sc = Scenario(seed=11, peers=3, clients={1, 2}, duration_s=40.0, latency_s=0.02,
+                  events=[Event(left_at, "leave", 0), Event(back_at, "rejoin", 0)])
+    w = World(sc)
+    w.checks.append(invariants.safety)
+    w.run()
+    round_s = w.cfg.round.round_s
+
+    def t(x: object) -> float:
+        return x.r * round_s - w.epoch  # type: ignore[attr-defined]
+
+    before = [x for x in w.log if t(x) < left_at - round_s]
+    gap = [x for x in w.log if left_at + 2 * round_s <= t(x) < back_at - round_s]
+    after = [x for x in w.log if t(x) >= back_at + 3 * round_s]
+    assert before and any(row[2] == "ok" for row in before[-1].rows.values())
+    assert len(gap) >= 4
+    for x in gap:  # clients only: they wait, say why, and keep one state
+        assert set(x.rows) == {"peer-01", "peer-02"}, x.rows
+        assert {row[2] for row in x.rows.values()} == {"no_reachable_peer"}, x.rows
+        assert len({row[:2] for row in x.rows.values()}) == 1 and x.rows == {**gap[0].rows}, x.rows
+    clients = [p for p in w.peers.values() if p.peer_id != "peer-00"]
+    for p in clients:
+        assert p.node.driver.last_round["reason"] == "ok" and p.node.reach.result.mode == "client"
+    # Nothing aborted while they waited: the only aborts are around the leave itself.
+    assert all(p.counters.rounds_aborted <= 2 for p in clients), [p.counters.rounds_aborted for p in clients]
+    assert after and all(any(row[2] == "ok" for row in x.rows.values()) for x in after[-3:]), after[-3:]
+    assert after[-1].rows["peer-00"][0] > gap[-1].rows["peer-01"][0]
+    ends = {(p.state.revision, p.state.state_hash()) for p in w.peers.values()}
+    assert len(ends) == 1, ends
