@@ -8,14 +8,8 @@
 
 from __future__ import annotations
 
-import logging
-
-import structlog
-
 from tests.sim import invariants
 from tests.sim.world import Event, Scenario, World
-
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
 
 def _counted(w: World, counted: dict[str, list[bool]], r: int) -> None:

@@ -72,13 +72,11 @@ def test_seed_sweep(chunk: int, pool: ProcessPoolExecutor) -> None:
 
 
 def test_a_seed_replays_exactly() -> None:
-    _quiet()
     logs = [[(x.r, sorted(x.rows.items())) for x in run_checked(random_scenario(11)).log] for _ in range(2)]
     assert logs[0] == logs[1] and len(logs[0]) > 5
 
 
 @pytest.mark.skipif("SIM_SEED" not in os.environ, reason="replays one seed given as SIM_SEED")
 def test_replay() -> None:
-    _quiet()
     print(random_scenario(int(os.environ["SIM_SEED"])).describe())
     run_checked(random_scenario(int(os.environ["SIM_SEED"])))
