@@ -2,7 +2,7 @@
 
 Pure (no I/O of its own). ``asyncio.wait_for`` on Python 3.11 cancels the inner task on timeout
 *and then waits for it to finish*; hivemind coroutines that swallow ``CancelledError`` (its
-DHT traversal and shutdown do, research/hivemind.md) turn that into a wait without end. These
+DHT traversal and shutdown do) turn that into a wait without end. These
 helpers cancel and walk away instead.
 """
 

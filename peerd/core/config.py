@@ -54,7 +54,7 @@ class TrainConfig(_Section):
 
 
 class MixingConfig(_Section):
-    """How peers combine their progress (DESIGN section 3)."""
+    """How peers combine their progress."""
 
     mode: Literal["diloco", "gossip"] = "diloco"
     codec: Literal["fp32", "bf16", "int8", "int4", "sparse", "sparse8"] = "int8"
@@ -70,7 +70,7 @@ class MixingConfig(_Section):
     outer_momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = True
 
-    # gossip mode only (DESIGN section 3, peerd/mixing/gossip/): who pairs with whom each round, and
+    # gossip mode only (peerd/mixing/gossip/): who pairs with whom each round, and
     # A2CiD2 momentum (helps sparse rings; breaks the hypercube's exact log2 n averaging).
     topology: Literal["random", "hypercube", "ring"] = "random"
     a2cid2: bool = False
@@ -86,7 +86,7 @@ class MixingConfig(_Section):
 
 
 class RoundConfig(_Section):
-    """Round clock and protocol deadlines (DESIGN section 2)."""
+    """Round clock and protocol deadlines."""
 
     round_s: float = Field(5.0, gt=0)
     settle_s: float = Field(0.25, ge=0)  # heartbeats settle before the plan is built

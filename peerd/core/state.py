@@ -1,6 +1,6 @@
 """Shared outer state: outer parameters, outer Nesterov momentum, revision and hashes (CPU fp32).
 
-Every peer that commits the same rounds holds this state bit-identically (DESIGN section 3):
+Every peer that commits the same rounds holds this state bit-identically:
 updates are elementwise fp32 ops on CPU applied to identical inputs in the same order, so the
 result does not depend on the machine. A lock guards it because the loop thread updates it in
 ``asyncio.to_thread`` workers while gRPC handlers snapshot it for donors. Every mutation is

@@ -1,1 +1,1 @@
-"""Gossip mixing mode: pairwise, mass-conserving exchanges whose per-peer cost is O(1) (DESIGN §3)."""
+"""Gossip mixing mode: pairwise, mass-conserving exchanges whose per-peer cost is O(1)."""

@@ -1,4 +1,4 @@
-"""Gossip-mode rounds of a daemon: one confirmed pairwise AMPG exchange per round (DESIGN §3).
+"""Gossip-mode rounds of a daemon: one confirmed pairwise AMPG exchange per round.
 
 For a round plan (mode ``gossip``) every member derives its partner from the plan's members and
 topology (:mod:`peerd.mixing.gossip.topology`), so the pairs are one fact like the plan itself. Then:

@@ -116,7 +116,7 @@ def expected_laplacian(topology: str, n: int, rounds: int = 64) -> np.ndarray:
 
 
 def theory_rate(topology: str, n: int) -> float:
-    """Expected per-round contraction of the squared consensus distance (research notes §5).
+    """Expected per-round contraction of the squared consensus distance.
 
     ``ring3``/``exponential``: ``rho^2`` with ``rho`` the second-largest |eigenvalue| of ``W``;
     ``random``: ``(n-2)/(2(n-1))`` (in expectation); ``ring``: the ring's one-peer product over a
