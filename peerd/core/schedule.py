@@ -69,15 +69,23 @@ def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Cand
     take part (PCCL's rule), so it is left out of plans. In ``gossip`` mode parameters differ per
     peer by design and a revision is only a peer's own count of committed exchanges, so every
     ready peer is eligible.
+
+    The consensus (top revision, majority hash) is what reachable peers hold whenever one is
+    ready: a client-mode peer cannot serve state, so a commit that only clients made (they held
+    every reduced shard while the owners aborted) could never spread and would stall everyone
+    behind it. Such a client is out of sync and resyncs from a reachable donor: its lone commit
+    is dropped, like an aborted round.
     """
     ready = [c for c in candidates if c.ready]
     if not ready or mode == "gossip":
         return ready
-    top = max(c.revision for c in ready)
+    base = [c for c in ready if c.reachable] or ready
+    top = max(c.revision for c in base)
     at_top = [c for c in ready if c.revision == top]
     counts: dict[str, int] = {}
     for c in at_top:
-        counts[c.state_hash] = counts.get(c.state_hash, 0) + 1
+        if c.reachable or base is ready:
+            counts[c.state_hash] = counts.get(c.state_hash, 0) + 1
     majority = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
     return [c for c in at_top if c.state_hash == majority]
 

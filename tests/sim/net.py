@@ -63,10 +63,15 @@ class SimNetwork:
         while self.loop.time() < self.stalled_until.get(peer, 0.0):
             await asyncio.sleep(self.stalled_until[peer] - self.loop.time())
 
-    async def hop(self, a: str, b: str, nbytes: int) -> None:
-        """One message from ``a`` to ``b``: latency, jitter and serialisation time."""
+    async def hop(self, a: str, b: str, nbytes: int, first: bool = True) -> None:
+        """One message from ``a`` to ``b``: latency and jitter (``first`` of a stream), serialisation time.
+
+        Later messages of a stream follow the first one back to back: they add only their own
+        serialisation time, as chunks of a gRPC stream do.
+        """
         link = self.link(a, b)
-        await asyncio.sleep(link.latency_s + self.rng.random() * link.jitter_s + 8 * nbytes / link.bandwidth_bps)
+        delay = link.latency_s + self.rng.random() * link.jitter_s if first else 0.0
+        await asyncio.sleep(delay + 8 * nbytes / link.bandwidth_bps)
         if not self.reachable(a, b) or (link.loss and self.rng.random() < link.loss):
             raise SimRpcError(f"{a}->{b}: lost")
 
@@ -117,7 +122,7 @@ class SimTransport:
             await self.net.hop(self.peer_id, dst, 256)
             await self.net.gate(dst)
             deadline = await handler.admit(sent)
-            await self.net.hop(self.peer_id, dst, len(payload))
+            await self.net.hop(self.peer_id, dst, len(payload), first=False)
             await self.net.gate(dst)
             del deadline  # the mixer closes collection itself at its deadlines
             await handler.deliver(sent, payload)

@@ -56,7 +56,8 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
         sc.clients = set(crng.sample(range(1, peers + 3), crng.randint(1, 2)))
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
-        sc.duration_s = last_join + sc.max_steps * sc.step_s * max(sc.slow.values(), default=1.0) + 24.0
+        # Lost messages cost the last rounds a commit and a catch-up each: leave room for several.
+        sc.duration_s = last_join + sc.max_steps * sc.step_s * max(sc.slow.values(), default=1.0) + 40.0
     return sc
 
 

@@ -332,8 +332,10 @@ class GossipMixer:
     async def _push(self, plan: RoundPlan, partner: str, pend: _Pending) -> bool:
         header = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec)
         endpoint = plan.endpoints[plan.index_of(partner)]
+        t0 = self.rc.clock.monotonic()
         try:
             await self.network.push_shard(endpoint, header, pend.payload, plan.deadline - self.rc.now())
+            self.rc.net.push(len(pend.payload), self.rc.clock.monotonic() - t0)  # feeds the round clock
             return True
         except grpc.aio.AioRpcError as exc:
             self._last_error = f"{exc.code().name}: {exc.details()}"[:120]
