@@ -56,7 +56,7 @@ CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=30, op_timeout_s=10)
 BATCH = 500  # records per store call: ~400 KB, well under p2pd's 4 MiB message cap
 
 
-def _fake_key(exponent: int | None = None, bits: int = 2048) -> tuple[bytes, int]:
+def fake_key(exponent: int | None = None, bits: int = 2048) -> tuple[bytes, int]:
     """A well-formed RSA public key nobody holds the private half of (random odd modulus)."""
     n = secrets.randbits(bits) | (1 << (bits - 1)) | 1
     e = exponent or (secrets.randbits(2040) | 1 | (1 << 2039))
@@ -70,7 +70,7 @@ def forged(kind: str, i: int, exp: float) -> tuple[str, dict[str, Any]]:
     if kind == "garbage":
         return f"Qm{secrets.token_hex(20)}", {"s": 1, "body": os.urandom(64), "exp": exp, "pk": os.urandom(294),
                                                "sig": os.urandom(256), "mac": os.urandom(32)}
-    pk, n = _fake_key(65537 if kind == "near_valid" else None)
+    pk, n = fake_key(65537 if kind == "near_valid" else None)
     pid = peer_id_of(pk)
     body = msgpack.packb(PeerRecord(pid, f"127.0.0.1:{1000 + i % 60000}", 1, 10**6, "h" * 16, ("a", "b"), 1.0,
                                     10**6, True, False).to_value(), use_bin_type=True)
