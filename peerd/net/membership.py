@@ -44,6 +44,17 @@ RECORD_VERSION = 1
 RECORD_VERSION_CLIENT = 2
 MAX_RECORD_FIELD_CHARS = 512
 MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
+# Subkeys opened per read (each costs a signature check). Above any swarm this design serves, and far
+# above the publishers of one round's plans; what lies beyond is dropped and counted, so a flood of
+# records that pass the store-time checks (Sybils of an open swarm) costs a reader a bounded amount.
+MAX_PEER_SUBKEYS = 4096
+MAX_PLAN_SUBKEYS = 64
+MAX_RUNS_SUBKEYS = 256
+
+
+def _expiration(item: Any) -> float:
+    exp = getattr(item, "expiration_time", None)
+    return exp if isinstance(exp, (int, float)) else float("-inf")
 
 
 class DhtError(RuntimeError):
@@ -287,7 +298,7 @@ class Membership:
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return False
         mine = run_tag(self.run_id)
-        for subkey, item in found.value.items():
+        for subkey, item in self._bounded_items(found.value, MAX_RUNS_SUBKEYS):
             try:
                 body = open_sealed(RUNS_KEY, subkey, item.value, item.expiration_time, None)
             except ValueError:
@@ -308,7 +319,7 @@ class Membership:
         if not isinstance(found.value, dict):
             self.invalid_records += 1
             return out
-        for subkey, item in found.value.items():
+        for subkey, item in self._bounded_items(found.value, MAX_PEER_SUBKEYS):
             try:
                 body = open_sealed(self._peers_key, subkey, item.value, item.expiration_time, self.mac_key)
                 rec = PeerRecord.from_value(subkey, body)
@@ -317,6 +328,24 @@ class Membership:
                 continue
             out[rec.peer_id] = rec
         return out
+
+    def _bounded_items(self, value: dict[Any, Any], limit: int) -> list[tuple[Any, Any]]:
+        """At most ``limit`` of a read's subkeys; the rest are dropped and counted as invalid.
+
+        Kept first: records whose lifetime does not exceed what a peer of this run writes (a
+        heartbeat's ``dht.ttl_s``, plus slack for clock skew), latest first, since an honest peer
+        rewrites its record every heartbeat; a flood that sets long lifetimes to stay on top sorts last.
+        """
+        if len(value) <= limit:
+            return list(value.items())
+        self.invalid_records += len(value) - limit
+        horizon = get_dht_time() + self.cfg.ttl_s + 60
+
+        def rank(kv: tuple[Any, Any]) -> tuple[bool, float]:
+            exp = _expiration(kv[1])
+            return exp > horizon, -exp
+
+        return sorted(value.items(), key=rank)[:limit]
 
     async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
         """Store a plan under the round's key with the publisher as subkey."""
@@ -367,7 +396,7 @@ class Membership:
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return []
         plans = []
-        for subkey, item in found.value.items():
+        for subkey, item in self._bounded_items(found.value, MAX_PLAN_SUBKEYS):
             try:
                 body = open_sealed(key, subkey, item.value, item.expiration_time, self.mac_key)
                 plan = plan_from_record(body, self.run_id, num_fragments)

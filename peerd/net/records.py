@@ -42,6 +42,7 @@ SEAL_VERSION = 1
 RUNS_KEY = "peerd/v1/runs"
 MAX_BODY_BYTES = 256 << 10
 MAX_KEY_BYTES = 1024
+RSA_EXPONENT = 65537  # what libp2p (go and hivemind) key generation uses
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 _FIELDS = {"s": int, "body": bytes, "exp": float, "pk": bytes, "sig": bytes, "mac": bytes}
 
@@ -131,9 +132,16 @@ def open_sealed(dht_key: str | bytes, subkey: Any, value: Any, expiration: float
         key = serialization.load_der_public_key(pk)
     except (ValueError, TypeError) as exc:
         raise RecordError("record public key unreadable") from exc
-    # Bound the verification cost: only the key sizes libp2p peers actually use.
+    # Bound the verification cost: only the key sizes and the exponent libp2p peers actually use. A
+    # forged key with a 2,000-bit exponent (anyone can write one: the modulus need not be factorable)
+    # turns each check into a full modular exponentiation, ~1-30 ms, which an outsider could
+    # make every storing node pay per record; e=65537 keeps it at tens of microseconds.
     if not isinstance(key, rsa.RSAPublicKey) or not 2048 <= key.key_size <= 4096:
         raise RecordError("record public key is not RSA 2048-4096")
+    if key.public_numbers().e != RSA_EXPONENT:
+        raise RecordError(f"record public key exponent is not {RSA_EXPONENT}")
+    if len(sig) != (key.key_size + 7) // 8:
+        raise RecordError("record signature length does not match its key")
     try:
         key.verify(sig, msg, _PSS, hashes.SHA256())
     except InvalidSignature:
