@@ -90,6 +90,14 @@ class StateSync:
         if not_before is not None:
             await asyncio.sleep(max(0.0, not_before - self.clock.time()))
         synced = await self._fetch(donors, donor_decides=not_before is not None)
+        if synced is not None and elig and synced.revision < min(elig[0].revision, max(self.state.revision, 0)):
+            # The donor is behind what its record announced (it restarted without its checkpoint
+            # under the same identity while its old record lived on): installing would throw away
+            # this peer's committed rounds. Refused and counted; the next round looks again.
+            self.metrics.resyncs.labels(outcome="stale_donor").inc()
+            log.warning("sync_refused", reason="donor behind its record", revision=synced.revision,
+                        announced=elig[0].revision, mine=self.state.revision)
+            return False
         if synced is None:
             return False
         self.state.install(synced.revision, synced.theta, synced.momentum)

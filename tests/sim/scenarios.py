@@ -42,7 +42,10 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
         elif kind == "crash" and peers >= 3:
             sc.events.append(Event(at, "crash", victim))
             if rng.random() < 0.5:
-                sc.events.append(Event(round(at + rng.uniform(2.0, 6.0), 2), "restart", victim))
+                # A restart has no checkpoint here: in a finite run it comes back while others
+                # still train, or it would legitimately start a swarm of its own.
+                back = at + rng.uniform(2.0, 6.0)
+                sc.events.append(Event(round(min(back, last) if finite else back, 2), "restart", victim))
         elif kind == "join":
             sc.events.append(Event(at, "join", peers + len([e for e in sc.events if e.kind == "join"])))
         elif kind == "cut" and peers >= 2:

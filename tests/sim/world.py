@@ -228,6 +228,7 @@ class World:
         self.checks: list[Callable[[World, int], None]] = []
         self.epoch = EPOCH
         self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None
+        self.forks: dict[int, int] = {}  # revision -> first round it held two states
 
     def peer_id(self, i: int) -> str:
         return f"peer-{i:02d}"
