@@ -136,7 +136,8 @@ def mass(w: World, r: int) -> None:
     """
     if w.sc.mode != "gossip" or w.sc.loss > 0 or any(e.kind == "lose" for e in w.sc.events):
         return
-    live = tuple(sorted(p.peer_id for p in w.live() if p.node.view.ready))
+    # By incarnation: a peer that crashed and came back between two looks lost its mass.
+    live = tuple(sorted(f"{p.peer_id}/{p.node.view.incarnation}" for p in w.live() if p.node.view.ready))
     totals = tuple(round(sum(p.node.mixer.w[f] for p in w.live() if p.node.view.ready), 9)
                    for f in range(w.cfg.mixing.num_fragments))
     previous, w._mass = w._mass, (live, totals)

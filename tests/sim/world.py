@@ -227,7 +227,7 @@ class World:
         self.stops: list[tuple[float, str, str]] = []
         self.checks: list[Callable[[World, int], None]] = []
         self.epoch = EPOCH
-        self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None
+        self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # (live incarnations, totals)
         self.forks: dict[int, int] = {}  # revision -> first round it held two states
 
     def peer_id(self, i: int) -> str:
