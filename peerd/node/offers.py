@@ -12,10 +12,11 @@ first (with a swarm secret: only the plan's publisher may offer it).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from peerd.core.clock import RoundClock
-from peerd.core.log import get_logger
+from peerd.core.log import RemoteLog, get_logger
 from peerd.core.schedule import RoundPlan
 from peerd.net.ports import MembershipPort, NetworkPort
 from peerd.proto.v1 import peer_pb2
@@ -34,6 +35,7 @@ class PlanInbox:
         self.membership, self.rc, self.num_fragments, self.on_refused = membership, rounds, num_fragments, on_refused
         self.plans: dict[int, dict[str, RoundPlan]] = {}
         self._arrived: dict[int, asyncio.Event] = {}
+        self.remote_log = RemoteLog(log)  # refusals are caused by remote input: rate-limited lines
 
     async def offer_plan(self, offer: peer_pb2.PlanOffer) -> bool:
         """Verify and keep an offered plan (PlanSink); False when it is refused (counted)."""
@@ -48,7 +50,8 @@ class PlanInbox:
         except ValueError as exc:  # RecordError, PlanError, or a mismatch with the offer
             self.membership.invalid_records += 1
             self.on_refused("invalid")
-            log.info("plan_offer_refused", round=r, publisher=offer.publisher[-8:], reason=str(exc)[:120])
+            self.remote_log.event("plan_offer_invalid", offer.publisher[-64:], "plan_offer_refused", level=logging.INFO,
+                                  round=r, why=str(exc)[:120])
             return False
         current = self.rc.index(now)
         for old in [k for k in self.plans if k < current - KEEP_ROUNDS]:
