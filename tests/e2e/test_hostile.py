@@ -16,7 +16,7 @@ import signal
 import grpc
 import pytest
 
-from bench.garbage import NEVER, ODD, garbage_calls
+from bench.garbage import NEVER, ODD, SEND_FAILED, garbage_calls
 from peerd.net import auth
 from tests.conftest import Swarm, wait_for
 from tests.integration.test_hostile_calls import CALLS, MAX_LOG_BYTES
@@ -81,7 +81,10 @@ def test_garbage_calls_cost_a_daemon_no_parse_and_little_log(swarm: Swarm) -> No
         return outsider, member
 
     outsider, member = asyncio.run(asyncio.wait_for(attack(), 180))
-    assert outsider == {grpc.StatusCode.UNAUTHENTICATED: CALLS}, (outsider, ODD[:5])
+    # Every outsider call is refused UNAUTHENTICATED; a rare few the attacker's own grpc core
+    # reports as a failed send (the refusal closed the call while it was still sending).
+    assert outsider[grpc.StatusCode.UNAUTHENTICATED] + outsider[SEND_FAILED] == CALLS, (outsider, ODD[:5])
+    assert outsider[SEND_FAILED] <= CALLS // 100 and not NEVER & set(outsider), (outsider, ODD[:5])
     assert sum(member.values()) == CALLS and not NEVER & set(member), (member, ODD[:5])
     assert member[grpc.StatusCode.INVALID_ARGUMENT] >= CALLS // 2, member
     assert victim.metric_value("peerd_rpc_refused_total", 'reason="missing"') == CALLS

@@ -18,7 +18,7 @@ import grpc
 import pytest
 import structlog
 
-from bench.garbage import NEVER, ODD, garbage_calls
+from bench.garbage import NEVER, ODD, SEND_FAILED, garbage_calls
 from peerd.core.config import SecurityConfig
 from peerd.core.log import setup_logging
 from peerd.net import auth
@@ -60,7 +60,9 @@ async def test_garbage_bodies_with_and_without_credentials_get_precise_codes_and
     finally:
         await h.transport.stop(0)
     # No body was parsed for an outsider: every call is refused by admission alone.
-    assert outsider == {grpc.StatusCode.UNAUTHENTICATED: CALLS}, (outsider, ODD[:5])
+    # A rare call the attacker's own grpc core reports as a failed send (the refusal closed it first).
+    assert outsider[grpc.StatusCode.UNAUTHENTICATED] + outsider[SEND_FAILED] == CALLS, (outsider, ODD[:5])
+    assert outsider[SEND_FAILED] <= CALLS // 100 and not NEVER & set(outsider), (outsider, ODD[:5])
     assert h.refused.count("missing") == CALLS
     # A member's undecodable body is its mistake, said precisely; never UNKNOWN / INTERNAL.
     assert sum(member.values()) == CALLS and not NEVER & set(member), (member, ODD[:5])
