@@ -17,6 +17,7 @@ import asyncio
 import time
 from typing import Any
 
+from peerd.core.aio import bounded
 from peerd.core.errors import EXIT_CONFIG, FatalError
 from peerd.core.log import get_logger
 
@@ -51,8 +52,9 @@ async def require_secret_if_swarm_has_one(membership: Any, bootstrap: list[str],
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            found = await asyncio.wait_for(membership.node.get(membership._peers_key, latest=True),
-                                           max(0.5, deadline - time.monotonic()))
+            # bounded, not wait_for: hivemind's get can swallow the cancellation and never return.
+            found = await bounded(membership.node.get(membership._peers_key, latest=True),
+                                  max(0.5, deadline - time.monotonic()))
         except (TimeoutError, Exception):  # noqa: BLE001 - a failed lookup proves nothing either way
             found = None
         carry = records_carry_mac(getattr(found, "value", None))
