@@ -79,8 +79,15 @@ class Peer:
         return self.info
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://{self.info['metrics']}/metrics", timeout=5) as resp:
-            return resp.read().decode()
+        try:
+            with urllib.request.urlopen(f"http://{self.info['metrics']}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            # A refused or reset scrape is most often a peer that has exited: say so, with its log.
+            if self.proc.poll() is not None:
+                raise AssertionError(f"peer {self.index} exited ({self.proc.returncode}):\n"
+                                     f"{self.log_file.read_text()[-3000:]}") from None
+            raise
 
     def metric_value(self, name: str, labels: str = "") -> float:
         total = 0.0

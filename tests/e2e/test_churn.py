@@ -14,12 +14,15 @@ from tests.conftest import Swarm, wait_for
 
 @pytest.mark.timeout(420)
 def test_sigkill_mid_run_survivors_finish_and_agree(swarm: Swarm) -> None:
-    steps = ["train.max_steps=400"]
+    # Enough steps that no peer can finish before the others have joined: a peer that is done
+    # while it sees nobody leaves at once (CI once saw the first peer do 400 steps alone).
+    steps = ["train.max_steps=1200"]
     first = swarm.start(steps, flags=["--exit-when-done"])
     first.wait_ready()
     others = [swarm.start(steps, flags=["--exit-when-done"]) for _ in range(2)]
     for p in others:
         p.wait_ready()
+    assert first.proc.poll() is None, "first peer finished alone before the others joined: raise max_steps"
     committed = 'outcome="committed"'
     wait_for(lambda: first.metric_value("peerd_rounds_total", committed) >= 2, 120, "two committed rounds")
     victim = others[1]

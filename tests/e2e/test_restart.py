@@ -25,6 +25,11 @@ def test_restart_with_checkpoint_resumes_and_resyncs(swarm: Swarm, tmp_path) -> 
     a.wait_ready()
     b = swarm.start()
     b.wait_ready()
+    # A third peer keeps the swarm committing while a is down, so a's checkpoint is surely behind
+    # and the restart must resync (with b alone the revision would stand still, and whether a's
+    # last checkpoint caught its last commit would decide whether a sync happens at all).
+    c = swarm.start()
+    c.wait_ready()
     committed = 'outcome="committed"'
     wait_for(lambda: a.metric_value("peerd_rounds_total", committed) >= 2, 120, "two committed rounds")
     wait_for(lambda: len(list((tmp_path / "ckpt-a").glob("ckpt-*.pt"))) >= 1, 30, "a checkpoint file")
@@ -34,7 +39,9 @@ def test_restart_with_checkpoint_resumes_and_resyncs(swarm: Swarm, tmp_path) -> 
     loaded, problems = checkpoint.load_latest(tmp_path / "ckpt-a")
     assert loaded is not None, problems
     saved_step = loaded.content["worker"]["step"]
-    assert saved_step > 0 and loaded.content["outer"]["revision"] >= 1
+    saved_revision = loaded.content["outer"]["revision"]
+    assert saved_step > 0 and saved_revision >= 1
+    wait_for(lambda: status(b)["revision"] > saved_revision, 120, "b and c to commit past a's checkpoint")
 
     again = swarm.start(ckpt, bootstrap=list(b.info["dht_maddrs"]))
     again.wait_ready()
@@ -48,9 +55,9 @@ def test_restart_with_checkpoint_resumes_and_resyncs(swarm: Swarm, tmp_path) -> 
         return x["revision"] == y["revision"] and x["state_hash"] == y["state_hash"] and x["rounds_committed"] > 0
 
     wait_for(in_sync, 120, "restarted peer back in sync with the swarm")
-    for p in (again, b):
+    for p in (again, b, c):
         p.proc.send_signal(signal.SIGTERM)
-    for p in (again, b):
+    for p in (again, b, c):
         assert p.proc.wait(60) == 0
     sa, sb = again.summary(), b.summary()
     assert sa["exit"] == "sigterm" and sb["exit"] == "sigterm"
