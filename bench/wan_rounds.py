@@ -3,10 +3,17 @@
 Runs ``--peers`` real ``peerd join`` daemons, each in its own network namespace of a
 :class:`bench.wan.WanEmulator` (transport and DHT bound to the namespace's address, all
 bootstrapping from the first peer), for ``--seconds`` after the last one is ready, then SIGTERMs
-them (each leaves, evaluates and writes its ``--summary``). Reports member-rounds committed and
-aborted (summed over peers, from the summaries), abort reasons (from the ``round_aborted`` log
-events), steps and final eval loss per peer, and the forwarder's link counters. The result is
-stored under its profile in ``bench/results/wan_rounds.json`` (other profiles' entries are kept).
+them (each leaves, evaluates and writes its ``--summary``).
+
+With ``--steps N`` every peer trains exactly N inner steps and leaves on its own once the swarm
+has finished (``--exit-when-done``), so two profiles' final eval losses compare at equal steps;
+``--seconds`` then only bounds the run.
+
+Reports member-rounds committed and aborted (summed over peers, from the summaries), abort
+reasons (from the ``round_aborted`` log events), steps and final eval loss per peer, and the
+forwarder's link counters. The result is stored under its profile in
+``bench/results/wan_rounds.json`` (other profiles' entries are kept; equal-step runs go under
+``equal_steps``).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ def _events(log: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
-def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str], workdir: Path) -> dict[str, Any]:
+def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str], workdir: Path,
+        steps: int = 0) -> dict[str, Any]:
     """One run; returns the result document (also on a peer's failure, with ``error`` set)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(workdir / "state"),
@@ -59,8 +67,11 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
                 for stale in (rf, sf):
                     stale.unlink(missing_ok=True)
                 cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf)]
+                finite = [f"train.max_steps={steps}"] if steps else []
+                if steps:
+                    cmd.append("--exit-when-done")
                 for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
-                             f"data.num_shards={peers}", f"run_id=wan-{profile}", *overrides]:
+                             f"data.num_shards={peers}", f"run_id=wan-{profile}", *finite, *overrides]:
                     cmd += ["--set", item]
                 for m in boot:
                     cmd += ["--bootstrap", m]
@@ -76,9 +87,14 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-                if dead:
+                if steps and len(dead) == len(procs):
+                    break  # every peer finished its steps and left
+                if dead and not steps:
                     raise RuntimeError(f"peers {dead} exited early (logs in {workdir})")
                 time.sleep(1.0)
+            else:
+                if steps:
+                    raise RuntimeError(f"peers still training after {seconds:.0f}s (logs in {workdir})")
             links = wan.stats()["links"]
         except (RuntimeError, TimeoutError) as exc:
             error, links = repr(exc), {}
@@ -106,7 +122,7 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
     losses = [p["final_eval_loss"] for p in per_peer if p["final_eval_loss"] is not None]
     return {
         "profile": PROFILES[profile].as_dict(), "peers": peers, "seconds": seconds, "seed": seed,
-        "overrides": overrides, "committed": committed, "aborted": aborted,
+        "overrides": overrides, "steps": steps, "committed": committed, "aborted": aborted,
         "committed_fraction": round(committed / (committed + aborted), 3) if committed + aborted else None,
         "abort_reasons": dict(reasons), "mean_final_eval_loss": sum(losses) / len(losses) if losses else None,
         "per_peer": per_peer, "links": links, "wall_s": round(time.monotonic() - t0, 1), "error": error,
@@ -121,15 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=0, help="train exactly this many steps per peer, then leave")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra peerd config override")
     ap.add_argument("--workdir", default="/tmp/peerd-wan-rounds")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
-    res = run(a.profile, a.peers, a.seconds, a.seed, a.overrides, Path(a.workdir) / a.profile)
+    res = run(a.profile, a.peers, a.seconds, a.seed, a.overrides, Path(a.workdir) / a.profile, a.steps)
     res["command"] = "python -m bench.wan_rounds " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(a.out)
     doc = json.loads(out.read_text()) if out.exists() else {}
-    doc.setdefault("runs", {})[a.profile] = res
+    doc.setdefault("runs" if not a.steps else "equal_steps", {})[a.profile] = res
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({k: res[k] for k in ("committed", "aborted", "committed_fraction", "abort_reasons",

@@ -307,6 +307,21 @@ class Membership:
                 return True
         return False
 
+    async def sealed_peer_records(self, timeout_s: float) -> Any:
+        """The run's peer records as stored, sealed and unverified; None if the read failed.
+
+        For the join-time secret check only: a peer without the swarm's secret cannot open the
+        records, but it can see whether they carry a MAC. Bounded by ``timeout_s`` with
+        ``aio.bounded`` (hivemind's get can swallow a cancellation and never return).
+        """
+        if self.node is None:
+            return None
+        try:
+            found = await bounded(self.node.get(self._peers_key, latest=True), timeout_s)
+        except Exception:  # noqa: BLE001 - a failed lookup proves nothing either way
+            return None
+        return getattr(found, "value", None)
+
     async def live_records(self) -> dict[str, PeerRecord] | None:
         """Unexpired, valid records by peer id; None when the lookup itself failed."""
         assert self.node is not None

@@ -17,9 +17,9 @@ import asyncio
 import time
 from typing import Any
 
-from peerd.core.aio import bounded
 from peerd.core.errors import EXIT_CONFIG, FatalError
 from peerd.core.log import get_logger
+from peerd.net.membership import Membership
 
 log = get_logger("peerd.admission")
 
@@ -41,23 +41,18 @@ def records_carry_mac(value: Any) -> bool | None:
     return seen
 
 
-async def require_secret_if_swarm_has_one(membership: Any, bootstrap: list[str], wait_s: float = 5.0) -> None:
+async def require_secret_if_swarm_has_one(membership: Membership | None, bootstrap: list[str],
+                                          wait_s: float = 5.0) -> None:
     """Exit 2 (FatalError) when this secret-less peer's bootstrap swarm authenticates its records.
 
     Bounded: looks for the run's peer records for at most ``wait_s`` (a fresh swarm may not have
     published yet; finding none is not an error: this peer may be starting a run of its own).
     """
-    if not bootstrap or membership is None or membership.node is None:
+    if not bootstrap or membership is None:
         return
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            # bounded, not wait_for: hivemind's get can swallow the cancellation and never return.
-            found = await bounded(membership.node.get(membership._peers_key, latest=True),
-                                  max(0.5, deadline - time.monotonic()))
-        except (TimeoutError, Exception):  # noqa: BLE001 - a failed lookup proves nothing either way
-            found = None
-        carry = records_carry_mac(getattr(found, "value", None))
+        carry = records_carry_mac(await membership.sealed_peer_records(max(0.5, deadline - time.monotonic())))
         if carry:
             raise FatalError(MISSING_SECRET, EXIT_CONFIG)
         if carry is False or time.monotonic() >= deadline:

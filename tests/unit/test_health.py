@@ -123,11 +123,11 @@ def test_records_with_a_mac_mean_the_swarm_has_a_secret() -> None:
 
 @pytest.mark.asyncio
 async def test_missing_secret_is_fatal_exit_2() -> None:
-    class Node:
-        async def get(self, key: str, latest: bool) -> object:
-            return SimpleNamespace(value={"p": SimpleNamespace(value={"mac": b"\x02" * 32})})
+    class Membership:
+        async def sealed_peer_records(self, timeout_s: float) -> object:
+            return {"p": SimpleNamespace(value={"mac": b"\x02" * 32})}
 
-    membership = SimpleNamespace(node=Node(), _peers_key="k")
+    membership = Membership()
     with pytest.raises(FatalError) as err:
         await require_secret_if_swarm_has_one(membership, ["/ip4/127.0.0.1/tcp/1/p2p/Qm"])
     assert err.value.code == 2 and str(err.value) == MISSING_SECRET
