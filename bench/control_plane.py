@@ -89,13 +89,18 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
     for i in range(peers):
         sf = workdir / f"peer-{i}.summary.json"
         summaries.append(json.loads(sf.read_text())["peers"][0] if sf.exists() else {})
+    by_outcome: dict[str, int] = {}
+    for s in summaries:
+        for k, v in (s.get("rounds_by_outcome") or {}).items():
+            by_outcome[k] = by_outcome.get(k, 0) + v
     committed = sum(s.get("rounds_committed") or 0 for s in summaries)
     aborted = sum(s.get("rounds_aborted") or 0 for s in summaries)
     dht_rates = [r["dht"] for r in rates]
     return {"peers": peers, "window_s": round(dt, 1), "tx_bytes_per_s": rates,
             "dht_tx_bytes_per_peer_per_s_mean": round(sum(dht_rates) / peers),
             "dht_tx_bytes_per_peer_per_s_max": max(dht_rates), "rounds_committed": committed,
-            "rounds_aborted": aborted, "overrides": overrides, "loadavg_1m_end": os.getloadavg()[0],
+            "rounds_aborted": aborted, "rounds_by_outcome": by_outcome, "overrides": overrides,
+            "loadavg_1m_end": os.getloadavg()[0],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

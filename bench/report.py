@@ -75,6 +75,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     v = codec.get("int8_vs_memcpy")
     add("int8 encode+decode >= 0.3x memcpy", v, None if v is None else v >= 0.3,
         "n/a" if v is None else f"{v:.2f}x memcpy" + ("" if v >= 0.3 else f" ({0.3 / v:.2f}x short)"))
+    if "rounds" in r:
+        from bench import rounds
+
+        rounds.targets(r["rounds"], add)
     t = r.get("transport", {})
     v = t.get("grpc_vs_raw")
     add("gRPC goodput >= 0.5x raw TCP", v, None if v is None else v >= 0.5,
@@ -206,6 +210,10 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"| {s['peers']} | {_num(s.get('tx_bytes_per_peer_per_round'), '.3g')} | "
                      f"{_num(s.get('round_latency_s'), '.3f')} | {s.get('rounds_committed')} / "
                      f"{s.get('rounds_aborted')} | `{s.get('command', '')}` |")
+    if "rounds" in r:
+        from bench import rounds
+
+        lines += rounds.table(r["rounds"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

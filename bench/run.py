@@ -19,12 +19,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
-              "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300},
+              "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
+              "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
-             "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000},
+             "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
+             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60},
 }
 
 
@@ -110,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         r["scaling"] = [{**s, "bench_command": cmd("scaling")}
                         for s in scaling.run(plan["scale_sizes"], plan["scale_steps"], work / "scaling")]
         stamp("scaling", started)
+    if "rounds" in only:
+        from bench import rounds
+
+        started = time.monotonic()
+        r["rounds"] = rounds.run(plan["wan_steps"], plan["loopback_sizes"], plan["loopback_s"], work / "rounds",
+                                 bench_cmd=cmd("rounds"))
+        stamp("rounds", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

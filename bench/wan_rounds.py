@@ -115,8 +115,9 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
         s = json.loads(sf.read_text())["peers"][0] if sf.exists() else {}
         aborts = _events(workdir / f"peer-{i}.log", "round_aborted")
         reasons.update(str(ev.get("reason")) for ev in aborts)
-        per_peer.append({k: s.get(k) for k in ("steps", "rounds_committed", "rounds_aborted", "final_eval_loss",
-                                               "initial_eval_loss", "tx_bytes", "rx_bytes", "exit")})
+        per_peer.append({k: s.get(k) for k in ("steps", "rounds_committed", "rounds_aborted", "rounds_by_outcome",
+                                               "final_eval_loss", "initial_eval_loss", "tx_bytes", "rx_bytes",
+                                               "exit")})
     committed = sum(p["rounds_committed"] or 0 for p in per_peer)
     aborted = sum(p["rounds_aborted"] or 0 for p in per_peer)
     losses = [p["final_eval_loss"] for p in per_peer if p["final_eval_loss"] is not None]

@@ -28,3 +28,5 @@ class Counters:
     failure_at: float | None = None  # first failure since the last commit (monotonic)
     recoveries_s: list[float] = field(default_factory=list)
     syncs: list[dict[str, float]] = field(default_factory=list)
+    # every round this peer looked at, by "outcome:reason" (what the rounds metric counts too)
+    round_outcomes: dict[str, int] = field(default_factory=dict)

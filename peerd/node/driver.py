@@ -75,6 +75,8 @@ class RoundDriver:
 
     def _count(self, outcome: str, reason: str) -> None:
         self.metrics.rounds.labels(outcome=outcome, reason=reason).inc()
+        key = f"{outcome}:{reason}"
+        self.counters.round_outcomes[key] = self.counters.round_outcomes.get(key, 0) + 1
         if outcome == "skipped" and reason == "no_reachable_peer":
             if self.last_round.get("reason") != reason:
                 log.warning("no_reachable_peer", peers=len(self.view.records) + 1,

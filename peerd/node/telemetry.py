@@ -133,6 +133,7 @@ class Telemetry:
             "final_eval_loss": final_loss if math.isfinite(final_loss) else None,
             "tx_bytes": self.counters.tx_bytes, "rx_bytes": self.counters.rx_bytes,
             "rounds_committed": self.counters.rounds_committed, "rounds_aborted": self.counters.rounds_aborted,
+            "rounds_by_outcome": dict(sorted(self.counters.round_outcomes.items())),
             "revision": node.state.revision if node else 0,
             "state_hash": node.state.state_hash() if node else state_hash(0, []),
             "exit": exit_reason if exit_code == EXIT_OK else f"error: {exit_reason}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import codecs, report
+from bench import codecs, report, rounds
 
 
 def test_codec_bench_small_tensor_gives_positive_numbers() -> None:
@@ -42,3 +42,33 @@ def test_report_regenerates_only_the_marked_block(tmp_path: Path) -> None:
     assert verdicts["gRPC goodput >= 0.5x raw TCP"] == "miss"
     assert "| peerd_gossip | error: mixing.mode" in text
     assert (tmp_path / "convergence.png").exists()
+
+
+def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Path) -> None:
+    outcomes = {"committed:ok": 90, "aborted:missing_reduced_shards": 2, "skipped:no_plan": 8,
+                "skipped:too_few_peers": 50}
+    results = {
+        "meta": {"command": "python -m bench --only rounds"}, "scaling": [],
+        "rounds": {
+            "command": "python -m bench --only rounds",
+            "wan": {"lan": {"committed": 40, "aborted": 0, "committed_fraction": 1.0,
+                            "strict_committed_fraction": 1.0, "final_eval_loss": 2.0, "steps": [300] * 4},
+                    "intercontinental": {"committed": 90, "aborted": 2, "committed_fraction": 0.978,
+                                         "strict_committed_fraction": rounds._strict(outcomes),
+                                         "final_eval_loss": 2.03, "steps": [300] * 4}},
+            "loopback": {"8": {"committed_fraction": 0.99, "strict_committed_fraction": 0.96,
+                               "dht_tx_bytes_per_peer_per_s_mean": 1, "dht_tx_bytes_per_peer_per_s_max": 2},
+                         "16": {"error": "RuntimeError('a peer exited early')"}},
+        },
+    }
+    assert rounds._strict(outcomes) == 0.9  # too_few_peers is no round anyone could commit
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(results))
+    md = tmp_path / "BENCHMARKS.md"
+    out = report.regenerate(path, md)
+    verdicts = {t["target"]: t["verdict"] for t in out["targets"]}
+    assert verdicts["intercontinental: >= 95% of member-rounds commit"] == "miss"
+    assert verdicts["intercontinental eval loss within 1% of lan at equal steps"] == "miss"  # +1.5%
+    assert verdicts["8 daemons on loopback: >= 95% of member-rounds commit"] == "pass"
+    assert verdicts["16 daemons on loopback: >= 80% of member-rounds commit"] == "not measured"
+    assert "| 16 daemons, loopback | error: RuntimeError" in md.read_text()

@@ -1,0 +1,128 @@
+"""The round protocol's targets side by side in one run: ``python -m bench --only rounds``.
+
+Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator`):
+
+- **equal steps over the internet**: 4 daemons train exactly ``wan_steps`` inner steps each under
+  the ``lan`` profile, then again under ``intercontinental`` (200 ms RTT, 20 Mbit/s, 0.5% loss),
+  both with ``--exit-when-done`` (:func:`bench.wan_rounds.run`). Reports the share of
+  member-rounds committed and the final eval loss of each, so the two compare at equal steps.
+- **swarm size on loopback**: ``loopback_sizes`` daemons with zero added delay for
+  ``loopback_s`` seconds (:func:`bench.control_plane.run`): the share of member-rounds committed
+  and the DHT bytes each peer sends per second.
+
+A member-round is one peer's part in one round. Two shares are reported: committed over
+committed + aborted, and the strict one, which also counts as lost every round a ready peer
+skipped because it was out of sync, had no plan, was left out of the plan or waited for a
+laggard (``LOST_SKIPS``). Rounds skipped alone (``too_few_peers``), or because the swarm has no
+reachable peer, are not rounds anyone could have committed and are left out of both.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import control_plane, wan_rounds
+
+LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan")
+
+
+def _share(committed: int, aborted: int) -> float | None:
+    return round(committed / (committed + aborted), 4) if committed + aborted else None
+
+
+def _strict(by_outcome: dict[str, int]) -> float | None:
+    committed = by_outcome.get("committed:ok", 0)
+    lost = sum(v for k, v in by_outcome.items() if k.startswith("aborted:") or k in LOST_SKIPS)
+    return _share(committed, lost)
+
+
+def _merged(per_peer: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in per_peer:
+        for k, v in (p.get("rounds_by_outcome") or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
+        bench_cmd: str) -> dict[str, Any]:
+    """Measure every part; a part that fails is recorded with its error and the others still run."""
+    out: dict[str, Any] = {"command": bench_cmd, "wan": {}, "loopback": {}}
+    for profile in ("lan", "intercontinental"):
+        print(f"bench: rounds, {profile}, 4 daemons x {wan_steps} steps ...", file=sys.stderr, flush=True)
+        res = wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, [], workdir / "wan" / profile, steps=wan_steps)
+        by_outcome = _merged(res["per_peer"])
+        out["wan"][profile] = {
+            "committed": res["committed"], "aborted": res["aborted"],
+            "committed_fraction": res["committed_fraction"], "strict_committed_fraction": _strict(by_outcome),
+            "rounds_by_outcome": by_outcome, "abort_reasons": res["abort_reasons"],
+            "final_eval_loss": res["mean_final_eval_loss"], "steps": [p["steps"] for p in res["per_peer"]],
+            "wall_s": res["wall_s"], "error": res["error"], "loadavg_1m_end": res["loadavg_1m_end"],
+        }
+    for n in loopback_sizes:
+        print(f"bench: rounds, {n} daemons on loopback for {loopback_s:g} s ...", file=sys.stderr, flush=True)
+        try:
+            res = control_plane.run(n, loopback_s, [], workdir / "loopback" / str(n))
+        except (RuntimeError, TimeoutError) as exc:
+            out["loopback"][str(n)] = {"error": repr(exc)}
+            continue
+        out["loopback"][str(n)] = {
+            "committed": res["rounds_committed"], "aborted": res["rounds_aborted"],
+            "committed_fraction": _share(res["rounds_committed"], res["rounds_aborted"]),
+            "strict_committed_fraction": _strict(res["rounds_by_outcome"]),
+            "rounds_by_outcome": res["rounds_by_outcome"],
+            "dht_tx_bytes_per_peer_per_s_mean": res["dht_tx_bytes_per_peer_per_s_mean"],
+            "dht_tx_bytes_per_peer_per_s_max": res["dht_tx_bytes_per_peer_per_s_max"],
+            "loadavg_1m_end": res["loadavg_1m_end"], "error": None,
+        }
+    return out
+
+
+def targets(r: dict[str, Any], add: Any) -> None:
+    """The internet-rounds issue's targets, from a ``rounds`` section (``add(name, value, ok, margin)``)."""
+    wan = r.get("wan", {})
+    ic, lan = wan.get("intercontinental", {}), wan.get("lan", {})
+    f, g = ic.get("strict_committed_fraction"), ic.get("committed_fraction")
+    add("intercontinental: >= 95% of member-rounds commit", f, None if f is None else f >= 0.95,
+        "n/a" if f is None else f"{f:.1%} strict, {g:.1%} of committed + aborted")
+    a, b = ic.get("final_eval_loss"), lan.get("final_eval_loss")
+    if a and b:
+        rel = (a - b) / b
+        add("intercontinental eval loss within 1% of lan at equal steps", rel, abs(rel) <= 0.01,
+            f"{a:.4f} vs {b:.4f} ({rel:+.2%})")
+    else:
+        add("intercontinental eval loss within 1% of lan at equal steps", None, None, "a run failed")
+    for n, need in (("8", 0.95), ("16", 0.80)):
+        row = r.get("loopback", {}).get(n, {})
+        f, g = row.get("strict_committed_fraction"), row.get("committed_fraction")
+        add(f"{n} daemons on loopback: >= {need:.0%} of member-rounds commit", f, None if f is None else f >= need,
+            "n/a" if f is None else f"{f:.1%} strict ({f - need:+.1%} vs {need:.0%}), {g:.1%} of committed + aborted")
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    """Markdown lines for the report's rounds table."""
+    lines = ["", "### Rounds (real daemons in network namespaces)", "",
+             "| setting | member-rounds committed (strict) | of committed + aborted | final eval loss | "
+             "DHT bytes/peer/s (mean / max) | load at end |", "|---|---|---|---|---|---|"]
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
+    for profile, v in r.get("wan", {}).items():
+        loss = v.get("final_eval_loss")
+        lines.append(f"| 4 daemons, {profile}, {v.get('steps')} steps | {pct(v.get('strict_committed_fraction'))} | "
+                     f"{pct(v.get('committed_fraction'))} ({v.get('committed')}/"
+                     f"{(v.get('committed') or 0) + (v.get('aborted') or 0)}) | "
+                     f"{'n/a' if loss is None else f'{loss:.4f}'} | | {v.get('loadavg_1m_end', 0):.1f} |"
+                     + (f" error: {v['error']}" if v.get("error") else ""))
+    for n, v in r.get("loopback", {}).items():
+        if v.get("error"):
+            lines.append(f"| {n} daemons, loopback | error: {v['error']} | | | | |")
+            continue
+        lines.append(f"| {n} daemons, loopback | {pct(v.get('strict_committed_fraction'))} | "
+                     f"{pct(v.get('committed_fraction'))} | | {v.get('dht_tx_bytes_per_peer_per_s_mean')} / "
+                     f"{v.get('dht_tx_bytes_per_peer_per_s_max')} | {v.get('loadavg_1m_end', 0):.1f} |")
+    lines.append(f"\nCommand: `{r.get('command', '')}`")
+    return lines
