@@ -32,6 +32,7 @@ class Snapshot:
     theta: torch.Tensor  # flat fp32 CPU copy
     samples: int  # samples trained since this fragment's last committed merge
     step: int
+    steps: int = 0  # inner steps trained since this fragment's last committed merge (DiLoCo's H when merged)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class WorkerStats:
     samples_per_s: float = 0.0
     busy_s: float = 0.0  # seconds spent in training steps
     done: bool = False  # reached train.max_steps
+    steps_per_s: float = 0.0
+    steps_since: tuple[int, ...] = ()  # per fragment: inner steps since its last committed merge (pacing)
 
 
 class Bridge:

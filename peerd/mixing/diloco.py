@@ -422,6 +422,7 @@ class Diloco:
                 # is queued without waiting for it (the worker applies commands in order).
                 if snap is not None:
                     self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    self.metrics.sync_interval.observe(snap.steps)
                     snap = None
                 else:
                     self.bridge.submit("rebase", fragment=p, old=old_theta, new=self.state.theta(p))

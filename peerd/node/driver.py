@@ -2,7 +2,9 @@
 
 For each round: publish this peer's record, read the view at the settle point, decide whether
 this peer is in sync, obtain the round's plan (offered by its publisher, read from the DHT, or
-published by this peer when its slot comes), run it through the mixer, count the outcome. Time
+published by this peer when its slot comes), run it through the mixer, count the outcome. In a
+work-paced run (``round.target_h``) a publisher's plan syncs the fragment that is due or holds
+(peerd/core/pace.py); a held round exchanges nothing and is counted as ``held``, not as a miss. Time
 comes from the injected :class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this
 very code on virtual time; the DHT operations timed here feed its estimates.
 """
@@ -13,7 +15,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from peerd.core import codec
+from peerd.core import codec, pace
 from peerd.core import schedule as sch
 from peerd.core.clock import RoundClock
 from peerd.core.config import PeerdConfig
@@ -52,6 +54,7 @@ class RoundDriver:
         self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
         self.round_log = RoundLog()  # recent outcomes, for health
+        self.pace: pace.PaceDecision | None = None  # work pacing as this peer's last view saw it
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -124,12 +127,21 @@ class RoundDriver:
         if self._await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")
             return
+        if self.cfg.round.target_h:
+            self._observe_pace(r, elig)
         plan = await self._obtain_plan(r, candidates)
         if plan is None:
             self._count("skipped", "no_plan")
             return
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
+            return
+        if plan.paced != self.cfg.round.target_h:
+            # Published by a peer paced otherwise (round.target_h differs): its fragment choice is not ours.
+            self._count("skipped", "pace_mismatch")
+            return
+        if not plan.syncs:
+            self._count("held", "not_due")  # work pacing: no fragment is due, nothing to exchange
             return
         state = self.view.state
         if self.mixer.shared_state and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
@@ -144,6 +156,26 @@ class RoundDriver:
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
+
+    def _observe_pace(self, r: int, elig: list[sch.Candidate]) -> None:
+        """Export how the swarm's pace compares with ``round.target_h`` (metrics, status, one log line a change)."""
+        rc, target = self.rc, self.cfg.round.target_h
+        was = self.pace is not None and self.pace.behind
+        self.pace = pace.decide(elig, target, self.cfg.mixing.num_fragments, r, rc.round_s, rc.pace_lead(),
+                                final=False)
+        self.metrics.pace_lag.set(self.pace.lag)
+        self.metrics.pace_behind.set(1 if self.pace.behind else 0)
+        if self.pace.behind != was:
+            log.warning("pace_behind" if self.pace.behind else "pace_on_target", target_h=target,
+                        lag_steps=round(self.pace.lag, 1), steps_per_round=round(self.pace.per_round, 1),
+                        why="the network cannot sync as often as target_h asks: every round syncs"
+                        if self.pace.behind else "")
+
+    def pace_status(self) -> dict[str, Any]:
+        """Work pacing for ``peerd status``: target, how far behind, steps per round (median member)."""
+        p = self.pace
+        return {"target_h": self.cfg.round.target_h, "behind": bool(p and p.behind),
+                "lag_steps": round(p.lag, 1) if p else None, "steps_per_round": round(p.per_round, 1) if p else None}
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:
@@ -215,8 +247,9 @@ class RoundDriver:
 
     def _round_bytes(self, r: int, members: int) -> int:
         """What one member pushes per exchange phase of round ``r``: its fragment, encoded, less its own shard."""
-        mix = self.cfg.mixing
-        numel = self.view.state.layout.numels[sch.fragment_for_round(r, mix.num_fragments)]
+        mix, numels = self.cfg.mixing, self.view.state.layout.numels
+        # Paced: the fragment is the publisher's choice, not yet known; size for the largest.
+        numel = max(numels) if self.cfg.round.target_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
         size = codec.encoded_size(mix.codec, numel, mix.block_size, mix.sparse_density)
         return size * max(1, members - 1) // max(1, members)
 
@@ -279,10 +312,15 @@ class RoundDriver:
         """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""
         cfg, rc = self.cfg, self.rc
         now = rc.now()
-        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
-                             self.view.unsuspected(candidates), rc.round_s, rc.deadline_fraction, now,
-                             self.mixer.mode, cfg.mixing.topology,
-                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r))
+        pool = self.view.unsuspected(candidates)
+        fragment = None
+        if cfg.round.target_h:
+            fragment = pace.decide(sch.eligible(pool, self.mixer.mode), cfg.round.target_h, cfg.mixing.num_fragments,
+                                   r, rc.round_s, rc.pace_lead(), sch.is_final(pool, self.mixer.mode)).fragment
+        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, pool, rc.round_s,
+                             rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology,
+                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r),
+                             paced=cfg.round.target_h, fragment=fragment)
         if plan is None or len(plan.members) < cfg.round.min_members:
             # Everyone else is suspected: publish nothing, but a better-ranked or later
             # candidate may still publish a plan that names this peer.

@@ -50,7 +50,8 @@ class PeerNode:
         self.rounds = RoundClock.from_config(cfg.round, clock)
         self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, lambda: bridge.stats,
                               clock, cfg.dht.heartbeat_s, cfg.dht.ttl_s + cfg.round.round_s, bootstrap,
-                              on_lost_ready=self._lost_ready, on_refresh=self._refreshed)
+                              on_lost_ready=self._lost_ready, on_refresh=self._refreshed,
+                              announce_pace=cfg.round.target_h > 0)
         self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
                                  faults)
         self.inbox = PlanInbox(membership, self.rounds, cfg.mixing.num_fragments,
