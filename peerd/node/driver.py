@@ -141,6 +141,7 @@ class RoundDriver:
             self._count("skipped", "pace_mismatch")
             return
         if not plan.syncs:
+            self.counters.rounds_held += 1
             self._count("held", "not_due")  # work pacing: no fragment is due, nothing to exchange
             return
         state = self.view.state
