@@ -78,8 +78,8 @@ def test_work_paced_swarm_holds_rounds_syncs_every_h_steps_and_ends_identical(tm
     rounds happened and that no worker idled is.
     """
     summary = tmp_path / "swarm-paced.json"
-    settings = [s for s in SETTINGS if not s.startswith("train.max_steps_per_round")] + ["round.target_h=40"]
-    cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", "3", "--max-steps", "160",
+    settings = [s for s in SETTINGS if not s.startswith("train.max_steps_per_round")] + ["round.target_h=300"]
+    cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", "3", "--max-steps", "900",
            "--summary", str(summary), "--workdir", str(tmp_path / "w")]
     for s in settings:
         cmd += ["--set", s]
@@ -88,7 +88,7 @@ def test_work_paced_swarm_holds_rounds_syncs_every_h_steps_and_ends_identical(tm
     peers = json.loads(summary.read_text())["peers"]
     print("\npaced:", [(p["rounds_committed"], p["rounds_held"], p["rounds_aborted"], p["sync_h"]) for p in peers])
     for p in peers:
-        assert p["exit"] == "done" and p["steps"] == 160 and p["paced_idle_s"] == 0.0
+        assert p["exit"] == "done" and p["steps"] == 900 and p["paced_idle_s"] == 0.0
         assert p["rounds_committed"] > 0 and p["sync_h"]
         assert p["final_eval_loss"] < p["initial_eval_loss"]
     assert sum(p["rounds_held"] for p in peers) > 0
