@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -101,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     paced = [r for n, r in results.items() if n.startswith("paced_") and n != "paced_behind"]
     summary = {"max_abs_deviation": round(max(abs(r["deviation"]) for r in paced), 4),
                "max_idle_fraction_paced": max(r["max_idle_fraction"] for r in paced),
-               "median_h_spread_unpaced": [statistics.fmean([results[f"clock_{n}"]["median_h"]])
-                                           for n in ("one_slow", "all_fast", "all_slow")]}
+               "median_h_unpaced": {n: results[f"clock_{n}"]["median_h"] for n in ("one_slow", "all_fast", "all_slow")},
+               "max_idle_fraction_legacy": results["legacy_idle_one_slow"]["max_idle_fraction"]}
     print(f"summary: {summary}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python -m bench.work_paced", "summary": summary,

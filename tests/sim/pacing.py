@@ -16,10 +16,14 @@ from tests.sim.world import Scenario, SimPeer, World
 
 
 def paced_scenario(seed: int, target_h: int, slow: dict[int, float] | None = None, peers: int = 4,
-                   step_s: float = 0.25, duration_s: float = 80.0, **kw: object) -> Scenario:
-    """``peers`` peers, each stepping every ``step_s`` times its ``slow`` factor, paced to ``target_h``."""
+                   step_s: float = 0.25, duration_s: float = 80.0, config_steps: int = 0, **kw: object) -> Scenario:
+    """``peers`` peers, each stepping every ``step_s`` times its ``slow`` factor, paced to ``target_h``.
+
+    ``target_h`` 0: unpaced rounds; ``config_steps``: the legacy ``train.max_steps_per_round`` instead.
+    """
+    config = {"round.target_h": target_h} | ({"train.max_steps_per_round": config_steps} if config_steps else {})
     return Scenario(seed=seed, peers=peers, duration_s=duration_s, step_s=step_s, slow=dict(slow or {}),
-                    config={"round.target_h": target_h}, **kw)  # type: ignore[arg-type]
+                    config=config, **kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

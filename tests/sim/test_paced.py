@@ -54,6 +54,15 @@ def test_unpaced_h_follows_the_hardware() -> None:
     assert math.isclose(fast, 16, rel_tol=0.05) and math.isclose(slow, 16 / 3, rel_tol=0.1), (fast, slow)
 
 
+def test_the_legacy_knob_idles_fast_workers_and_the_idle_count_sees_it() -> None:
+    """train.max_steps_per_round=4 gets H=8 from workers that could do 8 steps a round: half of them idle."""
+    w = run_checked(paced_scenario(1, 0, {3: 3.0}, config_steps=4))
+    paces = measure(w)
+    assert math.isclose(median_h(paces), 8, rel_tol=0.05)
+    assert all(0.4 < p.idle_fraction < 0.6 for p in paces if p.step_s == 0.25), [p.idle_fraction for p in paces]
+    assert [p.idle for p in paces if p.step_s > 0.25] == [0]
+
+
 def test_a_target_the_network_cannot_reach_syncs_every_round_and_says_so() -> None:
     """2 s rounds, 2 fragments, 8 steps per round: H=8 needs a fragment every round each; 16 is the best."""
     w = run_checked(paced_scenario(1, 8, {3: 3.0}))

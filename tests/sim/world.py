@@ -104,7 +104,8 @@ class SimPeer:
         self.node = PeerNode(cfg, self.peer_id, self.transport.endpoint, incarnation, self.membership,
                              self.transport, self.state, self.bridge, self.clock, self.metrics, self.counters,
                              NO_FAULTS, [], world.exit_when_done, self._stop)
-        self.worker = Worker(task, self.layout, self.bridge, max_steps, 1, lambda *a: None, clock=self.clock)
+        self.worker = Worker(task, self.layout, self.bridge, max_steps, 1, lambda *a: None,
+                             pace=(cfg.train.max_steps_per_round, cfg.round.round_s), clock=self.clock)
         self.tasks: list[asyncio.Task] = []
         self.trained_steps = self.idle_steps = 0  # step slots trained / left idle by the worker's pacing
 
