@@ -10,6 +10,7 @@ from peerd.core import pace
 from peerd.core import schedule as sch
 from peerd.core.config import ConfigError, load_config
 from peerd.net.membership import PeerRecord
+from peerd.node.health import RoundLog
 from tests.unit.test_worker import make_worker, wait_steps
 
 RUN, P, H = "run", 2, 30
@@ -140,3 +141,11 @@ def test_worker_counts_steps_since_each_fragment_sync() -> None:
     assert other.steps_since == worker.steps_since
     other.restore({k: v for k, v in saved.items() if k != "steps_since"})  # a checkpoint from before pacing
     assert other.steps_since == [0, 0]
+
+
+def test_held_rounds_are_not_missed_rounds_for_health() -> None:
+    log = RoundLog()
+    for _ in range(10):
+        log.observe("held", "not_due")
+    log.observe("skipped", "no_plan")
+    assert log.snapshot() == (0, 1, ["held:not_due"] * 7 + ["skipped:no_plan"])
