@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 
 import pytest
 
 from peerd.core import pace
 from peerd.core import schedule as sch
+from peerd.core.bridge import Bridge, WorkerStats
 from peerd.core.config import ConfigError, load_config
 from peerd.net.membership import PeerRecord
 from peerd.node.health import RoundLog
@@ -149,3 +151,15 @@ def test_held_rounds_are_not_missed_rounds_for_health() -> None:
         log.observe("held", "not_due")
     log.observe("skipped", "no_plan")
     assert log.snapshot() == (0, 1, ["held:not_due"] * 7 + ["skipped:no_plan"])
+
+
+def test_announced_counts_leave_out_merges_the_worker_has_not_applied_yet() -> None:
+    bridge = Bridge()
+    bridge.stats = WorkerStats(step=50, steps_since=(30, 50))
+    queued: Future[None] = Future()
+    bridge.merging(0, 28, queued)
+    assert bridge.announced_stats().steps_since == (2, 50) and bridge.announced_stats().step == 50
+    bridge.stats = WorkerStats(step=51, steps_since=(3, 51))  # the worker applied it ...
+    assert bridge.announced_stats().steps_since == (0, 51)  # ... before resolving: subtracted twice, clamped
+    queued.set_result(None)
+    assert bridge.announced_stats().steps_since == (3, 51)
