@@ -72,7 +72,7 @@ def run_case(target: int, sc: Scenario) -> dict[str, Any]:
     paces = measure(w)
     outcomes = Counter(row[2] for x in w.log for row in x.rows.values())
     med = median_h(paces)
-    behind = [p.node.driver.pace.behind for p in w.peers.values() if p.node.driver.pace is not None]
+    behind = [p.node.driver.pacing.status()["behind"] for p in w.peers.values() if p.node.driver.pacing.decision]
     return {
         "target_h": target or None, "median_h": round(med, 2),
         "deviation": round(med / target - 1, 4) if target else None,

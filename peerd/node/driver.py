@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from peerd.core import codec, pace
+from peerd.core import codec
 from peerd.core import schedule as sch
 from peerd.core.clock import RoundClock
 from peerd.core.config import PeerdConfig
@@ -28,6 +28,7 @@ from peerd.net.ports import MembershipPort
 from peerd.net.view import SwarmView
 from peerd.node.health import RoundLog
 from peerd.node.offers import PlanInbox, PlanOfferer
+from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
 T = TypeVar("T")
@@ -54,7 +55,7 @@ class RoundDriver:
         self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
         self.round_log = RoundLog()  # recent outcomes, for health
-        self.pace: pace.PaceDecision | None = None  # work pacing as this peer's last view saw it
+        self.pacing = PaceWatch(cfg.round.target_h, cfg.mixing.num_fragments, rounds, metrics)
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -128,7 +129,7 @@ class RoundDriver:
             self._count("skipped", "awaiting_sync")
             return
         if self.cfg.round.target_h:
-            self._observe_pace(r, elig)
+            self.pacing.observe(r, elig)
         plan = await self._obtain_plan(r, candidates)
         if plan is None:
             self._count("skipped", "no_plan")
@@ -157,26 +158,6 @@ class RoundDriver:
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
-
-    def _observe_pace(self, r: int, elig: list[sch.Candidate]) -> None:
-        """Export how the swarm's pace compares with ``round.target_h`` (metrics, status, one log line a change)."""
-        rc, target = self.rc, self.cfg.round.target_h
-        was = self.pace is not None and self.pace.behind
-        self.pace = pace.decide(elig, target, self.cfg.mixing.num_fragments, r, rc.round_s, rc.pace_lead(),
-                                final=False)
-        self.metrics.pace_lag.set(self.pace.lag)
-        self.metrics.pace_behind.set(1 if self.pace.behind else 0)
-        if self.pace.behind != was:
-            log.warning("pace_behind" if self.pace.behind else "pace_on_target", target_h=target,
-                        lag_steps=round(self.pace.lag, 1), steps_per_round=round(self.pace.per_round, 1),
-                        why="the network cannot sync as often as target_h asks: every round syncs"
-                        if self.pace.behind else "")
-
-    def pace_status(self) -> dict[str, Any]:
-        """Work pacing for ``peerd status``: target, how far behind, steps per round (median member)."""
-        p = self.pace
-        return {"target_h": self.cfg.round.target_h, "behind": bool(p and p.behind),
-                "lag_steps": round(p.lag, 1) if p else None, "steps_per_round": round(p.per_round, 1) if p else None}
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:
@@ -316,8 +297,7 @@ class RoundDriver:
         pool = self.view.unsuspected(candidates)
         fragment = None
         if cfg.round.target_h:
-            fragment = pace.decide(sch.eligible(pool, self.mixer.mode), cfg.round.target_h, cfg.mixing.num_fragments,
-                                   r, rc.round_s, rc.pace_lead(), sch.is_final(pool, self.mixer.mode)).fragment
+            fragment = self.pacing.choose(r, sch.eligible(pool, self.mixer.mode), sch.is_final(pool, self.mixer.mode))
         plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, pool, rc.round_s,
                              rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology,
                              collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r),

@@ -68,7 +68,7 @@ def test_a_target_the_network_cannot_reach_syncs_every_round_and_says_so() -> No
     w = run_checked(paced_scenario(1, 8, {3: 3.0}))
     seen = outcomes(w)
     assert seen["not_due"] == 0 and set(seen) == {"ok"}, seen
-    assert all(p.node.driver.pace is not None and p.node.driver.pace.behind for p in w.peers.values())
+    assert all(p.node.driver.pacing.status()["behind"] for p in w.peers.values())
     assert all(p.metrics.pace_behind._value.get() == 1 for p in w.peers.values())
     assert math.isclose(median_h(measure(w)), 16, rel_tol=0.1)
 
