@@ -11,6 +11,7 @@ fail fast (``BridgeFull``) instead of piling up memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Snapshot:
     theta: torch.Tensor  # flat fp32 CPU copy
     samples: int  # samples trained since this fragment's last committed merge
     step: int
+    steps: int = 0  # inner steps trained since this fragment's last committed merge (DiLoCo's H when merged)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class WorkerStats:
     samples_per_s: float = 0.0
     busy_s: float = 0.0  # seconds spent in training steps
     done: bool = False  # reached train.max_steps
+    steps_per_s: float = 0.0
+    steps_since: tuple[int, ...] = ()  # per fragment: inner steps since its last committed merge (pacing)
 
 
 class Bridge:
@@ -63,6 +67,32 @@ class Bridge:
         self.commands: queue.Queue[Command] = queue.Queue(maxsize=maxsize)
         self.stats = WorkerStats()
         self._token = 0
+        self._merging: dict[int, tuple[Future[Any], int]] = {}  # fragment -> (queued merge, steps it carries)
+
+    def merging(self, fragment: int, steps: int, future: Future[Any]) -> None:
+        """Note a committed merge queued for the worker (loop thread), until the worker has applied it."""
+        self._merging[fragment] = (future, steps)
+
+    def announced_stats(self) -> WorkerStats:
+        """The worker's stats with its per-fragment step counts less merges queued but not yet applied.
+
+        A slow worker applies a merge at its next step boundary, possibly after the next round's
+        heartbeat; announcing the count from before the merge would make the fragment look due
+        again and sync it twice in a row (work pacing). The queued merges are read before the
+        stats: a merge that completes in between is subtracted twice, which clamps at zero and
+        errs towards holding a round, never towards a useless sync.
+        """
+        pending = {}
+        for f, (fut, steps) in list(self._merging.items()):
+            if fut.done():
+                del self._merging[f]
+            else:
+                pending[f] = steps
+        stats = self.stats
+        if not pending:
+            return stats
+        since = tuple(max(0, n - pending.get(f, 0)) for f, n in enumerate(stats.steps_since))
+        return dataclasses.replace(stats, steps_since=since)
 
     def submit(self, kind: str, **args: Any) -> Future[Any]:
         """Queue a command for the worker (thread-safe)."""

@@ -108,6 +108,13 @@ class RoundClock:
         """Seconds from a round's start to its exchange deadline."""
         return self.deadline_fraction * self.round_s
 
+    def pace_lead(self) -> float:
+        """Seconds from a round's start (records published) to about when its members snapshot their workers.
+
+        Work pacing (peerd/core/pace.py) projects the announced step counts over this lead.
+        """
+        return self.settle() + self.plan_slot()
+
     def now(self) -> float:
         """Current Unix time of this peer."""
         return self.clock.time()

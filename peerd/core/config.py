@@ -49,6 +49,7 @@ class TrainConfig(_Section):
     # At most this many inner steps per wall-clock round (0: no limit). Bounds DiLoCo's H (inner
     # steps between syncs of a fragment, about num_fragments x this) whatever the device speed:
     # without it a fast box drifts hundreds of steps between syncs and the average gets worse.
+    # Legacy: it idles the worker. ``round.target_h`` bounds H without idling; the two exclude each other.
     max_steps_per_round: int = Field(0, ge=0)
     log_every_s: float = Field(10.0, gt=0)
 
@@ -94,6 +95,10 @@ class RoundConfig(_Section):
     plan_candidates: int = Field(3, ge=1)
     min_members: int = Field(2, ge=1)
     deadline_fraction: float = Field(0.9, gt=0, le=1)  # exchange must end by start + fraction*round_s
+    # Work-paced rounds (diloco): sync a fragment every ``target_h`` inner steps of the median member
+    # (DiLoCo's H), whatever the hardware; rounds with nothing due cost no exchange. 0: every round
+    # syncs fragment ``round mod num_fragments`` (H then follows round_s and the devices' speed).
+    target_h: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _slots_fit(self) -> RoundConfig:
@@ -232,6 +237,15 @@ class PeerdConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
     security: SecurityConfig = SecurityConfig()
+
+    @model_validator(mode="after")
+    def _pacing(self) -> PeerdConfig:
+        if self.round.target_h and self.train.max_steps_per_round:
+            raise ValueError("round.target_h: paces syncs by work without idling the worker; it excludes the "
+                             "legacy train.max_steps_per_round (which idles it): set one of them to 0")
+        if self.round.target_h and self.mixing.mode != "diloco":
+            raise ValueError("round.target_h: work-paced rounds need mixing.mode=diloco")
+        return self
 
 
 ENV_PREFIX = "PEERD_"

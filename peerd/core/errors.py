@@ -22,6 +22,7 @@ class Counters:
 
     rounds_committed: int = 0
     rounds_aborted: int = 0
+    rounds_held: int = 0  # work pacing: the plan said no fragment was due (no exchange)
     tx_bytes: int = 0
     rx_bytes: int = 0
     final_fragments: set[int] = field(default_factory=set)

@@ -71,6 +71,13 @@ class Metrics:
                                ["op", "outcome"], registry=r)
         self.invalid_records = Counter("peerd_dht_invalid_records", "DHT records dropped by validation.",
                                        registry=r)
+        self.sync_interval = Histogram("peerd_sync_interval_steps", "Inner steps this peer trained on a fragment "
+                                       "between two of its committed syncs (DiLoCo's H).",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=r)
+        self.pace_lag = Gauge("peerd_pace_lag_steps", "Work pacing: steps the most overdue fragment is past "
+                              "round.target_h for the median member (0: on target).", registry=r)
+        self.pace_behind = Gauge("peerd_pace_behind", "Work pacing: 1 while the swarm cannot sync as often as "
+                                 "round.target_h asks (it then syncs every round).", registry=r)
         self.utilization = Gauge("peerd_worker_utilization_ratio", "Time spent training / wall time.", registry=r)
         self.build = Info("peerd_build", "Build information.", registry=r)
         self.build.info({"version": __version__})

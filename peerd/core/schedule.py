@@ -1,7 +1,9 @@
 """Round schedule: wall-clock rounds, fragment choice, rendezvous election and round plans (pure).
 
 Round ``r`` covers ``[r*round_s, (r+1)*round_s)`` in Unix time and syncs fragment
-``r mod P``. Candidates for a round are the ready members at the top revision, ordered by
+``r mod P``; in a work-paced run (``round.target_h``) the plan's publisher chooses the fragment
+that is due, or none (a hold plan: the round costs no exchange), see peerd/core/pace.py.
+Candidates for a round are the ready members at the top revision, ordered by
 rendezvous hashing ``H(run_id, r, peer_id)``; candidate ``k`` may publish the round's plan once
 ``k`` plan slots have passed without one. Readers take the plan of the best-ranked publisher they
 see, and a plan's id (a hash of its content) travels in every message of the round, so two peers
@@ -16,7 +18,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -60,6 +62,10 @@ class Candidate:
     ready: bool
     done: bool
     reachable: bool = True  # False: client mode (cannot be dialled; owns no shard)
+    # Work pacing (peerd/core/pace.py): announced throughput and per-fragment steps since sync. Not
+    # compared: this peer's own candidate is built twice per round while its worker keeps stepping.
+    steps_per_s: float = field(default=0.0, compare=False)
+    steps_since: tuple[int, ...] = field(default=(), compare=False)
 
 
 def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:
@@ -112,6 +118,14 @@ class RoundPlan:
     # owners and pull reduced shards. 0 is left out of the record, so such plans (and their ids) are
     # exactly what peers without client mode publish and accept.
     clients: int = 0
+    # Work-paced run: the target H its publisher paced by; the fragment is then the one due, or -1 (hold:
+    # nothing is due, the round exchanges nothing). 0 (unpaced) is left out of the record, like clients.
+    paced: int = 0
+
+    @property
+    def syncs(self) -> bool:
+        """Whether this round exchanges a fragment (a paced hold plan does not)."""
+        return self.fragment >= 0
 
     @property
     def owners(self) -> int:
@@ -140,6 +154,8 @@ class RoundPlan:
         record = asdict(self) | {"members": list(self.members), "endpoints": list(self.endpoints)}
         if not self.clients:
             del record["clients"]
+        if not self.paced:
+            del record["paced"]
         return record
 
 
@@ -159,8 +175,11 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
     Raises:
         PlanError: missing/extra/ill-typed fields, wrong run, inconsistent members.
     """
-    if not isinstance(record, Mapping) or set(record) - {"clients"} != set(_FIELDS):
+    if not isinstance(record, Mapping) or set(record) - {"clients", "paced"} != set(_FIELDS):
         raise PlanError("plan record has wrong fields")
+    paced = record.get("paced", 0)
+    if "paced" in record and (type(paced) is not int or not 0 < paced < 1 << 40):
+        raise PlanError("plan paced target out of range")
     clients = record.get("clients", 0)
     if "clients" in record and (type(clients) is not int or not 0 < clients < len(record["members"] or ())):
         raise PlanError("plan clients out of range (at least one member must own a shard)")
@@ -179,17 +198,20 @@ def plan_from_record(record: Any, run_id: str, num_fragments: int) -> RoundPlan:
         raise PlanError("plan members empty, too many or duplicated")
     if len(endpoints) != len(members) or not all(isinstance(x, str) and x for x in members + endpoints):
         raise PlanError("plan endpoints do not match members")
-    if not 0 <= record["fragment"] < num_fragments or record["round"] < 0 or record["revision"] < 0:
+    lowest = -1 if paced else 0  # a paced plan may hold (-1): nothing due this round
+    if not lowest <= record["fragment"] < num_fragments or record["round"] < 0 or record["revision"] < 0:
         raise PlanError("plan fragment, round or revision out of range")
-    if record["fragment"] != fragment_for_round(record["round"], num_fragments):
+    if not paced and record["fragment"] != fragment_for_round(record["round"], num_fragments):
         raise PlanError("plan fragment does not match its round")
+    if paced and record["final"] and record["fragment"] < 0:
+        raise PlanError("a final plan must sync a fragment")
     if record["publisher"] not in members or not record["collect_deadline"] <= record["deadline"]:
         raise PlanError("plan publisher or deadlines inconsistent")
     if record["topology"] not in _TOPOLOGIES.get(record["mode"], ()):
         raise PlanError("plan mode or topology unknown")
     return RoundPlan(**{**record, "members": members, "endpoints": endpoints,
                         "collect_deadline": float(record["collect_deadline"]),
-                        "deadline": float(record["deadline"]), "clients": clients})
+                        "deadline": float(record["deadline"]), "clients": clients, "paced": paced})
 
 
 def make_plan(
@@ -205,6 +227,8 @@ def make_plan(
     topology: str = "",
     collect_deadline: float | None = None,
     deadline: float | None = None,
+    paced: int = 0,
+    fragment: int | None = None,
 ) -> RoundPlan | None:
     """The plan ``publisher`` would publish at time ``now`` for round ``r``, or None if it may not.
 
@@ -212,13 +236,13 @@ def make_plan(
     (the round clock sizes them from measurements), or by default owners collect contributions
     for a bit more than half of the time left and reduced shards use the rest. Shards go to
     reachable members only: client-mode members come last and own none; without a reachable
-    member there is no plan (see :func:`has_owner`).
+    member there is no plan (see :func:`has_owner`). ``paced``: the run's target H; the fragment is
+    then ``fragment`` (chosen by peerd/core/pace.py; -1 holds), else ``r mod num_fragments``.
     """
     candidates = list(candidates)
-    ready = [c for c in candidates if c.ready]
     elig = eligible(candidates, mode)
     by_id = {c.peer_id: c for c in elig}
-    if publisher not in by_id or not has_owner(elig):
+    if publisher not in by_id or not has_owner(elig) or (paced > 0) != (fragment is not None):
         return None
     servers = rendezvous_order(run_id, r, [c.peer_id for c in elig if c.reachable])
     clients = rendezvous_order(run_id, r, [c.peer_id for c in elig if not c.reachable])
@@ -231,7 +255,7 @@ def make_plan(
     return RoundPlan(
         run_id=run_id,
         round=r,
-        fragment=fragment_for_round(r, num_fragments),
+        fragment=fragment_for_round(r, num_fragments) if fragment is None else fragment,
         # gossip: no shared state, so no shared revision or hash to agree on
         revision=by_id[publisher].revision if mode != "gossip" else 0,
         state_hash=by_id[publisher].state_hash if mode != "gossip" else "",
@@ -241,13 +265,23 @@ def make_plan(
         publisher_rank=rendezvous_order(run_id, r, by_id).index(publisher),  # the driver's slot order
         collect_deadline=min(collect_deadline, deadline),
         deadline=deadline,
-        # Final only when every ready peer is a member and done: a laggard that is resyncing
-        # must take part in the last rounds, or it would end the run on a state of its own.
-        final=all(c.done for c in ready) and len(ready) == len(elig),
+        final=is_final(candidates, mode),
         mode=mode,
         topology=topology if mode == "gossip" else "",
         clients=len(clients),
+        paced=paced,
     )
+
+
+def is_final(candidates: Iterable[Candidate], mode: str = "diloco") -> bool:
+    """Whether a plan over ``candidates`` is final: every ready peer is eligible and done.
+
+    A laggard that is resyncing must take part in the last rounds, or it would end the run on a
+    state of its own.
+    """
+    candidates = list(candidates)
+    ready = [c for c in candidates if c.ready]
+    return all(c.done for c in ready) and len(ready) == len(eligible(candidates, mode))
 
 
 def has_owner(candidates: Iterable[Candidate]) -> bool:

@@ -421,7 +421,9 @@ class Diloco:
                 # Committed: from here on the worker must get the merge even if it is slow, so it
                 # is queued without waiting for it (the worker applies commands in order).
                 if snap is not None:
-                    self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    merged = self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    self.bridge.merging(p, snap.steps, merged)
+                    self.metrics.sync_interval.observe(snap.steps)
                     snap = None
                 else:
                     self.bridge.submit("rebase", fragment=p, old=old_theta, new=self.state.theta(p))

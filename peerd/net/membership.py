@@ -39,9 +39,14 @@ _FAILED: Any = object()  # distinguishes "the call failed" from a call that retu
 # v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
 # be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
 # drops (and counts) a client-mode peer's record, which it could not serve anyway (it would hand it a
-# shard). Readers accept both.
+# shard). Readers accept both. v3 (work-paced rounds, ``round.target_h``) adds ``reachable`` always and
+# the worker's throughput and per-fragment steps since each fragment's last sync; only peers of a
+# paced run write it, so records of unpaced runs stay v1/v2 and readable by older peers.
 RECORD_VERSION = 1
 RECORD_VERSION_CLIENT = 2
+RECORD_VERSION_PACED = 3
+MAX_STEPS_PER_S = 1e6  # announced throughput above this is malformed (no inner step is that fast)
+MAX_STEPS_SINCE = 1 << 40
 MAX_RECORD_FIELD_CHARS = 512
 MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
 # Subkeys opened per read (each costs a signature check). Above any swarm this design serves, and far
@@ -76,9 +81,12 @@ class PeerRecord:
     ready: bool  # synced and willing to join rounds
     done: bool  # reached train.max_steps
     reachable: bool = True  # others can dial ``endpoint``; False: client mode (owns no shard, never dialled)
+    # Work pacing (v3): inner steps/s and, per fragment, steps since its last sync; None: not announced.
+    steps_per_s: float = 0.0
+    steps_since: tuple[int, ...] | None = None
 
     def to_value(self) -> dict[str, Any]:
-        """msgpack-able dict (v1 for a reachable peer, v2 with ``reachable`` for a client)."""
+        """msgpack-able dict (v1 for a reachable peer, v2 with ``reachable`` for a client, v3 when paced)."""
         value = {
             "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
             "incarnation": self.incarnation, "revision": self.revision,
@@ -86,7 +94,10 @@ class PeerRecord:
             "samples_per_s": self.samples_per_s, "step": self.step, "ready": self.ready,
             "done": self.done,
         }
-        if not self.reachable:
+        if self.steps_since is not None:
+            value |= {"v": RECORD_VERSION_PACED, "reachable": self.reachable, "steps_per_s": self.steps_per_s,
+                      "steps_since": list(self.steps_since)}
+        elif not self.reachable:
             value |= {"v": RECORD_VERSION_CLIENT, "reachable": False}
         return value
 
@@ -97,14 +108,17 @@ class PeerRecord:
         Raises:
             ValueError: any schema violation, or a record stored under another peer's subkey.
         """
-        if not isinstance(value, dict) or value.get("v") not in (RECORD_VERSION, RECORD_VERSION_CLIENT):
-            raise ValueError("not a peerd v1/v2 record")
+        if not isinstance(value, dict) or value.get("v") not in (RECORD_VERSION, RECORD_VERSION_CLIENT,
+                                                                   RECORD_VERSION_PACED):
+            raise ValueError("not a peerd v1/v2/v3 record")
         want: dict[str, type | tuple[type, ...]] = {
             "peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
             "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
             "step": int, "ready": bool, "done": bool}
-        if value["v"] == RECORD_VERSION_CLIENT:
+        if value["v"] in (RECORD_VERSION_CLIENT, RECORD_VERSION_PACED):
             want["reachable"] = bool
+        if value["v"] == RECORD_VERSION_PACED:
+            want |= {"steps_per_s": (int, float), "steps_since": list}
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -122,12 +136,20 @@ class PeerRecord:
         fields = {k: value[k] for k in want}
         fields["fragment_hashes"] = tuple(value["fragment_hashes"])
         fields["samples_per_s"] = float(value["samples_per_s"])
+        if "steps_since" in want:
+            since, rate = value["steps_since"], value["steps_per_s"]
+            if len(since) != len(value["fragment_hashes"]) or not all(
+                    type(x) is int and 0 <= x < MAX_STEPS_SINCE for x in since):
+                raise ValueError("record steps_since malformed (one count >= 0 per fragment)")
+            if isinstance(rate, bool) or not 0.0 <= rate <= MAX_STEPS_PER_S:  # NaN fails both comparisons
+                raise ValueError("record steps_per_s out of range")
+            fields |= {"steps_since": tuple(since), "steps_per_s": float(rate)}
         return cls(**fields)
 
     def candidate(self) -> Candidate:
         """The schedule's view of this record."""
         return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done,
-                         self.reachable)
+                         self.reachable, self.steps_per_s, self.steps_since or ())
 
 
 def probe_port(host: str, port: int) -> None:

@@ -27,16 +27,19 @@ class SwarmView:
     def __init__(self, peer_id: str, endpoint: str, incarnation: int, membership: MembershipPort,
                  network: NetworkPort, state: OuterState, stats: Callable[[], WorkerStats], clock: Clock,
                  heartbeat_s: float, suspect_s: float, bootstrap: list[str],
-                 on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None]) -> None:
+                 on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None],
+                 announce_pace: bool = False) -> None:
         """``suspect_s``: how long a member that failed a round stays out of the plans this peer publishes.
 
         ``on_lost_ready()`` runs when a ready peer leaves the view (a failure, for recovery time);
-        ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics).
+        ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics). ``announce_pace``:
+        records carry the worker's throughput and steps since each fragment's sync (work-paced rounds).
         """
         self.peer_id, self.endpoint, self.incarnation = peer_id, endpoint, incarnation
         self.membership, self.network, self.state, self.stats, self.clock = membership, network, state, stats, clock
         self.heartbeat_s, self.suspect_s, self.bootstrap = heartbeat_s, suspect_s, bootstrap
         self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
+        self.announce_pace = announce_pace
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
@@ -52,7 +55,14 @@ class SwarmView:
             revision=self.state.revision, state_hash=self.state.state_hash(),
             fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
             ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
+            steps_per_s=stats.steps_per_s if self.announce_pace else 0.0,
+            steps_since=self._steps_since(stats.steps_since) if self.announce_pace else None,
         )
+
+    def _steps_since(self, since: tuple[int, ...]) -> tuple[int, ...]:
+        """One count per fragment (zeros before the worker's first step)."""
+        nf = self.state.layout.num_fragments
+        return since if len(since) == nf else (0,) * nf
 
     async def heartbeat(self, ready: bool | None = None, ttl_s: float | None = None) -> bool:
         """Publish this peer's record."""

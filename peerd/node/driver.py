@@ -2,7 +2,9 @@
 
 For each round: publish this peer's record, read the view at the settle point, decide whether
 this peer is in sync, obtain the round's plan (offered by its publisher, read from the DHT, or
-published by this peer when its slot comes), run it through the mixer, count the outcome. Time
+published by this peer when its slot comes), run it through the mixer, count the outcome. In a
+work-paced run (``round.target_h``) a publisher's plan syncs the fragment that is due or holds
+(peerd/core/pace.py); a held round exchanges nothing and is counted as ``held``, not as a miss. Time
 comes from the injected :class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this
 very code on virtual time; the DHT operations timed here feed its estimates.
 """
@@ -26,6 +28,7 @@ from peerd.net.ports import MembershipPort
 from peerd.net.view import SwarmView
 from peerd.node.health import RoundLog
 from peerd.node.offers import PlanInbox, PlanOfferer
+from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
 T = TypeVar("T")
@@ -52,6 +55,7 @@ class RoundDriver:
         self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
         self.round_log = RoundLog()  # recent outcomes, for health
+        self.pacing = PaceWatch(cfg.round.target_h, cfg.mixing.num_fragments, rounds, metrics)
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -126,12 +130,22 @@ class RoundDriver:
         if self._await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")
             return
+        if self.cfg.round.target_h:
+            self.pacing.observe(r, elig)
         plan = await self._obtain_plan(r, candidates)
         if plan is None:
             self._count("skipped", "no_plan")
             return
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
+            return
+        if plan.paced != self.cfg.round.target_h:
+            # Published by a peer paced otherwise (round.target_h differs): its fragment choice is not ours.
+            self._count("skipped", "pace_mismatch")
+            return
+        if not plan.syncs:
+            self.counters.rounds_held += 1
+            self._count("held", "not_due")  # work pacing: no fragment is due, nothing to exchange
             return
         state = self.view.state
         if self.mixer.shared_state and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
@@ -217,8 +231,9 @@ class RoundDriver:
 
     def _round_bytes(self, r: int, members: int) -> int:
         """What one member pushes per exchange phase of round ``r``: its fragment, encoded, less its own shard."""
-        mix = self.cfg.mixing
-        numel = self.view.state.layout.numels[sch.fragment_for_round(r, mix.num_fragments)]
+        mix, numels = self.cfg.mixing, self.view.state.layout.numels
+        # Paced: the fragment is the publisher's choice, not yet known; size for the largest.
+        numel = max(numels) if self.cfg.round.target_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
         size = codec.encoded_size(mix.codec, numel, mix.block_size, mix.sparse_density)
         return size * max(1, members - 1) // max(1, members)
 
@@ -281,10 +296,14 @@ class RoundDriver:
         """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""
         cfg, rc = self.cfg, self.rc
         now = rc.now()
-        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
-                             self.view.unsuspected(candidates), rc.round_s, rc.deadline_fraction, now,
-                             self.mixer.mode, cfg.mixing.topology,
-                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r))
+        pool = self.view.unsuspected(candidates)
+        fragment = None
+        if cfg.round.target_h:
+            fragment = self.pacing.choose(r, sch.eligible(pool, self.mixer.mode), sch.is_final(pool, self.mixer.mode))
+        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, pool, rc.round_s,
+                             rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology,
+                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r),
+                             paced=cfg.round.target_h, fragment=fragment)
         if plan is None or len(plan.members) < cfg.round.min_members:
             # Everyone else is suspected: publish nothing, but a better-ranked or later
             # candidate may still publish a plan that names this peer.

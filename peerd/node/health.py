@@ -43,6 +43,8 @@ class RoundLog:
                 self.aborted = self.skipped = 0
             elif outcome == "aborted":
                 self.aborted += 1
+            elif outcome == "held":  # work pacing: nothing was due, the plan said so; not a missed round
+                pass
             else:
                 self.skipped += 1
             self.recent.append(outcome if outcome == "committed" else f"{outcome}:{reason}")
@@ -139,4 +141,5 @@ def status_fields(t: Any) -> dict[str, Any]:
     now_s = time.monotonic() - t.started_at
     return {"healthy": verdict.healthy, "health": verdict.state, "health_reasons": list(verdict.reasons),
             "rounds_without_commit": aborted + skipped, "recent_rounds": recent,
+            **({"pace": node.driver.pacing.status()} if node is not None and node.cfg.round.target_h else {}),
             **window_rates(list(t.history), now_s, t.counters.tx_bytes, t.counters.rx_bytes)}

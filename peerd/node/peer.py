@@ -48,9 +48,10 @@ class PeerNode:
         self.cfg, self.peer_id, self.state, self.bridge = cfg, peer_id, state, bridge
         self.membership, self.network, self.metrics, self.counters = membership, network, metrics, counters
         self.rounds = RoundClock.from_config(cfg.round, clock)
-        self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, lambda: bridge.stats,
+        self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, bridge.announced_stats,
                               clock, cfg.dht.heartbeat_s, cfg.dht.ttl_s + cfg.round.round_s, bootstrap,
-                              on_lost_ready=self._lost_ready, on_refresh=self._refreshed)
+                              on_lost_ready=self._lost_ready, on_refresh=self._refreshed,
+                              announce_pace=cfg.round.target_h > 0)
         self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
                                  faults)
         self.inbox = PlanInbox(membership, self.rounds, cfg.mixing.num_fragments,

@@ -138,6 +138,10 @@ class Telemetry:
             "state_hash": node.state.state_hash() if node else state_hash(0, []),
             "exit": exit_reason if exit_code == EXIT_OK else f"error: {exit_reason}",
             "recoveries_s": self.counters.recoveries_s, "syncs": self.counters.syncs,
+            # Work pacing: rounds held (nothing due), DiLoCo's H per committed merge (fragment, steps), idling
+            "rounds_held": self.counters.rounds_held,
+            "sync_h": [list(x) for x in self.worker.synced_h] if self.worker else [],
+            "paced_idle_s": round(self.worker.paced_idle_s, 3) if self.worker else 0.0,
             "history": self.history,
         }
 

@@ -8,6 +8,8 @@ being discarded (the merge is exact for everything but AdamW's moment estimates)
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import threading
 import time
@@ -42,7 +44,9 @@ class Worker:
     ) -> None:
         """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals.
 
-        ``pace = (steps, round_s)``: at most ``steps`` inner steps per wall-clock round (0: no limit).
+        ``pace = (steps, round_s)``: at most ``steps`` inner steps per wall-clock round (0: no limit);
+        the legacy ``train.max_steps_per_round``, which idles the worker. Work-paced rounds
+        (``round.target_h``) never idle it: they read :attr:`steps_since` from the stats instead.
         """
         self.task = task
         self.layout = layout
@@ -55,10 +59,13 @@ class Worker:
         self.pace_steps, self.pace_round_s = pace
         self.clock = clock
         self._pace_round, self._pace_steps = -1, 0
-        self._t_rate, self._samples_at_rate = clock.monotonic(), 0
+        self._t_rate, self._samples_at_rate, self._steps_at_rate = clock.monotonic(), 0, 0
         self.params = dict(task.model.named_parameters())
         self.optimizer = task.make_optimizer(task.model.parameters())
         self.samples_since = [0] * layout.num_fragments
+        self.steps_since = [0] * layout.num_fragments  # per fragment, like samples_since, in inner steps
+        self.synced_h: collections.deque[tuple[int, int]] = collections.deque(maxlen=1024)  # (fragment, H) merged
+        self.paced_idle_s = 0.0  # time the legacy pacing kept this worker from training
         self._snapshots: dict[int, Snapshot] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peerd-worker", daemon=True)
@@ -95,9 +102,12 @@ class Worker:
     def _train(self) -> None:
         while not self._stop.is_set():
             idle = self.idle()
+            t0 = time.perf_counter()
             self.serve_commands(block=idle)  # blocking waits 50 ms at most
             if not idle:
                 self.train_step()
+            elif not self.bridge.stats.done:
+                self.paced_idle_s += time.perf_counter() - t0
 
     def idle(self) -> bool:
         """Whether the worker has nothing to train now (done, or paced out of this round)."""
@@ -124,16 +134,19 @@ class Worker:
         dt = time.perf_counter() - t0
         n = self.task.batches.samples_per_batch()
         self.samples_since = [s + n for s in self.samples_since]
+        self.steps_since = [s + 1 for s in self.steps_since]
         now = self.clock.monotonic()
-        rate = stats.samples_per_s
+        rate, step_rate = stats.samples_per_s, stats.steps_per_s
+        step = stats.step + 1
         if now - self._t_rate >= 2.0:
             rate = (stats.samples + n - self._samples_at_rate) / (now - self._t_rate)
-            self._t_rate, self._samples_at_rate = now, stats.samples + n
-        step = stats.step + 1
+            step_rate = (step - self._steps_at_rate) / (now - self._t_rate)
+            self._t_rate, self._samples_at_rate, self._steps_at_rate = now, stats.samples + n, step
         self.bridge.stats = WorkerStats(
             step=step, samples=stats.samples + n, loss=value if math.isfinite(value) else stats.loss,
             samples_per_s=rate, busy_s=stats.busy_s + dt,
             done=self.max_steps > 0 and step >= self.max_steps,
+            steps_per_s=step_rate, steps_since=tuple(self.steps_since),
         )
         self.on_step(dt, value, n)
         if self.eval_every_steps and step % self.eval_every_steps == 0 and self.on_eval is not None:
@@ -160,7 +173,7 @@ class Worker:
         if cmd.kind == "snapshot":
             p = a["fragment"]
             snap = Snapshot(a["token"], p, self.layout.flatten(self.params, p), self.samples_since[p],
-                            self.bridge.stats.step)
+                            self.bridge.stats.step, self.steps_since[p])
             self._snapshots[snap.token] = snap
             # A snapshot whose round timed out before its merge/discard arrived must not leak.
             for stale in sorted(self._snapshots)[:-MAX_SNAPSHOTS]:
@@ -174,6 +187,9 @@ class Worker:
             progress = self.layout.flatten(self.params, p) - snap.theta
             self.layout.unflatten_into(self.params, p, a["theta"] + progress)
             self.samples_since[p] = max(0, self.samples_since[p] - snap.samples)
+            self.steps_since[p] = max(0, self.steps_since[p] - snap.steps)
+            self.synced_h.append((p, snap.steps))
+            self._publish_since()
             return None
         if cmd.kind == "rebase":
             # A round committed without this worker's contribution: keep all of its local
@@ -189,7 +205,9 @@ class Worker:
             for p, theta in a["fragments"].items():
                 self.layout.unflatten_into(self.params, p, theta)
                 self.samples_since[p] = 0
+                self.steps_since[p] = 0
             self._snapshots.clear()
+            self._publish_since()
             return None
         if cmd.kind == "checkpoint":
             return self.export_state()
@@ -202,6 +220,10 @@ class Worker:
             return self.task.evaluate(self.task.model)
         raise ValueError(f"unknown bridge command {cmd.kind!r}")
 
+    def _publish_since(self) -> None:
+        """Republish the stats with the current per-fragment step counts (after a merge or install)."""
+        self.bridge.stats = dataclasses.replace(self.bridge.stats, steps_since=tuple(self.steps_since))
+
     def export_state(self) -> dict[str, Any]:
         """CPU copies of model, inner optimizer, data position and counters (for checkpoints)."""
         stats = self.bridge.stats
@@ -210,7 +232,7 @@ class Worker:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "data": dict(self.task.batches.state_dict()),
             "step": stats.step, "samples": stats.samples, "busy_s": stats.busy_s,
-            "samples_since": list(self.samples_since),
+            "samples_since": list(self.samples_since), "steps_since": list(self.steps_since),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -228,9 +250,13 @@ class Worker:
             raise ValueError(f"checkpoint does not fit the model: {exc}") from exc
         self.task.batches.load_state_dict(saved["data"])
         self.samples_since = [int(x) for x in saved["samples_since"]][: self.layout.num_fragments]
+        # Checkpoints written before work pacing have no step counts: start them at zero.
+        since = [int(x) for x in saved.get("steps_since", ())][: self.layout.num_fragments]
+        self.steps_since = since + [0] * (self.layout.num_fragments - len(since))
         step = int(saved["step"])
         self.bridge.stats = WorkerStats(step=step, samples=int(saved["samples"]), busy_s=float(saved["busy_s"]),
-                                        done=self.max_steps > 0 and step >= self.max_steps)
+                                        done=self.max_steps > 0 and step >= self.max_steps,
+                                        steps_since=tuple(self.steps_since))
 
     def _fail_pending(self, exc: BaseException) -> None:
         while True:

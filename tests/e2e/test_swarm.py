@@ -65,3 +65,32 @@ def test_sparse_codec_swarm_ends_identical(tmp_path: Path) -> None:
         assert p["final_eval_loss"] < p["initial_eval_loss"]
     assert len({p["revision"] for p in peers}) == 1
     assert len({p["state_hash"] for p in peers}) == 1
+
+
+@pytest.mark.timeout(600)
+def test_work_paced_swarm_holds_rounds_syncs_every_h_steps_and_ends_identical(tmp_path: Path) -> None:
+    """Three daemons with round.target_h: v3 records and paced plans through the real DHT, sealing and gRPC.
+
+    No idling knob: the workers train flat out, rounds with no fragment due are held (no exchange),
+    and every committed merge a daemon made reports the steps it carried (DiLoCo's H). The H values
+    are not checked against the target here (a loaded box changes steps per round mid-run, and the
+    round granularity is the bench's business: bench/work_paced.py); that syncs happened, that held
+    rounds happened and that no worker idled is.
+    """
+    summary = tmp_path / "swarm-paced.json"
+    settings = [s for s in SETTINGS if not s.startswith("train.max_steps_per_round")] + ["round.target_h=300"]
+    cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", "3", "--max-steps", "900",
+           "--summary", str(summary), "--workdir", str(tmp_path / "w")]
+    for s in settings:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    peers = json.loads(summary.read_text())["peers"]
+    print("\npaced:", [(p["rounds_committed"], p["rounds_held"], p["rounds_aborted"], p["sync_h"]) for p in peers])
+    for p in peers:
+        assert p["exit"] == "done" and p["steps"] == 900 and p["paced_idle_s"] == 0.0
+        assert p["rounds_committed"] > 0 and p["sync_h"]
+        assert p["final_eval_loss"] < p["initial_eval_loss"]
+    assert sum(p["rounds_held"] for p in peers) > 0
+    assert len({p["revision"] for p in peers}) == 1
+    assert len({p["state_hash"] for p in peers}) == 1

@@ -4,7 +4,9 @@
   are resolved within ``FORK_ROUNDS`` quiet rounds, and a peer's revision never goes back (a
   client-mode peer's lone commit is dropped when it resyncs).
 - **liveness**: whenever at least two ready peers can reach each other and no fault is active
-  for ``LIVENESS_ROUNDS`` consecutive rounds, one of those rounds commits.
+  for ``LIVENESS_ROUNDS`` consecutive rounds, one of those rounds commits. In a work-paced run
+  (``round.target_h``) rounds hold while no fragment is due, so the window grows by the rounds
+  the slowest worker needs for H steps (:func:`hold_rounds`).
 - **termination**: a finite run (``--exit-when-done``) ends with every peer done, at one
   revision and hash.
 - **bounded loss**: a crash costs the survivors at most ``CRASH_ROUNDS`` rounds without a commit.
@@ -13,6 +15,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 from tests.sim.world import World
 
@@ -74,12 +78,22 @@ def _servers(w: World, rows: dict[str, object]) -> int:
     return sum(1 for pid in rows if pid not in clients)
 
 
+def hold_rounds(w: World) -> int:
+    """Rounds a work-paced run may hold in a row: the slowest worker's H steps, plus one (0 when unpaced)."""
+    target = w.cfg.round.target_h
+    if not target:
+        return 0
+    slowest = w.sc.step_s * max(w.sc.slow.values(), default=1.0)
+    return math.ceil(target * slowest / w.cfg.round.round_s) + 1
+
+
 def liveness(w: World) -> None:
     """After the run: every quiet stretch of LIVENESS_ROUNDS rounds with >= 2 ready peers commits."""
     round_s = w.cfg.round.round_s
     logs = w.log[2:]  # the first rounds include joining
-    for i in range(len(logs) - LIVENESS_ROUNDS + 1):
-        window = logs[i:i + LIVENESS_ROUNDS]
+    span = LIVENESS_ROUNDS + hold_rounds(w)
+    for i in range(len(logs) - span + 1):
+        window = logs[i:i + span]
         t0 = window[0].r * round_s - w.epoch
         t1 = (window[-1].r + 1) * round_s - w.epoch
         if _fault_active(w, t0, t1) or min(len(x.rows) for x in window) < 2:
@@ -122,8 +136,9 @@ def bounded_loss(w: World) -> None:
         if _fault_active(w, e.at + 0.1, e.at + CRASH_ROUNDS * round_s) and any(
                 o is not e and o.kind != "crash" for o in w.sc.events):
             continue
-        window = later[:CRASH_ROUNDS]
-        if len(window) == CRASH_ROUNDS and not any(row[2] == "ok" for x in window for row in x.rows.values()):
+        span = CRASH_ROUNDS + hold_rounds(w)
+        window = later[:span]
+        if len(window) == span and not any(row[2] == "ok" for x in window for row in x.rows.values()):
             w.fail(f"bounded loss: no commit within {CRASH_ROUNDS} rounds after the crash at t={e.at:.2f}")
 
 

@@ -225,6 +225,8 @@ class SimMembership:
         await self._op()
         if self.peer_id in self.net.down:
             return False
+        # Through the real schema (v1/v2/v3), as a DHT reader would see it.
+        record = PeerRecord.from_value(record.peer_id, record.to_value())
         self.dht.store("peers", record.peer_id, record, self.ttl_s if ttl_s is None else ttl_s)
         return True
 

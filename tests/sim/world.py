@@ -104,8 +104,10 @@ class SimPeer:
         self.node = PeerNode(cfg, self.peer_id, self.transport.endpoint, incarnation, self.membership,
                              self.transport, self.state, self.bridge, self.clock, self.metrics, self.counters,
                              NO_FAULTS, [], world.exit_when_done, self._stop)
-        self.worker = Worker(task, self.layout, self.bridge, max_steps, 1, lambda *a: None, clock=self.clock)
+        self.worker = Worker(task, self.layout, self.bridge, max_steps, 1, lambda *a: None,
+                             pace=(cfg.train.max_steps_per_round, cfg.round.round_s), clock=self.clock)
         self.tasks: list[asyncio.Task] = []
+        self.trained_steps = self.idle_steps = 0  # step slots trained / left idle by the worker's pacing
 
     def _stop(self, reason: str) -> None:
         if self.stopped is None:
@@ -128,6 +130,9 @@ class SimPeer:
             self.worker.serve_commands(block=False)
             if not self.worker.idle():
                 self.worker.train_step()
+                self.trained_steps += 1
+            elif not self.worker.bridge.stats.done:
+                self.idle_steps += 1
 
     def kill(self) -> None:
         """SIGKILL: every task ends, the handler vanishes, the DHT record stays until its TTL."""

@@ -189,7 +189,7 @@ PLAN = make_plan("run", 4, 2, "a", [Candidate(p, f"h:{i}", 0, "h", True, False) 
                  2.0, 0.9, now=8.0)
 
 
-@given(st.dictionaries(st.sampled_from([*PLAN.to_record(), "x"]), anything, max_size=4), st.booleans())
+@given(st.dictionaries(st.sampled_from([*PLAN.to_record(), "x", "paced"]), anything, max_size=4), st.booleans())
 @FUZZ
 def test_round_plan_decoder(patch: dict, drop_one: bool) -> None:
     rec = {**PLAN.to_record(), **patch}
