@@ -12,7 +12,8 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
 
 A member-round is one peer's part in one round. Two shares are reported: committed over
 committed + aborted, and the strict one, which also counts as lost every round a ready peer
-skipped because it was out of sync, had no plan, was left out of the plan or waited for a
+skipped because it was out of sync, had no plan, was left out of the plan, followed another
+pacing target or waited for a
 laggard (``LOST_SKIPS``). Rounds skipped alone (``too_few_peers``), or because the swarm has no
 reachable peer, are not rounds anyone could have committed and are left out of both.
 """
@@ -25,7 +26,8 @@ from typing import Any
 
 from bench import control_plane, wan_rounds
 
-LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan")
+LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan",
+              "skipped:pace_mismatch")
 
 
 def _share(committed: int, aborted: int) -> float | None:
