@@ -59,6 +59,7 @@ DIAL_BACK_METHOD = f"/{SERVICE}/DialBack"
 PING_METHOD = f"/{SERVICE}/Ping"
 # A dial-back probe is one tiny call: answered within this or the caller counts as not dialable.
 PING_TIMEOUT_S = 3.0
+PULLABLE_KINDS = (peer_pb2.PAYLOAD_KIND_REDUCED, peer_pb2.PAYLOAD_KIND_GOSSIP)  # what a pull may carry
 
 
 class ShardSink(Protocol):
@@ -336,8 +337,9 @@ class Transport:
         try:
             it = call.__aiter__()
             first = await asyncio.wait_for(it.__anext__(), max(timeout_s, 0.001))
-            if first.WhichOneof("part") != "header" or first.header.kind != peer_pb2.PAYLOAD_KIND_REDUCED:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "owner sent no reduced-shard header")
+            # A reduced shard (DiLoCo) or a gossip partner's message; the sink admits only its own kind.
+            if first.WhichOneof("part") != "header" or first.header.kind not in PULLABLE_KINDS:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "owner sent no reduced-shard or gossip header")
             deadline = await sink.admit(first.header)  # checks the size against the codec and shape
             payload = await read_payload(self, first.header, deadline, it)
             await sink.deliver(first.header, payload)

@@ -53,9 +53,9 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
             sc.events.append(Event(at, "cut", victim, other=other))
             sc.events.append(Event(round(at + rng.uniform(1.0, 5.0), 2), "heal", victim, other=other))
     # Peers behind a NAT (client mode), from a separate stream so the other draws stay as they were.
-    # Peer 0 starts first and stays reachable; gossip has no client mode (client pairs are skipped).
+    # Peer 0 starts first and stays reachable.
     crng = random.Random(seed * 7919 + 1)
-    if sc.mode == "diloco" and peers >= 2 and crng.random() < 0.35:
+    if peers >= 2 and crng.random() < 0.35:
         sc.clients = set(crng.sample(range(1, peers + 3), crng.randint(1, 2)))
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)

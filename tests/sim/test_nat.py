@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from tests.sim import invariants
 from tests.sim.world import Event, Scenario, World
 
@@ -78,3 +80,26 @@ def test_only_reachable_peer_leaves_then_returns() -> None:
     assert after[-1].rows["peer-00"][0] > gap[-1].rows["peer-01"][0]
     ends = {(p.state.revision, p.state.state_hash()) for p in w.peers.values()}
     assert len(ends) == 1, ends
+
+
+def test_gossip_clients_pair_with_reachable_peers_and_commit() -> None:
+    sc = Scenario(seed=5, peers=5, mode="gossip", clients={1, 3}, detect=True, duration_s=40.0, latency_s=0.02,
+                  jitter_s=0.005)
+    w = World(sc)
+    w.checks += [invariants.safety, invariants.mass]
+    w.run()
+    invariants.liveness(w)
+    clients = {w.peer_id(i) for i in sc.clients}
+    assert {p.peer_id for p in w.peers.values() if p.node.reach.result.mode == "client"} == clients
+    rounds = w.log[3:]
+    assert len(rounds) >= 15
+    for c in clients:
+        # Revision in gossip = this peer's committed exchanges: a client is counted in most rounds it
+        # was paired in. With 3 reachable peers and 2 clients each client is paired in every round.
+        commits = sum(1 for a, b in zip(rounds, rounds[1:], strict=False) if b.rows[c][0] > a.rows[c][0])
+        assert commits >= 0.8 * (len(rounds) - 1), (c, commits, len(rounds))
+        reasons = [x.rows[c][2] for x in rounds]
+        assert "client_pair" not in reasons, reasons
+    # The clients' mass mixed with the swarm: every peer's theta is near the swarm mean.
+    thetas = torch.stack([p.state.snapshot().theta[0] for p in w.peers.values()])
+    assert float((thetas - thetas.mean(0)).norm(dim=1).max()) < float(thetas.mean(0).norm())
