@@ -102,6 +102,7 @@ class Diloco:
         self.state = state
         self.bridge = bridge
         self.network = network
+        self.view = view
         self.rc = rounds
         self.metrics = metrics
         self.faults = faults
@@ -355,7 +356,9 @@ class Diloco:
             old_theta = self.state.theta(p)
             try:
                 # Leave the contribution time to travel: a snapshot that comes later is useless.
-                travel = self.rc.phase_s(self._push_bytes(plan)) if self.rc.net.rtt_s is not None else 0.0
+                # (at least its time through this peer's own upload cap, measured or not)
+                push, cap = self._push_bytes(plan), self.view.uplink_bps
+                travel = self.rc.phase_s(push, cap) if self.rc.net.rtt_s is not None else self.rc.capped_s(push, cap)
                 snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
                                               fragment=p)
             except (TimeoutError, BridgeFull):

@@ -8,7 +8,7 @@ clock, so the simulation tier drives the same code on virtual time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from peerd.core import schedule as sch
 from peerd.core.bridge import WorkerStats
@@ -40,6 +40,7 @@ class SwarmView:
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
+        self.uplink_bps = 0  # this peer's upload cap in bytes/s, announced so rounds allow for it (0: none)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
@@ -52,7 +53,14 @@ class SwarmView:
             revision=self.state.revision, state_hash=self.state.state_hash(),
             fragment_hashes=self.state.fragment_hashes, samples_per_s=stats.samples_per_s, step=stats.step,
             ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
+            uplink_bps=self.uplink_bps,
         )
+
+    def slowest_uplink(self, peer_ids: Iterable[str]) -> int:
+        """The lowest announced upload cap (bytes/s) among ``peer_ids`` (this peer included); 0: none capped."""
+        caps = [self.uplink_bps if pid == self.peer_id else getattr(self.records.get(pid), "uplink_bps", 0)
+                for pid in peer_ids]
+        return min((c for c in caps if c > 0), default=0)
 
     async def heartbeat(self, ready: bool | None = None, ttl_s: float | None = None) -> bool:
         """Publish this peer's record."""

@@ -103,3 +103,47 @@ def test_gossip_clients_pair_with_reachable_peers_and_commit() -> None:
     # The clients' mass mixed with the swarm: every peer's theta is near the swarm mean.
     thetas = torch.stack([p.state.snapshot().theta[0] for p in w.peers.values()])
     assert float((thetas - thetas.mean(0)).norm(dim=1).max()) < float(thetas.mean(0).norm())
+
+
+def _capped_run(cap_aware: bool, seed: int = 3) -> World:
+    """4 peers; client peer 3's upload cap makes its contribution (60 bytes of fragment 0 at 48 B/s)
+    take 1.25 s of a ~1.55 s exchange window: more than the usual collection share."""
+    # Short worker steps: the snapshot comes at once, so only the cap decides (not a step's wait).
+    sc = Scenario(seed=seed, peers=4, clients={3}, duration_s=40.0, latency_s=0.01, step_s=0.05, uplink={3: 48.0})
+    w = World(sc)
+    if not cap_aware:  # as before this change: the cap is enforced but not announced
+        w.peers_hook = lambda p: setattr(p.node.view, "uplink_bps", 0)
+    weighted: list[bool] = []
+    w.checks += [invariants.safety, lambda w, r: _weighted(w, r, weighted)]
+    w.run()
+    w.weighted = weighted  # type: ignore[attr-defined]
+    return w
+
+
+def _weighted(w: World, r: int, out: list[bool]) -> None:
+    """Whether peer 0 (an owner) holds peer 3's contribution of round ``r`` with its samples (not a weightless one)."""
+    rs = w.peers[0].node.mixer._rounds.get(r)
+    if rs is not None and rs.me >= 0:
+        got = rs.contributions.get("peer-03")
+        out.append(got is not None and got.weight > 0)
+
+
+def _included(w: World) -> tuple[int, int]:
+    """(committed rounds whose every reduced shard includes peer 3's contribution, committed rounds) at peer 0."""
+    mixer = w.peers[0].node.mixer
+    return mixer.included.get("peer-03", 0), mixer.commits
+
+
+def test_capped_member_is_late_not_dropped() -> None:
+    w = _capped_run(True)
+    invariants.liveness(w)
+    assert w.peers[3].node.view.my_record().uplink_bps == 48  # announced in its record, read by all
+    assert all(p.node.view.records["peer-03"].uplink_bps == 48 for i, p in w.peers.items() if i != 3)
+    ends = {(p.state.revision, p.state.state_hash()) for p in w.peers.values()}
+    assert len(ends) == 1 and next(iter(ends))[0] >= 15, ends
+    included, commits = _included(w)
+    assert commits >= 15 and included >= 0.9 * commits, (included, commits)
+    assert sum(w.weighted[2:]) >= 0.9 * len(w.weighted[2:]), w.weighted  # with its work: a snapshot, not a zero
+    # Unannounced, the same cap gets its contribution to the large fragment dropped (about half the rounds).
+    included, commits = _included(_capped_run(False))
+    assert commits >= 15 and included <= 0.6 * commits, (included, commits)

@@ -71,6 +71,31 @@ def test_reachable_record_is_v1_and_client_record_is_v2() -> None:
         PeerRecord.from_value("p", {k: v for k, v in client.items() if k != "reachable"})
 
 
+def test_upload_cap_is_a_v2_field_and_old_records_stay_readable() -> None:
+    import dataclasses
+
+    from peerd.net.membership import MAX_UPLINK_BPS
+    from peerd.net.records import MAX_BODY_BYTES
+
+    capped = dataclasses.replace(_record(True), uplink_bps=250_000).to_value()
+    assert capped["v"] == 2 and capped["reachable"] is True and capped["uplink_bps"] == 250_000
+    back = PeerRecord.from_value("p", capped)
+    assert back.reachable and back.uplink_bps == 250_000
+    client = dataclasses.replace(_record(False), uplink_bps=1).to_value()
+    assert PeerRecord.from_value("p", client).uplink_bps == 1 and not PeerRecord.from_value("p", client).reachable
+    # Uncapped records are exactly the v1/v2 records of before (and read as uncapped).
+    assert "uplink_bps" not in _record(True).to_value() and "uplink_bps" not in _record(False).to_value()
+    assert PeerRecord.from_value("p", _record(True).to_value()).uplink_bps == 0
+    for bad in (-1, MAX_UPLINK_BPS + 1, True, 1.5, "9"):
+        with pytest.raises(ValueError):
+            PeerRecord.from_value("p", capped | {"uplink_bps": bad})
+    with pytest.raises(ValueError):
+        PeerRecord.from_value("p", _record(True).to_value() | {"uplink_bps": 5})  # v1 has an exact field set
+    import msgpack
+
+    assert len(msgpack.packb(capped)) < MAX_BODY_BYTES
+
+
 def test_address_of_grpc_peer_strings() -> None:
     assert address_of("ipv4:198.18.0.4:5555") == "198.18.0.4"
     assert address_of("ipv6:[::1]:5555") == "::1"
