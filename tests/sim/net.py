@@ -20,7 +20,7 @@ import msgpack
 
 from peerd.core.schedule import RoundPlan, plan_from_record
 from peerd.net.membership import PeerRecord
-from peerd.net.transport import Handler, PlanSink, Rejected, checksum
+from peerd.net.transport import DialBackResult, Handler, PlanSink, Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 
 
@@ -176,14 +176,15 @@ class SimTransport:
 
         await self._call(endpoint, timeout_s, body())
 
-    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
-        async def body() -> tuple[bool, str]:
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+        async def body() -> DialBackResult:
             dst, _ = self.net.resolve(endpoint)
             await self.net.hop(self.peer_id, dst, 128)
             await self.net.gate(dst)
             ok = self.peer_id not in self.net.clients and self.net.reachable(dst, self.peer_id)
             await self.net.hop(dst, self.peer_id, 64)
-            return ok, "sim: dialled back" if ok else "sim: dial-back failed (behind a NAT)"
+            # The simulated DHT is one shared store: there is no DHT port to probe.
+            return DialBackResult(ok, "sim: dialled back" if ok else "sim: dial-back failed (behind a NAT)")
 
         return await self._call(endpoint, 5.0, body())  # type: ignore[return-value]
 

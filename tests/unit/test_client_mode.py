@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import grpc
 import pytest
+import structlog
 
 from peerd.core import schedule as sch
 from peerd.core.config import TransportConfig
 from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
 from peerd.net.serving import address_of
-from peerd.net.transport import Transport
+from peerd.net.transport import DialBackResult, Transport
 from peerd.proto.v1 import peer_pb2
 
 
@@ -134,7 +136,7 @@ def _transport(peer_id: str) -> Transport:
 
 
 def test_dial_back_over_grpc() -> None:
-    async def go() -> tuple[tuple[bool, str], tuple[bool, str], tuple[bool, str], grpc.StatusCode]:
+    async def go() -> tuple[DialBackResult, DialBackResult, DialBackResult, grpc.StatusCode]:
         helper, asker, silent = _transport("helper"), _transport("asker"), _transport("silent")
         hport, aport = await helper.start(_Sink()), await asker.start(_Sink())
         sport = silent.bind()  # bound but never serving: nothing answers the probe
@@ -155,9 +157,9 @@ def test_dial_back_over_grpc() -> None:
                 await t.stop(0)
 
     ok, other, dead, code = asyncio.run(go())
-    assert ok[0] and "dialled back" in ok[1]
-    assert not other[0] and "calls from 127.0.0.1" in other[1]
-    assert not dead[0] and "failed" in dead[1]
+    assert ok.reachable and "dialled back" in ok.detail and ok.dht_reachable is None  # no DHT port: unchecked
+    assert not other.reachable and "calls from 127.0.0.1" in other.detail
+    assert not dead.reachable and "failed" in dead.detail
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -195,3 +197,59 @@ def test_new_methods_need_a_credential() -> None:
         return codes
 
     assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 3
+
+
+def test_dial_back_probes_the_callers_dht_port() -> None:
+    """gRPC reachable but the DHT port closed is told apart from both reachable (the helper dials the caller's IP)."""
+    async def go() -> tuple[DialBackResult, DialBackResult]:
+        helper, asker = _transport("helper"), _transport("asker")
+        hport, aport = await helper.start(_Sink()), await asker.start(_Sink())
+        dht = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        dht_port = dht.sockets[0].getsockname()[1]
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused
+        try:
+            both = await asker.dial_back(f"127.0.0.1:{hport}", f"127.0.0.1:{aport}", "run", dht_port)
+            helper._dial_backs.clear()
+            grpc_only = await asker.dial_back(f"127.0.0.1:{hport}", f"127.0.0.1:{aport}", "run",
+                                              closed.getsockname()[1])
+            return both, grpc_only
+        finally:
+            closed.close()
+            dht.close()
+            await dht.wait_closed()
+            for t in (helper, asker):
+                await t.stop(0)
+
+    both, grpc_only = asyncio.run(go())
+    assert both.reachable and both.dht_reachable is True and "accepted" in both.dht_detail
+    assert grpc_only.reachable and grpc_only.dht_reachable is False and "refused" in grpc_only.dht_detail
+
+
+def test_reach_check_says_when_dht_is_unreachable() -> None:
+    from peerd.net.reach import ReachCheck
+
+    class _Net:
+        async def dial_back(self, endpoint: str, mine: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+            assert dht_port == 4242
+            return DialBackResult(True, "dialled back", False, "DHT port 1.2.3.4:4242 refused or silent")
+
+    class _View:
+        peer_id, endpoint, reachable = "me", "1.2.3.4:5", True
+        records = {"h": _record(True)}
+
+    check = ReachCheck("auto", _Net(), _View(), "run", dht_port=4242)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        result = asyncio.run(check.detect())
+    assert result.mode == "server" and result.dht == "unreachable"
+    assert result.as_dict()["dht"] == "unreachable"
+    warned = [e for e in logs if e["event"] == "dht_unreachable"]
+    assert len(warned) == 1 and "forward TCP port 4242" in warned[0]["fix"]
+
+
+def test_dht_port_from_multiaddrs() -> None:
+    from peerd.node.daemon import dht_port_of
+
+    assert dht_port_of(["/ip4/127.0.0.1/tcp/40123/p2p/QmX"]) == 40123
+    assert dht_port_of(["/ip4/127.0.0.1/udp/9/quic", "/ip6/::1/tcp/7/p2p/Q"]) == 7
+    assert dht_port_of([]) == 0 and dht_port_of(["/ip4/1.2.3.4/tcp/x"]) == 0
