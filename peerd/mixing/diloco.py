@@ -145,6 +145,24 @@ class Diloco:
         """Serve the fragments a joiner or laggard lacks (serialised in a thread)."""
         return await asyncio.to_thread(serve_state, self.state, self.cfg.run_id, request)
 
+    # A client hands the state to a reachable joiner of an all-client swarm (peerd/mixing/handover.py).
+
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Check a state hand-over's header (only while this joiner waits for one)."""
+        return await self.sync.handover.admit(header)
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Verify a complete hand-over and give it to the waiting join."""
+        await self.sync.handover.take(header, payload, seconds)
+
+    def state_stream_done(self) -> None:
+        """A hand-over stream ended (taken or not): the next one may come."""
+        self.sync.handover.done()
+
+    async def hand_over(self, r: int) -> None:
+        """Round ``r`` has no reachable member: as a client, hand the state to a waiting reachable joiner."""
+        await self.sync.handover.give(r)
+
     def export(self) -> dict[str, Any]:
         """Error-feedback residuals (the outer state is saved by the checkpointer itself)."""
         return {"residuals": [r.clone() for r in self.residuals]}

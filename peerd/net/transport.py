@@ -59,6 +59,7 @@ PLAN_METHOD = f"/{SERVICE}/OfferPlan"
 PULL_METHOD = f"/{SERVICE}/PullShard"
 DIAL_BACK_METHOD = f"/{SERVICE}/DialBack"
 PING_METHOD = f"/{SERVICE}/Ping"
+HAND_METHOD = f"/{SERVICE}/HandState"
 # A dial-back probe is one tiny call: answered within this or the caller counts as not dialable.
 PING_TIMEOUT_S = 3.0
 
@@ -119,7 +120,20 @@ class ShardSource(Protocol):
         """Wait (bounded by the round) for this owner's reduced shard; raise Rejected to refuse."""
 
 
-class Handler(ShardSink, StateSource, ShardSource, Protocol):
+class StateTaker(Protocol):
+    """Takes a state handed over by a client-mode member (implemented by the mixer; see peerd/mixing/handover.py)."""
+
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Validate a hand-over's header; return the absolute deadline for the payload or raise Rejected."""
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Verify and take a complete hand-over or raise Rejected (state untouched)."""
+
+    def state_stream_done(self) -> None:
+        """A hand-over stream ended, taken or not."""
+
+
+class Handler(ShardSink, StateSource, ShardSource, StateTaker, Protocol):
     """What a server hands its calls to: one mixer takes pushes, serves state and reduced shards."""
 
 
@@ -373,6 +387,29 @@ class Transport:
             call.cancel()
         self.on_transfer("pull", time.monotonic() - t0)
         self.on_bytes("rx", len(payload))
+
+    async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
+                         timeout_s: float) -> tuple[bool, str]:
+        """Stream this peer's state to a reachable joiner that cannot fetch it (client mode); (installed, detail).
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        header.state.total_bytes = len(payload)
+        chunks = split_chunks(payload, self.up.chunk_bytes(self.cfg.chunk_bytes))
+
+        async def messages() -> AsyncIterator[peer_pb2.HandStateChunk]:
+            yield peer_pb2.HandStateChunk(header=header)
+            for chunk in chunks:
+                await self.up.take(len(chunk))
+                yield peer_pb2.HandStateChunk(data=chunk)
+
+        t0 = time.monotonic()
+        reply = await self._stub(endpoint).HandState(messages(), timeout=max(timeout_s, 0.001),
+                                                     metadata=self._credential(HAND_METHOD))
+        self.on_transfer("handover", time.monotonic() - t0)
+        self.on_bytes("tx", len(payload))
+        return reply.installed, reply.detail
 
     async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
         """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back (and this host's ``dht_port``, when set).

@@ -122,6 +122,8 @@ class RoundDriver:
             # Only client-mode peers (nobody can be dialled): no plan could give a shard to anyone.
             # Wait, state untouched, until a reachable peer joins; said once, not every round.
             self._count("skipped", "no_reachable_peer")
+            # A reachable joiner cannot fetch from clients: one of them hands the state over.
+            await self.mixer.hand_over(r)
             return
         if self._await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")

@@ -176,6 +176,31 @@ class SimTransport:
 
         await self._call(endpoint, timeout_s, body())
 
+    async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
+                         timeout_s: float) -> tuple[bool, str]:
+        sent = peer_pb2.HandStateHeader()
+        sent.CopyFrom(header)
+        sent.state.total_bytes = len(payload)
+
+        async def body() -> tuple[bool, str]:
+            dst, handler = self.net.resolve(endpoint)
+            await self.net.gate(self.peer_id)
+            await self.net.hop(self.peer_id, dst, 256)
+            await self.net.gate(dst)
+            t0 = self.net.loop.time()
+            await handler.admit_state(sent)
+            try:
+                await self.net.hop(self.peer_id, dst, len(payload), first=False, payload=True)
+                await self.net.gate(dst)
+                await handler.take_state(sent, payload, self.net.loop.time() - t0)
+            finally:
+                handler.state_stream_done()
+            await self.net.hop(dst, self.peer_id, 64)
+            self.tx_bytes += len(payload)
+            return True, "verified; installing"
+
+        return await self._call(endpoint, timeout_s, body())  # type: ignore[return-value]
+
     async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
         async def body() -> DialBackResult:
             dst, _ = self.net.resolve(endpoint)

@@ -147,3 +147,35 @@ def test_capped_member_is_late_not_dropped() -> None:
     # Unannounced, the same cap gets its contribution to the large fragment dropped (about half the rounds).
     included, commits = _included(_capped_run(False))
     assert commits >= 15 and included <= 0.6 * commits, (included, commits)
+
+
+def test_reachable_newcomer_is_handed_the_state_of_a_client_only_swarm() -> None:
+    left_at, join_at = 7.0, 17.0
+    sc = Scenario(seed=13, peers=4, clients={1, 2}, duration_s=40.0, latency_s=0.02,
+                  events=[Event(0.5, "join", 3), Event(left_at, "leave", 0), Event(join_at, "join", 4)])
+    sc.clients = {1, 2, 3}  # peer 0 is the only reachable peer; peer 4 joins fresh, reachable
+    w = World(sc)
+    w.checks.append(invariants.safety)
+    w.run()
+    round_s = w.cfg.round.round_s
+
+    def t(x: object) -> float:
+        return x.r * round_s - w.epoch  # type: ignore[attr-defined]
+
+    before = [x for x in w.log if t(x) < left_at - round_s]
+    gap = [x for x in w.log if left_at + 2 * round_s <= t(x) < join_at - round_s]
+    assert before and before[-1].rows["peer-01"][0] >= 2 and len(gap) >= 2, (before, gap)
+    kept = gap[-1].rows["peer-01"][:2]  # the clients' state while nobody reachable was there
+    assert all(set(x.rows) == {"peer-01", "peer-02", "peer-03"} and
+               {row[:2] for row in x.rows.values()} == {kept} for x in gap), gap
+    newcomer = w.peers[4]
+    assert newcomer.node.reach.result.mode == "server"
+    assert newcomer.counters.syncs, "the newcomer installed no state"
+    # It started from the clients' state (not its own initialisation, which the clients would then adopt).
+    rounds_in = [x.rows["peer-04"] for x in w.log if x.rows.get("peer-04", (0, "", ""))[2]]
+    assert rounds_in and all(row[0] >= kept[0] for row in rounds_in), (rounds_in, kept)
+    after = [x for x in w.log if t(x) >= join_at + 4 * round_s]
+    assert len(after) >= 5
+    assert all(any(row[2] == "ok" for row in x.rows.values()) for x in after[-4:]), after[-4:]
+    ends = {(p.state.revision, p.state.state_hash()) for p in w.live()}
+    assert len(ends) == 1 and next(iter(ends))[0] > kept[0] + 3, (ends, kept)

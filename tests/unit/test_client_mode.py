@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -192,11 +193,20 @@ def test_new_methods_need_a_credential() -> None:
                     codes.append(grpc.StatusCode.OK)
                 except grpc.aio.AioRpcError as exc:
                     codes.append(exc.code())
+
+                async def hand() -> Any:
+                    yield peer_pb2.HandStateChunk(header=peer_pb2.HandStateHeader(run_id="run", donor="x"))
+
+                try:
+                    await stub.HandState(hand(), timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
         finally:
             await server.stop(0)
         return codes
 
-    assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 3
+    assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 4
 
 
 def test_dial_back_probes_the_callers_dht_port() -> None:

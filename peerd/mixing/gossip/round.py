@@ -135,6 +135,20 @@ class GossipMixer:
         if not swarm_finishing:
             await self.churn.leave()
 
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Gossip joiners clone a reachable donor or start alone: no state hand-overs."""
+        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode takes no state hand-over")
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Never reached (:meth:`admit_state` refuses)."""
+        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode takes no state hand-over")
+
+    def state_stream_done(self) -> None:
+        """Nothing to release."""
+
+    async def hand_over(self, r: int) -> None:
+        """Gossip peers hold parameters of their own: nothing to hand over."""
+
     async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
         """A client partner pulls this peer's gossip message of the round (it cannot be dialled).
 
