@@ -57,6 +57,11 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
     crng = random.Random(seed * 7919 + 1)
     if peers >= 2 and crng.random() < 0.35:
         sc.clients = set(crng.sample(range(1, peers + 3), crng.randint(1, 2)))
+    # Upload caps (as transport.max_upload_mbit), from another separate stream: a push of the large
+    # fragment (60 bytes here) takes 0.06-0.3 s of a round at the cap, so the round still holds it.
+    urng = random.Random(seed * 7919 + 2)
+    if urng.random() < 0.25:
+        sc.uplink[urng.randrange(peers)] = urng.choice((200.0, 400.0, 1000.0))
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
         # Lost messages cost the last rounds a commit and a catch-up each: leave room for several.
