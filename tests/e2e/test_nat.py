@@ -107,6 +107,9 @@ def test_nat_peer_is_a_client_and_is_counted(tmp_path: Path) -> None:
                 wait_for(ready, 180, f"peer {k} ready")
                 infos.append(json.loads(rf.read_text()))
             assert [i["reachability"] for i in infos] == ["server", "server", "server", "client"], infos
+            # The DHT port is checked too (the first peer had nobody to ask; the NAT drops inbound).
+            dht = [i["dht_reachability"] for i in infos]
+            assert dht == ["unchecked", "reachable", "reachable", "unreachable"], infos
             nat_id = str(infos[3]["peer_id"])
 
             def status(k: int) -> dict[str, Any] | None:
