@@ -161,7 +161,7 @@ class Diloco:
 
     async def hand_over(self, r: int) -> None:
         """Round ``r`` has no reachable member: as a client, hand the state to a waiting reachable joiner."""
-        await self.sync.handover.give(r)
+        self.sync.handover.give(r)
 
     def export(self) -> dict[str, Any]:
         """Error-feedback residuals (the outer state is saved by the checkpointer itself)."""

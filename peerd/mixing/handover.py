@@ -42,13 +42,14 @@ def clients_hold_the_state(view: SwarmView, state: OuterState) -> sch.Candidate 
     """The clients' consensus when this reachable peer must be handed their state; None otherwise.
 
     That is when every ready member is a client and their consensus (top revision, majority hash)
-    is not what this peer holds.
+    is ahead of this peer. A reachable peer at or ahead of it (back from a checkpoint) keeps its
+    own state: reachable peers define the consensus, and the clients resync from it.
     """
     ready = [rec.candidate() for rec in view.records.values() if rec.ready]
     if not view.reachable or not ready or sch.has_owner(ready):
         return None
     top = sch.eligible(ready)[0]
-    return None if (top.revision, top.state_hash) == (state.revision, state.state_hash()) else top
+    return top if top.revision > state.revision else None
 
 
 class HandOver:
@@ -62,6 +63,7 @@ class HandOver:
         self._waiting: asyncio.Future[SyncedState] | None = None
         self._receiving = False
         self._said = False
+        self._giving: asyncio.Task[None] | None = None  # a client's hand-over in flight (one at a time)
 
     # ---- joiner side ----
 
@@ -71,12 +73,15 @@ class HandOver:
             self._said = True
             log.warning("awaiting_state_handover", clients=sum(1 for r in self.view.records.values() if r.ready),
                         why="every ready member is a client (cannot be dialled): one of them hands the state over")
-        self._waiting = asyncio.get_running_loop().create_future()
+        self._waiting = waiting = asyncio.get_running_loop().create_future()
+        end = self.clock.monotonic() + max(0.0, timeout_s)
         try:
-            await self.view.heartbeat(ready=False)
-            return await asyncio.wait_for(asyncio.shield(self._waiting), max(0.0, timeout_s))
-        except TimeoutError:
-            return None
+            while not waiting.done() and self.clock.monotonic() < end:
+                # Heartbeats keep this joiner's record (reachable, not ready) in the clients' views.
+                await self.view.heartbeat(ready=False)
+                left = min(self.cfg.dht.heartbeat_s, end - self.clock.monotonic())
+                await asyncio.wait([waiting], timeout=max(0.0, left))
+            return waiting.result() if waiting.done() else None
         finally:
             self._waiting = None
 
@@ -124,14 +129,18 @@ class HandOver:
 
     # ---- client side ----
 
-    async def give(self, r: int) -> None:
+    def give(self, r: int) -> None:
         """Round ``r`` found no reachable member: hand this client's state to a waiting reachable joiner.
 
         Only the first client of the round's rendezvous order among those in sync with this one
         gives, so a joiner gets one stream per round; a failed one is retried next round by another.
+        It runs in the background (one at a time): a slow transfer must not hold the round loop.
         """
-        if self.view.reachable:
+        if self.view.reachable or (self._giving is not None and not self._giving.done()):
             return
+        self._giving = asyncio.ensure_future(self._give(r))
+
+    async def _give(self, r: int) -> None:
         mine = (self.state.revision, self.state.state_hash())
         joiners = [rec for rec in self.view.records.values()
                    if rec.reachable and not rec.ready and (rec.revision, rec.state_hash) != mine]

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import torch
 
+from peerd.core.clock import SYSTEM
 from peerd.core.config import TransportConfig, load_config
 from peerd.core.fragments import FragmentLayout
 from peerd.core.state import OuterState
@@ -63,7 +64,7 @@ def test_hand_over_is_verified_like_a_fetch_and_hostile_ones_are_refused() -> No
     record = PeerRecord("donor", "h:1", 1, donor_state.revision, donor_state.state_hash(),
                         donor_state.fragment_hashes, 1.0, 3, True, False, reachable=False)
     cfg = load_config(None, ["transport.state_timeout_s=10"])
-    handover = HandOver(cfg, "joiner", joiner_state, None, _View({"donor": record}), None)  # type: ignore[arg-type]
+    handover = HandOver(cfg, "joiner", joiner_state, None, _View({"donor": record}), SYSTEM)  # type: ignore[arg-type]
     refused: list[str] = []
 
     def header_and_payload() -> tuple[peer_pb2.HandStateHeader, bytes]:
