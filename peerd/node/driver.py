@@ -115,6 +115,8 @@ class RoundDriver:
             return
         if len(elig) < self.cfg.round.min_members:
             self._count("skipped", "too_few_peers")
+            if not sch.has_owner(elig):  # a lone client: a reachable joiner may be waiting for its state
+                await self.mixer.hand_over(r)
             if self.exit_when_done and me.done and not view.records:
                 self.request_stop("done")
             return

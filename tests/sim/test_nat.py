@@ -179,3 +179,18 @@ def test_reachable_newcomer_is_handed_the_state_of_a_client_only_swarm() -> None
     assert all(any(row[2] == "ok" for row in x.rows.values()) for x in after[-4:]), after[-4:]
     ends = {(p.state.revision, p.state.state_hash()) for p in w.live()}
     assert len(ends) == 1 and next(iter(ends))[0] > kept[0] + 3, (ends, kept)
+
+
+def test_a_lone_client_hands_its_state_to_a_reachable_newcomer() -> None:
+    """One client is fewer than round.min_members: it skips as too_few_peers and still hands the state over."""
+    sc = Scenario(seed=17, peers=2, clients={1}, duration_s=30.0, latency_s=0.02,
+                  events=[Event(7.0, "leave", 0), Event(13.0, "join", 2)])
+    w = World(sc)
+    w.checks.append(invariants.safety)
+    w.run()
+    alone = [x for x in w.log if set(x.rows) == {"peer-01"}]
+    assert alone and {x.rows["peer-01"][2] for x in alone[1:]} == {"too_few_peers"}, alone
+    kept = alone[-1].rows["peer-01"][:2]
+    assert kept[0] >= 2 and w.peers[2].counters.syncs
+    ends = {(p.state.revision, p.state.state_hash()) for p in w.live()}
+    assert len(ends) == 1 and next(iter(ends))[0] > kept[0] + 3, (ends, kept)
