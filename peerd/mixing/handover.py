@@ -8,8 +8,9 @@ adopt the joiner's fresh state and the swarm's training would be lost.
 
 So the joiner waits, announcing itself (a record that is reachable and not ready), and one client
 per round (rendezvous order over the round, so a dead one is replaced next round) dials it and
-streams its state (``HandState``). The joiner checks the stream exactly like a ``FetchState`` reply
-it asked for: the donor must be a ready member in its view, the header's revision and fragment
+streams its state (``HandStateHeader``). The joiner checks the stream exactly like a ``FetchState``
+reply it asked for: the donor must be a ready member in its view at the members' top revision and
+majority hash (an eligible donor, as for a fetch), the header's revision and fragment
 hashes must equal the donor's *signed* record, the size must fit the model, every fragment is
 verified against those hashes (``verify_state``), and only then is the whole state installed at
 once. Anything else is refused with a reason and counted by the transport.
@@ -99,6 +100,9 @@ class HandOver:
         rec = self.view.records.get(header.donor)
         if rec is None or not rec.ready:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "donor is not a ready member in this peer's view")
+        # Like a fetch's donors: only a member at the swarm's top revision and majority hash.
+        if header.donor not in {c.peer_id for c in sch.eligible([r.candidate() for r in self.view.records.values()])}:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "donor is off the members' top revision or majority hash")
         st = header.state
         if st.revision != rec.revision or tuple(st.fragment_hashes) != rec.fragment_hashes:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "state is not the donor's signed record")

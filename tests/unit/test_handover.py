@@ -64,7 +64,12 @@ def test_hand_over_is_verified_like_a_fetch_and_hostile_ones_are_refused() -> No
     record = PeerRecord("donor", "h:1", 1, donor_state.revision, donor_state.state_hash(),
                         donor_state.fragment_hashes, 1.0, 3, True, False, reachable=False)
     cfg = load_config(None, ["transport.state_timeout_s=10"])
-    handover = HandOver(cfg, "joiner", joiner_state, None, _View({"donor": record}), SYSTEM)  # type: ignore[arg-type]
+    view = _View({"donor": record})
+    handover = HandOver(cfg, "joiner", joiner_state, None, view, SYSTEM)  # type: ignore[arg-type]
+    # Two members at the donor's revision with another state: the donor is off the majority hash.
+    other = _state(3, 7)
+    majority = {f"m{i}": PeerRecord(f"m{i}", "h:2", 1, 7, other.state_hash(), other.fragment_hashes, 1.0, 3, True,
+                                    False, reachable=False) for i in range(2)}
     refused: list[str] = []
 
     def header_and_payload() -> tuple[peer_pb2.HandStateHeader, bytes]:
@@ -101,6 +106,10 @@ def test_hand_over_is_verified_like_a_fetch_and_hostile_ones_are_refused() -> No
             stranger.CopyFrom(header)
             stranger.donor = "stranger"
             await attempt("stranger", stranger, payload)
+            view.records.update(majority)
+            await attempt("minority", header, payload)
+            for k in majority:
+                del view.records[k]
             big = peer_pb2.HandStateHeader()
             big.CopyFrom(header)
             await attempt("too_big", big, payload + bytes(8 * sum(LAYOUT.numels)))
@@ -120,11 +129,12 @@ def test_hand_over_is_verified_like_a_fetch_and_hostile_ones_are_refused() -> No
     assert out["not_the_record"][0] == grpc.StatusCode.FAILED_PRECONDITION
     assert "signed record" in out["not_the_record"][1]
     assert out["stranger"][0] == grpc.StatusCode.PERMISSION_DENIED
+    assert out["minority"][0] == grpc.StatusCode.PERMISSION_DENIED and "majority" in out["minority"][1]
     assert out["too_big"][0] == grpc.StatusCode.INVALID_ARGUMENT
     assert out["corrupt"][0] == grpc.StatusCode.INVALID_ARGUMENT and "hash mismatch" in out["corrupt"][1]
     assert out["state_after_refusals"] == (0, _state(2, 0).state_hash())  # nothing installed, nothing half-applied
     assert out["ok"] == (True, "verified; installing")
     synced = out["synced"]
     assert synced.revision == 7 and synced.fragment_hashes == donor_state.fragment_hashes
-    assert refused.count("failed_precondition") == 2 and refused.count("permission_denied") == 1
+    assert refused.count("failed_precondition") == 2 and refused.count("permission_denied") == 2
     assert refused.count("invalid_argument") == 2
