@@ -273,7 +273,7 @@ class RoundDriver:
         if mine_up:  # this peer's own cap: it stops looking in time for its capped push, and says so once
             cap_bytes = self._cap_bytes(r, sum(1 for c in elig if c.reachable))
             give_up = rc.plan_give_up(r, cap_bytes, mine_up)
-            self._check_cap(cap_bytes, mine_up, mine_up if self.view.reachable else 0)
+            self._check_cap(cap_bytes, mine_up, mine_up if self.view.reachable and self.mixer.mode != "gossip" else 0)
         else:
             give_up = rc.plan_give_up(r, nbytes)
         found: list[sch.RoundPlan] = []
