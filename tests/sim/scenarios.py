@@ -67,6 +67,7 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
     # gossip has no hand-over, and the mass invariant does not follow a graceful leaver's hand-off.
     hrng = random.Random(seed * 7919 + 3)
     if sc.mode == "diloco" and sc.clients and not finite and hrng.random() < 0.3:
+        sc.clients |= set(range(1, peers))  # peer 0 was the only reachable one
         at = round(hrng.uniform(4.0, sc.duration_s - 12.0), 2)
         new = peers + len([e for e in sc.events if e.kind == "join"])
         while new in sc.clients or any(e.peer == new for e in sc.events):
