@@ -65,6 +65,8 @@ LOOPBACK_COLLECT_SHARE = 0.55
 MAX_SETTLE_FRACTION = 0.2
 # Fixed slack per exchange phase (scheduling, decoding, the reduce itself).
 PHASE_SLACK_S = 0.05
+# A capped upload runs at its cap (the pacer is exact), so its time is stretched less than a measurement.
+CAP_MARGIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -135,24 +137,76 @@ class RoundClock:
         """End of round ``r``'s exchange: members stop waiting for reduced shards."""
         return self.start(r) + self.deadline_fraction * self.round_s
 
-    def phase_s(self, nbytes: int) -> float:
-        """Time one exchange phase needs when every member pushes ``nbytes`` in all through its uplink."""
-        return MARGIN * self.net.transfer_s(nbytes) + PHASE_SLACK_S
+    def phase_s(self, nbytes: int, uplink_bps: float = 0.0) -> float:
+        """Time one exchange phase needs when every member pushes ``nbytes`` in all through its uplink.
 
-    def collect_deadline(self, r: int, now: float, nbytes: int = 0) -> float:
+        ``uplink_bps``: the slowest member's announced upload cap in bytes/s (0: none); a capped
+        member needs at least ``nbytes`` at its cap, whatever this peer measured of its own links.
+        """
+        measured = MARGIN * self.net.transfer_s(nbytes) + PHASE_SLACK_S
+        return max(measured, self.capped_s(nbytes, uplink_bps))
+
+    def capped_s(self, nbytes: int, uplink_bps: float) -> float:
+        """Time ``nbytes`` take through an upload cap of ``uplink_bps`` bytes/s (0 when uncapped)."""
+        if uplink_bps <= 0:
+            return 0.0
+        return CAP_MARGIN * nbytes / uplink_bps + MARGIN * (self.net.rtt_s or 0.0) + PHASE_SLACK_S
+
+    def cap_fits(self, nbytes: int, uplink_bps: float, reduce_uplink_bps: float | None = None) -> bool:
+        """Whether a round's exchange window (after its settle point) holds the capped phases.
+
+        ``uplink_bps``: the slowest member's cap (its contribution); ``reduce_uplink_bps``: the
+        slowest owner's (its reduced shard; None: the same, 0: no reduce phase to pace).
+        """
+        need = self.capped_s(nbytes, uplink_bps) + self.capped_s(nbytes, self._reduce_cap(uplink_bps,
+                                                                                           reduce_uplink_bps))
+        return need <= self.window() - self.settle()
+
+    def round_s_for_cap(self, nbytes: int, uplink_bps: float, reduce_uplink_bps: float | None = None) -> float:
+        """The shortest ``round_s`` whose window holds the capped phases (for the log line's fix)."""
+        need = self.capped_s(nbytes, uplink_bps) + self.capped_s(nbytes, self._reduce_cap(uplink_bps,
+                                                                                           reduce_uplink_bps))
+        need += self.settle() + (self.plan_candidates + 1) * self.plan_slot()
+        return math.ceil(10 * need / self.deadline_fraction) / 10
+
+    @staticmethod
+    def _reduce_cap(uplink_bps: float, reduce_uplink_bps: float | None) -> float:
+        return uplink_bps if reduce_uplink_bps is None else reduce_uplink_bps
+
+    def collect_deadline(self, r: int, now: float, nbytes: int = 0, uplink_bps: float = 0.0,
+                         reduce_uplink_bps: float | None = None) -> float:
         """Owners stop waiting for contributions; the reduce phase gets what it needs of the rest.
 
         ``nbytes``: what one member pushes per phase (about a fragment's encoded size).
         Contributions need a worker's snapshot (up to a training step) besides their transfer,
         so they get every second the reduce phase does not need: twice its measured time, and
         at least ``REDUCE_SHARE`` of the window. Without measurements, the loopback split.
+
+        Upload caps (bytes/s, 0: none) make capped members late, not dropped: ``uplink_bps`` is
+        the slowest member's cap (its contribution must arrive), ``reduce_uplink_bps`` the slowest
+        owner's (its reduced shard must; None: the same, 0: not paced, as in gossip). The split
+        above moves just enough: later, so the capped contribution fits (down to twice the reduce
+        phase's measured time), or earlier, so a capped owner's reduced shard does. When both do
+        not fit (see :meth:`cap_fits`), the window is split between the two in proportion.
         """
         begin = max(self.start(r), now)
         window = max(0.0, self.deadline(r) - begin)
-        if self.net.rtt_s is None:
-            return begin + LOOPBACK_COLLECT_SHARE * window
-        reduce_s = max(REDUCE_SHARE * window, 2 * self.phase_s(nbytes))
-        return begin + max(0.5 * window, window - reduce_s) if window < 2 * reduce_s else begin + window - reduce_s
+        measured = self.net.rtt_s is not None
+        if not measured:
+            base = begin + LOOPBACK_COLLECT_SHARE * window
+        else:
+            reduce_s = max(REDUCE_SHARE * window, 2 * self.phase_s(nbytes))
+            base = begin + (max(0.5 * window, window - reduce_s) if window < 2 * reduce_s else window - reduce_s)
+        cap_in = self.capped_s(nbytes, uplink_bps)
+        cap_out = self.capped_s(nbytes, self._reduce_cap(uplink_bps, reduce_uplink_bps))
+        if cap_in <= 0 and cap_out <= 0:
+            return base
+        # What the reduce phase cannot do without: its capped owner's time, twice its measured time
+        # (the REDUCE_SHARE margin is given up only as far as a capped contribution needs it).
+        reduce_min = max(cap_out, 2 * self.phase_s(nbytes) if measured else REDUCE_SHARE * window)
+        if cap_in + reduce_min > window:
+            return begin + window * cap_in / (cap_in + reduce_min)
+        return begin + min(max(base - begin, cap_in), window - reduce_min)
 
     def publish_at(self, r: int, rank: int) -> float:
         """Earliest time candidate ``rank`` may publish a plan for round ``r``."""
@@ -166,13 +220,21 @@ class RoundClock:
         """
         return self.start(r) if rank == 0 else self.publish_at(r, rank + 1)
 
-    def plan_give_up(self, r: int, nbytes: int = 0) -> float:
-        """Readers stop looking for round ``r``'s plan at this time (a member could not contribute after)."""
+    def plan_give_up(self, r: int, nbytes: int = 0, uplink_bps: float = 0.0) -> float:
+        """Readers stop looking for round ``r``'s plan at this time (a member could not contribute after).
+
+        ``uplink_bps``: this reader's own upload cap (bytes/s, 0: none): its contribution must
+        still cross its link after it reads the plan, so it stops looking that much earlier
+        (never before the last candidate's slot: a plan found then is still worth a try).
+        """
         last_slot = self.settle_at(r) + self.plan_slot() * (self.plan_candidates + 1)
         loopback = self.start(r) + PLAN_READ_FRACTION * self.deadline_fraction * self.round_s
         if self.net.rtt_s is None:
-            return max(last_slot, loopback)
-        return max(last_slot, loopback, self.deadline(r) - 2 * self.phase_s(nbytes))
+            give_up = max(last_slot, loopback)
+        else:
+            give_up = max(last_slot, loopback, self.deadline(r) - 2 * self.phase_s(nbytes))
+        capped = self.capped_s(nbytes, uplink_bps)
+        return max(last_slot, min(give_up, self.deadline(r) - 2 * capped)) if capped > 0 else give_up
 
     def catch_up_at(self, r: int) -> float:
         """When a laggard fetches what round ``r``'s members committed (just after its deadline)."""

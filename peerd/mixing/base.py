@@ -46,6 +46,9 @@ class Mixer(Protocol):
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Serve state to a joiner or laggard."""
 
+    async def hand_over(self, r: int) -> None:
+        """Round ``r`` has no reachable member: hand the state to a reachable joiner waiting for it."""
+
     async def run(self, plan: RoundPlan) -> RoundOutcome:
         """Take part in one round as a member; returns by the plan's deadline."""
 

@@ -102,6 +102,7 @@ class Diloco:
         self.state = state
         self.bridge = bridge
         self.network = network
+        self.view = view
         self.rc = rounds
         self.metrics = metrics
         self.faults = faults
@@ -143,6 +144,24 @@ class Diloco:
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Serve the fragments a joiner or laggard lacks (serialised in a thread)."""
         return await asyncio.to_thread(serve_state, self.state, self.cfg.run_id, request)
+
+    # A client hands the state to a reachable joiner of an all-client swarm (peerd/mixing/handover.py).
+
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Check a state hand-over's header (only while this joiner waits for one)."""
+        return await self.sync.handover.admit(header)
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Verify a complete hand-over and give it to the waiting join."""
+        await self.sync.handover.take(header, payload, seconds)
+
+    def state_stream_done(self) -> None:
+        """A hand-over stream ended (taken or not): the next one may come."""
+        self.sync.handover.done()
+
+    async def hand_over(self, r: int) -> None:
+        """Round ``r`` has no reachable member: as a client, hand the state to a waiting reachable joiner."""
+        self.sync.handover.give(r)
 
     def export(self) -> dict[str, Any]:
         """Error-feedback residuals (the outer state is saved by the checkpointer itself)."""
@@ -355,7 +374,9 @@ class Diloco:
             old_theta = self.state.theta(p)
             try:
                 # Leave the contribution time to travel: a snapshot that comes later is useless.
-                travel = self.rc.phase_s(self._push_bytes(plan)) if self.rc.net.rtt_s is not None else 0.0
+                # (at least its time through this peer's own upload cap, measured or not)
+                push, cap = self._push_bytes(plan), self.view.uplink_bps
+                travel = self.rc.phase_s(push, cap) if self.rc.net.rtt_s is not None else self.rc.capped_s(push, cap)
                 snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
                                               fragment=p)
             except (TimeoutError, BridgeFull):

@@ -20,6 +20,7 @@ from peerd.core.errors import EXIT_NETWORK, Counters, FatalError
 from peerd.core.log import get_logger
 from peerd.core.metrics import Metrics
 from peerd.core.state import OuterState
+from peerd.mixing.handover import HandOver, clients_hold_the_state, install
 from peerd.mixing.sync import SyncedState, SyncError, merge_parts, request_for, verify_state
 from peerd.net.ports import NetworkPort
 from peerd.net.view import SwarmView
@@ -40,6 +41,7 @@ class StateSync:
         self.cfg, self.peer_id, self.state, self.network, self.view = cfg, peer_id, state, network, view
         self.bridge, self.clock, self.metrics, self.counters = bridge, clock, metrics, counters
         self.on_installed = on_installed
+        self.handover = HandOver(cfg, peer_id, state, network, view, clock)
 
     async def initial(self, write_model: Callable[[dict[int, torch.Tensor]], None]) -> None:
         """A joiner adopts the swarm's outer state before it trains.
@@ -59,6 +61,19 @@ class StateSync:
                 # the state comes from every member that holds it, not from one by accident.
                 if len({(r.revision, r.state_hash) for r in ready}) > 1 and unsettled < UNSETTLED_BEATS:
                     unsettled += 1
+                elif (top := clients_hold_the_state(self.view, self.state)) is not None:
+                    # Only clients hold the state: none can be fetched from, so one hands it over.
+                    left = deadline - self.clock.monotonic()
+                    synced = await self.handover.wait(min(left, 2 * self.cfg.round.round_s + self.cfg.dht.heartbeat_s))
+                    if synced is not None:
+                        install(self.state, synced, self.on_installed, write_model)
+                        self.metrics.resyncs.labels(outcome="handed_over").inc()
+                        self.counters.syncs.append({"seconds": round(synced.seconds, 3), "bytes": synced.nbytes,
+                                                    "bytes_per_s": round(synced.nbytes / max(synced.seconds, 1e-9))})
+                        log.info("synced_by_handover", revision=synced.revision, clients_at=top.revision,
+                                 fragments=len(synced.theta), bytes=synced.nbytes)
+                        return
+                    continue
                 elif await self.if_needed(write_model=write_model):
                     return
             await asyncio.sleep(self.cfg.dht.heartbeat_s)

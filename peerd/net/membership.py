@@ -39,15 +39,19 @@ _FAILED: Any = object()  # distinguishes "the call failed" from a call that retu
 # v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
 # be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
 # drops (and counts) a client-mode peer's record, which it could not serve anyway (it would hand it a
-# shard). Readers accept both. v3 (work-paced rounds, ``round.target_h``) adds ``reachable`` always and
-# the worker's throughput and per-fragment steps since each fragment's last sync; only peers of a
-# paced run write it, so records of unpaced runs stay v1/v2 and readable by older peers.
+# shard). Readers accept both. A v2 record may also carry ``uplink_bps``, the peer's upload cap in
+# bytes/s (only when a cap is set), so the round clock can size rounds for the slowest member's
+# link; a capped peer writes v2 even when reachable (readers older than this field drop it).
+# v3 (work-paced rounds, ``round.target_h``) adds ``reachable`` always and the worker's throughput
+# and per-fragment steps since each fragment's last sync (and ``uplink_bps`` when capped); only
+# peers of a paced run write it, so records of unpaced runs stay v1/v2 and readable by older peers.
 RECORD_VERSION = 1
 RECORD_VERSION_CLIENT = 2
 RECORD_VERSION_PACED = 3
 MAX_STEPS_PER_S = 1e6  # announced throughput above this is malformed (no inner step is that fast)
 MAX_STEPS_SINCE = 1 << 40
 MAX_RECORD_FIELD_CHARS = 512
+MAX_UPLINK_BPS = 1 << 40  # far above any link; bounds what a hostile record can claim
 MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
 # Subkeys opened per read (each costs a signature check). Above any swarm this design serves, and far
 # above the publishers of one round's plans; what lies beyond is dropped and counted, so a flood of
@@ -84,9 +88,10 @@ class PeerRecord:
     # Work pacing (v3): inner steps/s and, per fragment, steps since its last sync; None: not announced.
     steps_per_s: float = 0.0
     steps_since: tuple[int, ...] | None = None
+    uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
 
     def to_value(self) -> dict[str, Any]:
-        """msgpack-able dict (v1 for a reachable peer, v2 with ``reachable`` for a client, v3 when paced)."""
+        """msgpack-able dict: v1 (reachable, uncapped), v2 (``reachable``, ``uplink_bps``), v3 when paced."""
         value = {
             "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
             "incarnation": self.incarnation, "revision": self.revision,
@@ -97,8 +102,10 @@ class PeerRecord:
         if self.steps_since is not None:
             value |= {"v": RECORD_VERSION_PACED, "reachable": self.reachable, "steps_per_s": self.steps_per_s,
                       "steps_since": list(self.steps_since)}
-        elif not self.reachable:
-            value |= {"v": RECORD_VERSION_CLIENT, "reachable": False}
+        elif not self.reachable or self.uplink_bps:
+            value |= {"v": RECORD_VERSION_CLIENT, "reachable": self.reachable}
+        if self.uplink_bps:
+            value["uplink_bps"] = self.uplink_bps
         return value
 
     @classmethod
@@ -119,6 +126,8 @@ class PeerRecord:
             want["reachable"] = bool
         if value["v"] == RECORD_VERSION_PACED:
             want |= {"steps_per_s": (int, float), "steps_since": list}
+        if value["v"] in (RECORD_VERSION_CLIENT, RECORD_VERSION_PACED) and "uplink_bps" in value:
+            want["uplink_bps"] = int
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -133,6 +142,8 @@ class PeerRecord:
             raise ValueError("record oversized")
         if value["revision"] < 0 or value["step"] < 0:
             raise ValueError("record has negative counters")
+        if isinstance(value.get("uplink_bps"), bool) or not 0 <= value.get("uplink_bps", 0) <= MAX_UPLINK_BPS:
+            raise ValueError("record uplink_bps out of range")
         fields = {k: value[k] for k in want}
         fields["fragment_hashes"] = tuple(value["fragment_hashes"])
         fields["samples_per_s"] = float(value["samples_per_s"])

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from peerd.core.schedule import RoundPlan
 from peerd.net.membership import PeerRecord
-from peerd.net.transport import Handler, PlanSink, ShardSink
+from peerd.net.transport import DialBackResult, Handler, PlanSink, ShardSink
 from peerd.proto.v1 import peer_pb2
 
 
@@ -65,8 +65,12 @@ class NetworkPort(Protocol):
     async def pull_shard(self, endpoint: str, request: peer_pb2.PullRequest, sink: ShardSink, timeout_s: float) -> None:
         """Client mode: pull an owner's reduced shard into ``sink`` (admit, then deliver)."""
 
-    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
-        """Ask a peer to dial this one back; (reachable, detail). Raises when the helper fails."""
+    async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
+                         timeout_s: float) -> tuple[bool, str]:
+        """Stream this client's state to a reachable joiner; (installed, detail). Raises when refused."""
+
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+        """Ask a peer to dial this one back (and probe this host's ``dht_port``). Raises when the helper fails."""
 
     async def forget(self, endpoints: Sequence[str]) -> None:
         """Close connections to peers that left."""

@@ -8,6 +8,11 @@ again once a reachable peer shows up. ``transport.mode: server|client`` skips th
 
 A client-mode peer publishes ``reachable: false`` in its record: plans give it no shard, nobody
 pushes to it, and it pulls reduced shards on calls it opens itself (peerd/mixing/diloco.py).
+
+The same helper also opens a TCP connection to the caller's own address at its DHT port (the one
+other peers' DHT nodes dial), so a peer learns when its gRPC port is forwarded but its DHT port is
+not: it then still takes part in rounds, but other DHT nodes drop it from their routing tables and
+new peers cannot bootstrap from it. That is said once, with the fix, and shown in ``peerd status``.
 """
 
 from __future__ import annotations
@@ -32,23 +37,32 @@ class Reachability:
     mode: str  # "server" (others can dial this peer) or "client"
     how: str  # how it was decided: configured, a helper's answer, or an assumption
     assumed: bool = False  # nobody could check: ask again when a reachable peer appears
+    dht: str = "unchecked"  # the DHT port as others dial it: "reachable", "unreachable" or "unchecked"
+    dht_how: str = ""
 
     def as_dict(self) -> dict[str, str | bool]:
         """Status fields."""
-        return {"mode": self.mode, "how": self.how, "assumed": self.assumed}
+        return {"mode": self.mode, "how": self.how, "assumed": self.assumed, "dht": self.dht, "dht_how": self.dht_how}
 
 
 class ReachCheck:
     """Decides this peer's reachability and keeps ``view.reachable`` in line with it."""
 
-    def __init__(self, mode: str, network: NetworkPort, view: SwarmView, run_id: str) -> None:
-        """``mode`` is ``transport.mode``: auto, server or client."""
+    def __init__(self, mode: str, network: NetworkPort, view: SwarmView, run_id: str, dht_port: int = 0) -> None:
+        """``mode`` is ``transport.mode``: auto, server or client; ``dht_port``: this peer's DHT port (0: unknown)."""
         self.mode, self.network, self.view, self.run_id = mode, network, view, run_id
+        self.dht_port = dht_port  # the daemon sets it once the DHT has started
         self.result = Reachability("server", "not checked yet", assumed=True)
 
     def _set(self, result: Reachability) -> Reachability:
         if result.mode != self.result.mode or result.how != self.result.how:
-            log.info("reachability", mode=result.mode, how=result.how)
+            log.info("reachability", mode=result.mode, how=result.how, dht=result.dht)
+        if result.dht == "unreachable" and self.result.dht != "unreachable":
+            log.warning("dht_unreachable", grpc=result.mode, detail=result.dht_how,
+                        fix=f"forward TCP port {self.dht_port} (dht.port) to this machine as well"
+                            + (" as the gRPC port" if result.mode == "server" else "")
+                            + ", and set dht.announce_host to the public address; until then other peers "
+                            "drop this node from their DHT routing tables and nobody can bootstrap from it")
         self.result = result
         self.view.reachable = result.mode == "server"
         return result
@@ -63,13 +77,15 @@ class ReachCheck:
         failures = []
         for rec in helpers[:HELPERS]:
             try:
-                ok, detail = await self.network.dial_back(rec.endpoint, self.view.endpoint, self.run_id)
+                res = await self.network.dial_back(rec.endpoint, self.view.endpoint, self.run_id, self.dht_port)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a helper that fails is just not an answer
                 failures.append(f"{rec.peer_id[-8:]}: {type(exc).__name__}")
                 continue
-            return self._set(Reachability("server" if ok else "client", f"{detail} (asked {rec.peer_id[-8:]})"))
+            dht = "unchecked" if res.dht_reachable is None else "reachable" if res.dht_reachable else "unreachable"
+            return self._set(Reachability("server" if res.reachable else "client",
+                                          f"{res.detail} (asked {rec.peer_id[-8:]})", dht=dht, dht_how=res.dht_detail))
         if not helpers:
             return self._set(Reachability("server", "no reachable peer to ask: assumed reachable", assumed=True))
         return self._set(Reachability("server", "no helper answered (" + ", ".join(failures) + "): assumed reachable",

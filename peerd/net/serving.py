@@ -128,16 +128,47 @@ def _parse(cls: type[_M], raw: bytes) -> _M:
 class _Chunks:
     """A request stream of raw bytes, decoded one message at a time by the handler (not by grpc)."""
 
-    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+    def __init__(self, raw: AsyncIterator[bytes], cls: type[Message] = peer_pb2.ShardChunk) -> None:
         # grpc's iterator is opened on the first read only: an opened, never-awaited one is
         # reported as a RuntimeWarning on stderr for each stream refused before reading.
         self._raw = raw
+        self._cls = cls
         self._it: AsyncIterator[bytes] | None = None
 
-    async def __anext__(self) -> peer_pb2.ShardChunk:
+    async def __anext__(self) -> Any:
         if self._it is None:
             self._it = self._raw.__aiter__()
-        return _parse(peer_pb2.ShardChunk, await self._it.__anext__())
+        return _parse(self._cls, await self._it.__anext__())
+
+
+async def read_state(t: Transport, total: int, deadline: float, chunks: _Chunks) -> bytes:
+    """Read exactly ``total`` bytes of a handed-over state in bounded chunks (the state's hashes check it).
+
+    Raises:
+        Rejected: truncated, longer than announced, or stalled past ``deadline``.
+        TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s``.
+    """
+    buf = bytearray()
+    while len(buf) < total:
+        budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
+        if budget <= 0:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "hand-over missed its deadline")
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), budget)
+        except StopAsyncIteration:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
+        if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
+        buf += chunk.data
+        if len(buf) > total:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "state longer than announced")
+        await t.down.take(len(chunk.data))
+    try:
+        await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "state longer than announced")
+    except StopAsyncIteration:
+        pass
+    return bytes(buf)
 
 
 class Servicer:
@@ -202,6 +233,43 @@ class Servicer:
             await self._fail(context, "PushShard")
         t.on_bytes("rx", len(payload))
         return peer_pb2.PushShardResponse(accepted_bytes=len(payload))
+
+    async def HandState(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.HandStateReply:
+        """Take a state a client hands over: header, admission by the mixer, payload, verification."""
+        t = self.t
+        holder, address = self._holder(context)
+        chunks = _Chunks(request_iterator, peer_pb2.HandStateChunk)
+        payload, t0 = b"", time.monotonic()
+        try:
+            # No byte reservation (limits.inflight): the mixer admits one hand-over at a time, only
+            # while it waits for one, and no larger than its own model's state.
+            with t.limits.stream(holder, address):
+                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
+                if first.WhichOneof("part") != "header":
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
+                header = first.header
+                if t.key is not None and holder != header.donor:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header donor differs from the credential")
+                deadline = await self.handler.admit_state(header)
+                try:
+                    payload = await read_state(t, header.state.total_bytes, deadline, chunks)
+                    await self.handler.take_state(header, payload, time.monotonic() - t0)
+                finally:
+                    self.handler.state_stream_done()
+        except LimitExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", str(exc))
+        except Rejected as rej:
+            await self._refuse(context, rej.code, rej.code.name.lower(), rej.detail)
+        except TimeoutError:
+            await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "chunk_timeout", "chunk timeout")
+        except StopAsyncIteration:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_stream", "empty stream")
+        except Exception:
+            await self._fail(context, "HandState")
+        t.on_bytes("rx", len(payload))
+        return peer_pb2.HandStateReply(installed=True, detail="verified; installing")
 
     async def OfferPlan(  # noqa: N802 - gRPC method name
         self, request: bytes, context: grpc.aio.ServicerContext
@@ -329,6 +397,9 @@ def add_servicer(servicer: Servicer, server: grpc.aio.Server) -> None:
         "Ping": grpc.unary_unary_rpc_method_handler(
             servicer.Ping, request_deserializer=None,
             response_serializer=peer_pb2.PingReply.SerializeToString),
+        "HandState": grpc.stream_unary_rpc_method_handler(
+            servicer.HandState, request_deserializer=None,
+            response_serializer=peer_pb2.HandStateReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

@@ -20,9 +20,11 @@ TLS / mTLS use the ``security.tls_*`` files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -57,8 +59,34 @@ PLAN_METHOD = f"/{SERVICE}/OfferPlan"
 PULL_METHOD = f"/{SERVICE}/PullShard"
 DIAL_BACK_METHOD = f"/{SERVICE}/DialBack"
 PING_METHOD = f"/{SERVICE}/Ping"
+HAND_METHOD = f"/{SERVICE}/HandState"
 # A dial-back probe is one tiny call: answered within this or the caller counts as not dialable.
 PING_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class DialBackResult:
+    """A helper's answer to a dial-back: the gRPC endpoint, and the DHT port when it was asked to check it."""
+
+    reachable: bool
+    detail: str
+    dht_reachable: bool | None = None  # None: not checked
+    dht_detail: str = ""
+
+
+async def probe_tcp(host: str, port: int, timeout_s: float = PING_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether a TCP connection to ``host:port`` is accepted (closed again at once; nothing is sent)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError) as exc:
+        return False, f"DHT port {host}:{port} refused or silent ({type(exc).__name__})"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True, f"DHT port {host}:{port} accepted a connection"
+
+
+PULLABLE_KINDS = (peer_pb2.PAYLOAD_KIND_REDUCED, peer_pb2.PAYLOAD_KIND_GOSSIP)  # what a pull may carry
 
 
 class ShardSink(Protocol):
@@ -92,7 +120,20 @@ class ShardSource(Protocol):
         """Wait (bounded by the round) for this owner's reduced shard; raise Rejected to refuse."""
 
 
-class Handler(ShardSink, StateSource, ShardSource, Protocol):
+class StateTaker(Protocol):
+    """Takes a state handed over by a client-mode member (implemented by the mixer; see peerd/mixing/handover.py)."""
+
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Validate a hand-over's header; return the absolute deadline for the payload or raise Rejected."""
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Verify and take a complete hand-over or raise Rejected (state untouched)."""
+
+    def state_stream_done(self) -> None:
+        """A hand-over stream ended, taken or not."""
+
+
+class Handler(ShardSink, StateSource, ShardSource, StateTaker, Protocol):
     """What a server hands its calls to: one mixer takes pushes, serves state and reduced shards."""
 
 
@@ -336,8 +377,9 @@ class Transport:
         try:
             it = call.__aiter__()
             first = await asyncio.wait_for(it.__anext__(), max(timeout_s, 0.001))
-            if first.WhichOneof("part") != "header" or first.header.kind != peer_pb2.PAYLOAD_KIND_REDUCED:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "owner sent no reduced-shard header")
+            # A reduced shard (DiLoCo) or a gossip partner's message; the sink admits only its own kind.
+            if first.WhichOneof("part") != "header" or first.header.kind not in PULLABLE_KINDS:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "owner sent no reduced-shard or gossip header")
             deadline = await sink.admit(first.header)  # checks the size against the codec and shape
             payload = await read_payload(self, first.header, deadline, it)
             await sink.deliver(first.header, payload)
@@ -346,17 +388,41 @@ class Transport:
         self.on_transfer("pull", time.monotonic() - t0)
         self.on_bytes("rx", len(payload))
 
-    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
-        """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back; (reachable, detail).
+    async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
+                         timeout_s: float) -> tuple[bool, str]:
+        """Stream this peer's state to a reachable joiner that cannot fetch it (client mode); (installed, detail).
+
+        Raises:
+            grpc.aio.AioRpcError: refused, unreachable or past ``timeout_s``.
+        """
+        header.state.total_bytes = len(payload)
+        chunks = split_chunks(payload, self.up.chunk_bytes(self.cfg.chunk_bytes))
+
+        async def messages() -> AsyncIterator[peer_pb2.HandStateChunk]:
+            yield peer_pb2.HandStateChunk(header=header)
+            for chunk in chunks:
+                await self.up.take(len(chunk))
+                yield peer_pb2.HandStateChunk(data=chunk)
+
+        t0 = time.monotonic()
+        reply = await self._stub(endpoint).HandState(messages(), timeout=max(timeout_s, 0.001),
+                                                     metadata=self._credential(HAND_METHOD))
+        self.on_transfer("handover", time.monotonic() - t0)
+        self.on_bytes("tx", len(payload))
+        return reply.installed, reply.detail
+
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+        """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back (and this host's ``dht_port``, when set).
 
         Raises:
             grpc.aio.AioRpcError: the helper refused or could not be reached.
         """
         request = peer_pb2.DialBackRequest(run_id=run_id, requester=self.peer_id, endpoint=my_endpoint,
-                                           nonce=os.urandom(16))
-        reply = await self._stub(endpoint).DialBack(request, timeout=PING_TIMEOUT_S + self.cfg.rpc_timeout_s,
+                                           nonce=os.urandom(16), dht_port=dht_port)
+        reply = await self._stub(endpoint).DialBack(request, timeout=2 * PING_TIMEOUT_S + self.cfg.rpc_timeout_s,
                                                     metadata=self._credential(DIAL_BACK_METHOD))
-        return reply.reachable, reply.detail
+        return DialBackResult(reply.reachable, reply.detail, reply.dht_reachable if reply.dht_checked else None,
+                              reply.dht_detail)
 
     async def serve_dial_back(self, req: peer_pb2.DialBackRequest, holder: str, seen: str) -> peer_pb2.DialBackReply:
         """Dial a caller back: only the address its call came from, at most once per few seconds.
@@ -379,12 +445,20 @@ class Transport:
         if len(self._dial_backs) > 4096:
             self._dial_backs.clear()
         self._dial_backs[key] = now
+        if req.dht_port > 65535:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "dht_port out of range")
         host = endpoint_host(req.endpoint)
-        if host != seen:
-            return peer_pb2.DialBackReply(reachable=False, detail=f"announces {host} but calls from {seen} (NAT?)")
         async with self._dialling:
-            ok, detail = await self._ping(req.endpoint, req.nonce, req.requester)
-        return peer_pb2.DialBackReply(reachable=ok, detail=detail)
+            # The DHT probe goes to the address the call came from (the caller's own), never elsewhere.
+            dht = await probe_tcp(seen, req.dht_port) if req.dht_port else None
+            if host != seen:
+                reply = peer_pb2.DialBackReply(reachable=False, detail=f"announces {host} but calls from {seen} (NAT?)")
+            else:
+                ok, detail = await self._ping(req.endpoint, req.nonce, req.requester)
+                reply = peer_pb2.DialBackReply(reachable=ok, detail=detail)
+        if dht is not None:
+            reply.dht_checked, reply.dht_reachable, reply.dht_detail = True, dht[0], dht[1]
+        return reply
 
     async def _ping(self, endpoint: str, nonce: bytes, expect: str) -> tuple[bool, str]:
         """One probe on a fresh channel (a cached one could ride an old connection the caller opened)."""

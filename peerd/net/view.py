@@ -8,7 +8,7 @@ clock, so the simulation tier drives the same code on virtual time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from peerd.core import schedule as sch
 from peerd.core.bridge import WorkerStats
@@ -43,6 +43,7 @@ class SwarmView:
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
+        self.uplink_bps = 0  # this peer's upload cap in bytes/s, announced so rounds allow for it (0: none)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
@@ -57,12 +58,19 @@ class SwarmView:
             ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
             steps_per_s=stats.steps_per_s if self.announce_pace else 0.0,
             steps_since=self._steps_since(stats.steps_since) if self.announce_pace else None,
+            uplink_bps=self.uplink_bps,
         )
 
     def _steps_since(self, since: tuple[int, ...]) -> tuple[int, ...]:
         """One count per fragment (zeros before the worker's first step)."""
         nf = self.state.layout.num_fragments
         return since if len(since) == nf else (0,) * nf
+
+    def slowest_uplink(self, peer_ids: Iterable[str]) -> int:
+        """The lowest announced upload cap (bytes/s) among ``peer_ids`` (this peer included); 0: none capped."""
+        caps = [self.uplink_bps if pid == self.peer_id else getattr(self.records.get(pid), "uplink_bps", 0)
+                for pid in peer_ids]
+        return min((c for c in caps if c > 0), default=0)
 
     async def heartbeat(self, ready: bool | None = None, ttl_s: float | None = None) -> bool:
         """Publish this peer's record."""

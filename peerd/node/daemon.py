@@ -55,6 +55,15 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def dht_port_of(maddrs: list[str]) -> int:
+    """The TCP port of this node's DHT multiaddrs (``/ip4/h/tcp/N/p2p/..``); 0 when none names one."""
+    for maddr in maddrs:
+        parts = maddr.split("/")
+        if "tcp" in parts and parts.index("tcp") + 1 < len(parts) and parts[parts.index("tcp") + 1].isdigit():
+            return int(parts[parts.index("tcp") + 1])
+    return 0
+
+
 def detect_host(bind_host: str) -> str:
     """Address to announce for a bind host; a wildcard bind announces the outbound interface."""
     if bind_host not in ("0.0.0.0", "::", ""):
@@ -168,6 +177,7 @@ class Daemon:
         if rpc_key is None:  # no secret: a swarm that has one would refuse every call; say so now
             await joincheck.require_secret_if_swarm_has_one(membership, self.bootstrap)
         params = dict(task.model.named_parameters())
+        node.reach.dht_port = dht_port_of(await membership.visible_maddrs())  # probed by the dial-back too
         await node.detect_reachability()  # before the sync: a joiner's heartbeats then say what it is
         await node.join(lambda frags: [layout.unflatten_into(params, f, t) for f, t in frags.items()])
         await self._check_joined_a_run(membership, node)
@@ -210,7 +220,8 @@ class Daemon:
         if self.ready_file:
             info = {"peer_id": node.peer_id, "dht_maddrs": maddrs, "grpc": node.view.endpoint,
                     "metrics": f"{self.cfg.metrics.host}:{self.telemetry.metrics_port}",
-                    "admin": admin.address if admin else None, "reachability": node.reach.result.mode}
+                    "admin": admin.address if admin else None, "reachability": node.reach.result.mode,
+                    "dht_reachability": node.reach.result.dht}
             tmp = Path(self.ready_file + ".tmp")
             tmp.write_text(json.dumps(info))
             os.replace(tmp, self.ready_file)

@@ -21,6 +21,7 @@ from peerd.core.clock import RoundClock
 from peerd.core.config import PeerdConfig
 from peerd.core.errors import Counters, FatalError
 from peerd.core.faults import FaultInjector
+from peerd.core.fragments import shard_bounds
 from peerd.core.log import get_logger
 from peerd.core.metrics import Metrics
 from peerd.mixing.base import Mixer, RoundOutcome
@@ -54,6 +55,7 @@ class RoundDriver:
         self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
         self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
         self.last_round: dict[str, Any] = {}
+        self._caps_said: set[int] = set()  # upload caps already reported as too slow for the round
         self.round_log = RoundLog()  # recent outcomes, for health
         self.pacing = PaceWatch(cfg.round.target_h, cfg.mixing.num_fragments, rounds, metrics)
 
@@ -119,6 +121,8 @@ class RoundDriver:
             return
         if len(elig) < self.cfg.round.min_members:
             self._count("skipped", "too_few_peers")
+            if not sch.has_owner(elig):  # a lone client: a reachable joiner may be waiting for its state
+                await self.mixer.hand_over(r)
             if self.exit_when_done and me.done and not view.records:
                 self.request_stop("done")
             return
@@ -126,6 +130,8 @@ class RoundDriver:
             # Only client-mode peers (nobody can be dialled): no plan could give a shard to anyone.
             # Wait, state untouched, until a reachable peer joins; said once, not every round.
             self._count("skipped", "no_reachable_peer")
+            # A reachable joiner cannot fetch from clients: one of them hands the state over.
+            await self.mixer.hand_over(r)
             return
         if self._await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")
@@ -237,6 +243,30 @@ class RoundDriver:
         size = codec.encoded_size(mix.codec, numel, mix.block_size, mix.sparse_density)
         return size * max(1, members - 1) // max(1, members)
 
+    def _cap_bytes(self, r: int, owners: int) -> int:
+        """What a capped member may push in one phase of round ``r``: every owner's shard, encoded.
+
+        An upper bound (a client pushes all of them; an owner one less), per shard so that the
+        codec's per-shard overhead counts: a capped push that overruns its phase is dropped.
+        """
+        mix, numels = self.cfg.mixing, self.view.state.layout.numels
+        # Paced: the fragment is the publisher's choice, not yet known; size for the largest.
+        numel = max(numels) if self.cfg.round.target_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
+        return sum(codec.encoded_size(mix.codec, end - start, mix.block_size, mix.sparse_density)
+                   for start, end in shard_bounds(numel, max(1, owners), mix.block_size))
+
+    def _check_cap(self, nbytes: int, uplink: int, owners: int) -> None:
+        """Say once (per cap) when the slowest members' upload caps cannot fit a round, with the fix."""
+        if (uplink <= 0 and owners <= 0) or self.rc.cap_fits(nbytes, uplink, owners) or uplink in self._caps_said:
+            return
+        self._caps_said.add(uplink)
+        slow = sorted(pid[-8:] for pid, rec in self.view.records.items() if rec.uplink_bps == uplink)
+        log.warning("upload_cap_too_slow", uplink_bytes_per_s=uplink, peers=slow or ["this peer"],
+                    push_bytes=nbytes, round_s=self.rc.round_s,
+                    fix=f"set round.round_s to at least {self.rc.round_s_for_cap(nbytes, uplink, owners)}, or raise "
+                        "transport.max_upload_mbit on the capped peer (rounds split the window until then; "
+                        "its contributions or reduced shards may miss it)")
+
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         self._background.add(fut)
         fut.add_done_callback(self._background.discard)
@@ -257,7 +287,13 @@ class RoundDriver:
         order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
         rank = order.index(self.peer_id)
         nbytes = self._round_bytes(r, len(elig))
-        give_up = rc.plan_give_up(r, nbytes)
+        mine_up = self.view.uplink_bps
+        if mine_up:  # this peer's own cap: it stops looking in time for its capped push, and says so once
+            cap_bytes = self._cap_bytes(r, sum(1 for c in elig if c.reachable))
+            give_up = rc.plan_give_up(r, cap_bytes, mine_up)
+            self._check_cap(cap_bytes, mine_up, mine_up if self.view.reachable and self.mixer.mode != "gossip" else 0)
+        else:
+            give_up = rc.plan_give_up(r, nbytes)
         found: list[sch.RoundPlan] = []
         reads = 0
 
@@ -296,14 +332,22 @@ class RoundDriver:
         """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""
         cfg, rc = self.cfg, self.rc
         now = rc.now()
-        pool = self.view.unsuspected(candidates)
+        members = self.view.unsuspected(candidates)
+        elig = sch.eligible(members, self.mixer.mode)
         fragment = None
         if cfg.round.target_h:
-            fragment = self.pacing.choose(r, sch.eligible(pool, self.mixer.mode), sch.is_final(pool, self.mixer.mode))
-        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id, pool, rc.round_s,
-                             rc.deadline_fraction, now, self.mixer.mode, cfg.mixing.topology,
-                             collect_deadline=rc.collect_deadline(r, now, nbytes), deadline=rc.deadline(r),
-                             paced=cfg.round.target_h, fragment=fragment)
+            fragment = self.pacing.choose(r, elig, sch.is_final(members, self.mixer.mode))
+        uplink = self.view.slowest_uplink(c.peer_id for c in elig)
+        # Owners push reduced shards (DiLoCo); gossip has no reduce phase to pace.
+        owners = self.view.slowest_uplink(c.peer_id for c in elig if c.reachable) if self.mixer.mode != "gossip" else 0
+        if uplink:
+            nbytes = self._cap_bytes(r, sum(1 for c in elig if c.reachable))
+        self._check_cap(nbytes, uplink, owners)
+        plan = sch.make_plan(cfg.run_id, r, cfg.mixing.num_fragments, self.peer_id,
+                             members, rc.round_s, rc.deadline_fraction, now,
+                             self.mixer.mode, cfg.mixing.topology,
+                             collect_deadline=rc.collect_deadline(r, now, nbytes, uplink, owners),
+                             deadline=rc.deadline(r), paced=cfg.round.target_h, fragment=fragment)
         if plan is None or len(plan.members) < cfg.round.min_members:
             # Everyone else is suspected: publish nothing, but a better-ranked or later
             # candidate may still publish a plan that names this peer.

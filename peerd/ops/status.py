@@ -109,3 +109,6 @@ def render(statuses: list[dict[str, Any]], console: Console | None = None) -> No
         if reach.get("mode") == "client":
             console.print(f"{short_id(s.get('peer_id'))}: client mode (not dialable: {reach.get('how', '')})",
                           soft_wrap=False)
+        if reach.get("dht") == "unreachable":
+            console.print(f"{short_id(s.get('peer_id'))}: DHT port not reachable ({reach.get('dht_how', '')}): "
+                          "forward it too and set dht.announce_host", soft_wrap=False)

@@ -20,7 +20,7 @@ import msgpack
 
 from peerd.core.schedule import RoundPlan, plan_from_record
 from peerd.net.membership import PeerRecord
-from peerd.net.transport import Handler, PlanSink, Rejected, checksum
+from peerd.net.transport import DialBackResult, Handler, PlanSink, Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 
 
@@ -50,6 +50,10 @@ class SimNetwork:
         self.down: set[str] = set()
         self.stalled_until: dict[str, float] = {}
         self.clients: set[str] = set()  # peer ids that cannot be dialled (behind a NAT)
+        # peer id -> upload cap in bytes/s: its payload bytes leave one after another at that rate
+        # (the transport's pacer paces payload chunks only; headers and control calls are tiny).
+        self.uplink: dict[str, float] = {}
+        self._uplink_free: dict[str, float] = {}  # peer id -> when its capped uplink is next idle
         self.calls = 0
 
     def link(self, a: str, b: str) -> Link:
@@ -63,15 +67,23 @@ class SimNetwork:
         while self.loop.time() < self.stalled_until.get(peer, 0.0):
             await asyncio.sleep(self.stalled_until[peer] - self.loop.time())
 
-    async def hop(self, a: str, b: str, nbytes: int, first: bool = True) -> None:
+    async def hop(self, a: str, b: str, nbytes: int, first: bool = True, payload: bool = False) -> None:
         """One message from ``a`` to ``b``: latency and jitter (``first`` of a stream), serialisation time.
 
         Later messages of a stream follow the first one back to back: they add only their own
-        serialisation time, as chunks of a gRPC stream do.
+        serialisation time, as chunks of a gRPC stream do. A ``payload`` from a peer with an upload
+        cap waits for the cap: concurrent payloads share it (first come, first served).
         """
         link = self.link(a, b)
         delay = link.latency_s + self.rng.random() * link.jitter_s if first else 0.0
-        await asyncio.sleep(delay + 8 * nbytes / link.bandwidth_bps)
+        wire = 8 * nbytes / link.bandwidth_bps
+        cap = self.uplink.get(a, 0.0) if payload else 0.0
+        if cap > 0:
+            now = self.loop.time()
+            done = max(now, self._uplink_free.get(a, 0.0)) + nbytes / cap
+            self._uplink_free[a] = done
+            wire = max(wire, done - now)
+        await asyncio.sleep(delay + wire)
         if not self.reachable(a, b) or (link.loss and self.rng.random() < link.loss):
             raise SimRpcError(f"{a}->{b}: lost")
 
@@ -122,7 +134,7 @@ class SimTransport:
             await self.net.hop(self.peer_id, dst, 256)
             await self.net.gate(dst)
             deadline = await handler.admit(sent)
-            await self.net.hop(self.peer_id, dst, len(payload), first=False)
+            await self.net.hop(self.peer_id, dst, len(payload), first=False, payload=True)
             await self.net.gate(dst)
             del deadline  # the mixer closes collection itself at its deadlines
             await handler.deliver(sent, payload)
@@ -158,20 +170,46 @@ class SimTransport:
             header.payload_bytes = len(payload)
             header.checksum = checksum(payload)
             await sink.admit(header)  # type: ignore[attr-defined]
-            await self.net.hop(dst, self.peer_id, len(payload))
+            await self.net.hop(dst, self.peer_id, len(payload), payload=True)
             await self.net.gate(self.peer_id)
             await sink.deliver(header, payload)  # type: ignore[attr-defined]
 
         await self._call(endpoint, timeout_s, body())
 
-    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str) -> tuple[bool, str]:
+    async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
+                         timeout_s: float) -> tuple[bool, str]:
+        sent = peer_pb2.HandStateHeader()
+        sent.CopyFrom(header)
+        sent.state.total_bytes = len(payload)
+
         async def body() -> tuple[bool, str]:
+            dst, handler = self.net.resolve(endpoint)
+            await self.net.gate(self.peer_id)
+            await self.net.hop(self.peer_id, dst, 256)
+            await self.net.gate(dst)
+            t0 = self.net.loop.time()
+            await handler.admit_state(sent)
+            try:
+                await self.net.hop(self.peer_id, dst, len(payload), first=False, payload=True)
+                await self.net.gate(dst)
+                await handler.take_state(sent, payload, self.net.loop.time() - t0)
+            finally:
+                handler.state_stream_done()
+            await self.net.hop(dst, self.peer_id, 64)
+            self.tx_bytes += len(payload)
+            return True, "verified; installing"
+
+        return await self._call(endpoint, timeout_s, body())  # type: ignore[return-value]
+
+    async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+        async def body() -> DialBackResult:
             dst, _ = self.net.resolve(endpoint)
             await self.net.hop(self.peer_id, dst, 128)
             await self.net.gate(dst)
             ok = self.peer_id not in self.net.clients and self.net.reachable(dst, self.peer_id)
             await self.net.hop(dst, self.peer_id, 64)
-            return ok, "sim: dialled back" if ok else "sim: dial-back failed (behind a NAT)"
+            # The simulated DHT is one shared store: there is no DHT port to probe.
+            return DialBackResult(ok, "sim: dialled back" if ok else "sim: dial-back failed (behind a NAT)")
 
         return await self._call(endpoint, 5.0, body())  # type: ignore[return-value]
 
@@ -184,7 +222,7 @@ class SimTransport:
             header, payload = await handler.state_for(request)
             if header.total_bytes > max_bytes:
                 raise SimRpcError("oversized state")
-            await self.net.hop(dst, self.peer_id, len(payload))
+            await self.net.hop(dst, self.peer_id, len(payload), payload=True)
             return header, payload
 
         return await self._call(endpoint, 30.0, body())  # type: ignore[return-value]

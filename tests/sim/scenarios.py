@@ -53,10 +53,26 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
             sc.events.append(Event(at, "cut", victim, other=other))
             sc.events.append(Event(round(at + rng.uniform(1.0, 5.0), 2), "heal", victim, other=other))
     # Peers behind a NAT (client mode), from a separate stream so the other draws stay as they were.
-    # Peer 0 starts first and stays reachable; gossip has no client mode (client pairs are skipped).
+    # Peer 0 starts first and stays reachable.
     crng = random.Random(seed * 7919 + 1)
-    if sc.mode == "diloco" and peers >= 2 and crng.random() < 0.35:
+    if peers >= 2 and crng.random() < 0.35:
         sc.clients = set(crng.sample(range(1, peers + 3), crng.randint(1, 2)))
+    # Upload caps (as transport.max_upload_mbit), from another separate stream: a push of the large
+    # fragment (60 bytes here) takes 0.06-0.3 s of a round at the cap, so the round still holds it.
+    urng = random.Random(seed * 7919 + 2)
+    if urng.random() < 0.25:
+        sc.uplink[urng.randrange(peers)] = urng.choice((200.0, 400.0, 1000.0))
+    # The reachable peer 0 leaves and a fresh reachable peer joins (another separate stream): with
+    # clients only left, the newcomer is handed their state (peerd/mixing/handover.py). DiLoCo only:
+    # gossip has no hand-over, and the mass invariant does not follow a graceful leaver's hand-off.
+    hrng = random.Random(seed * 7919 + 3)
+    if sc.mode == "diloco" and sc.clients and not finite and hrng.random() < 0.3:
+        sc.clients |= set(range(1, peers))  # peer 0 was the only reachable one
+        at = round(hrng.uniform(4.0, sc.duration_s - 12.0), 2)
+        new = peers + len([e for e in sc.events if e.kind == "join"])
+        while new in sc.clients or any(e.peer == new for e in sc.events):
+            new += 1
+        sc.events += [Event(at, "leave", 0), Event(round(at + hrng.uniform(2.0, 6.0), 2), "join", new)]
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
         # Lost messages cost the last rounds a commit and a catch-up each: leave room for several.

@@ -192,12 +192,13 @@ class Scenario:
     # True: peers detect their reachability by dial-back (transport.mode=auto); False: it is configured
     # (server, or client for ``clients``), so a scenario without clients runs exactly as before.
     detect: bool = False
+    uplink: dict[int, float] = field(default_factory=dict)  # peer -> upload cap in bytes/s, announced and enforced
 
     def describe(self) -> str:
         head = (f"seed={self.seed} peers={self.peers} mode={self.mode} duration={self.duration_s}s "
                 f"max_steps={self.max_steps} latency={self.latency_s} dht_delay={self.dht_delay_s} "
                 f"bandwidth={self.bandwidth_bps:g} loss={self.loss} slow={self.slow} "
-                f"asym={self.asym} clients={sorted(self.clients)}")
+                f"asym={self.asym} clients={sorted(self.clients)} uplink={self.uplink}")
         return "\n".join([head, *(f"  {e}" for e in self.events)])
 
 
@@ -234,6 +235,7 @@ class World:
         self.epoch = EPOCH
         self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # (live incarnations, totals)
         self.forks: dict[int, int] = {}  # revision -> first round it held two states
+        self.peers_hook: Callable[[SimPeer], None] = lambda peer: None  # a test's change to each new peer
 
     def peer_id(self, i: int) -> str:
         return f"peer-{i:02d}"
@@ -251,6 +253,10 @@ class World:
         peer = SimPeer(self, i, int(self.loop.time() * 1e9) + i, step, self.sc.max_steps)
         if not self.sc.detect:
             peer.node.reach.mode = "client" if i in self.sc.clients else "server"
+        if i in self.sc.uplink:  # as transport.max_upload_mbit would: paced, and announced in the record
+            self.net.uplink[self.peer_id(i)] = self.sc.uplink[i]
+            peer.node.view.uplink_bps = int(self.sc.uplink[i])
+        self.peers_hook(peer)
         if keep is not None:  # as restored from a checkpoint: outer state and model as they were
             snap = keep.state.snapshot()
             peer.state.install(snap.revision, snap.theta, snap.momentum)

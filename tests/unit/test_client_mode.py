@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 from peerd.core import schedule as sch
 from peerd.core.config import TransportConfig
 from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
 from peerd.net.serving import address_of
-from peerd.net.transport import Transport
+from peerd.net.transport import DialBackResult, Transport
 from peerd.proto.v1 import peer_pb2
 
 
@@ -71,6 +74,31 @@ def test_reachable_record_is_v1_and_client_record_is_v2() -> None:
         PeerRecord.from_value("p", {k: v for k, v in client.items() if k != "reachable"})
 
 
+def test_upload_cap_is_a_v2_field_and_old_records_stay_readable() -> None:
+    import dataclasses
+
+    from peerd.net.membership import MAX_UPLINK_BPS
+    from peerd.net.records import MAX_BODY_BYTES
+
+    capped = dataclasses.replace(_record(True), uplink_bps=250_000).to_value()
+    assert capped["v"] == 2 and capped["reachable"] is True and capped["uplink_bps"] == 250_000
+    back = PeerRecord.from_value("p", capped)
+    assert back.reachable and back.uplink_bps == 250_000
+    client = dataclasses.replace(_record(False), uplink_bps=1).to_value()
+    assert PeerRecord.from_value("p", client).uplink_bps == 1 and not PeerRecord.from_value("p", client).reachable
+    # Uncapped records are exactly the v1/v2 records of before (and read as uncapped).
+    assert "uplink_bps" not in _record(True).to_value() and "uplink_bps" not in _record(False).to_value()
+    assert PeerRecord.from_value("p", _record(True).to_value()).uplink_bps == 0
+    for bad in (-1, MAX_UPLINK_BPS + 1, True, 1.5, "9"):
+        with pytest.raises(ValueError):
+            PeerRecord.from_value("p", capped | {"uplink_bps": bad})
+    with pytest.raises(ValueError):
+        PeerRecord.from_value("p", _record(True).to_value() | {"uplink_bps": 5})  # v1 has an exact field set
+    import msgpack
+
+    assert len(msgpack.packb(capped)) < MAX_BODY_BYTES
+
+
 def test_address_of_grpc_peer_strings() -> None:
     assert address_of("ipv4:198.18.0.4:5555") == "198.18.0.4"
     assert address_of("ipv6:[::1]:5555") == "::1"
@@ -109,7 +137,7 @@ def _transport(peer_id: str) -> Transport:
 
 
 def test_dial_back_over_grpc() -> None:
-    async def go() -> tuple[tuple[bool, str], tuple[bool, str], tuple[bool, str], grpc.StatusCode]:
+    async def go() -> tuple[DialBackResult, DialBackResult, DialBackResult, grpc.StatusCode]:
         helper, asker, silent = _transport("helper"), _transport("asker"), _transport("silent")
         hport, aport = await helper.start(_Sink()), await asker.start(_Sink())
         sport = silent.bind()  # bound but never serving: nothing answers the probe
@@ -130,9 +158,9 @@ def test_dial_back_over_grpc() -> None:
                 await t.stop(0)
 
     ok, other, dead, code = asyncio.run(go())
-    assert ok[0] and "dialled back" in ok[1]
-    assert not other[0] and "calls from 127.0.0.1" in other[1]
-    assert not dead[0] and "failed" in dead[1]
+    assert ok.reachable and "dialled back" in ok.detail and ok.dht_reachable is None  # no DHT port: unchecked
+    assert not other.reachable and "calls from 127.0.0.1" in other.detail
+    assert not dead.reachable and "failed" in dead.detail
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -165,8 +193,73 @@ def test_new_methods_need_a_credential() -> None:
                     codes.append(grpc.StatusCode.OK)
                 except grpc.aio.AioRpcError as exc:
                     codes.append(exc.code())
+
+                async def hand() -> Any:
+                    yield peer_pb2.HandStateChunk(header=peer_pb2.HandStateHeader(run_id="run", donor="x"))
+
+                try:
+                    await stub.HandState(hand(), timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
         finally:
             await server.stop(0)
         return codes
 
-    assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 3
+    assert asyncio.run(go()) == [grpc.StatusCode.UNAUTHENTICATED] * 4
+
+
+def test_dial_back_probes_the_callers_dht_port() -> None:
+    """gRPC reachable but the DHT port closed is told apart from both reachable (the helper dials the caller's IP)."""
+    async def go() -> tuple[DialBackResult, DialBackResult]:
+        helper, asker = _transport("helper"), _transport("asker")
+        hport, aport = await helper.start(_Sink()), await asker.start(_Sink())
+        dht = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        dht_port = dht.sockets[0].getsockname()[1]
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused
+        try:
+            both = await asker.dial_back(f"127.0.0.1:{hport}", f"127.0.0.1:{aport}", "run", dht_port)
+            helper._dial_backs.clear()
+            grpc_only = await asker.dial_back(f"127.0.0.1:{hport}", f"127.0.0.1:{aport}", "run",
+                                              closed.getsockname()[1])
+            return both, grpc_only
+        finally:
+            closed.close()
+            dht.close()
+            await dht.wait_closed()
+            for t in (helper, asker):
+                await t.stop(0)
+
+    both, grpc_only = asyncio.run(go())
+    assert both.reachable and both.dht_reachable is True and "accepted" in both.dht_detail
+    assert grpc_only.reachable and grpc_only.dht_reachable is False and "refused" in grpc_only.dht_detail
+
+
+def test_reach_check_says_when_dht_is_unreachable() -> None:
+    from peerd.net.reach import ReachCheck
+
+    class _Net:
+        async def dial_back(self, endpoint: str, mine: str, run_id: str, dht_port: int = 0) -> DialBackResult:
+            assert dht_port == 4242
+            return DialBackResult(True, "dialled back", False, "DHT port 1.2.3.4:4242 refused or silent")
+
+    class _View:
+        peer_id, endpoint, reachable = "me", "1.2.3.4:5", True
+        records = {"h": _record(True)}
+
+    check = ReachCheck("auto", _Net(), _View(), "run", dht_port=4242)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        result = asyncio.run(check.detect())
+    assert result.mode == "server" and result.dht == "unreachable"
+    assert result.as_dict()["dht"] == "unreachable"
+    warned = [e for e in logs if e["event"] == "dht_unreachable"]
+    assert len(warned) == 1 and "forward TCP port 4242" in warned[0]["fix"]
+
+
+def test_dht_port_from_multiaddrs() -> None:
+    from peerd.node.daemon import dht_port_of
+
+    assert dht_port_of(["/ip4/127.0.0.1/tcp/40123/p2p/QmX"]) == 40123
+    assert dht_port_of(["/ip4/127.0.0.1/udp/9/quic", "/ip6/::1/tcp/7/p2p/Q"]) == 7
+    assert dht_port_of([]) == 0 and dht_port_of(["/ip4/1.2.3.4/tcp/x"]) == 0

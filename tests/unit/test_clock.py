@@ -48,3 +48,54 @@ def test_pushes_wait_for_a_plan_only_for_rounds_near_now() -> None:
     rc = clock()
     assert rc.accepts_pushes_for(20, 100.5) and rc.accepts_pushes_for(21, 104.5)
     assert not rc.accepts_pushes_for(25, 100.5) and not rc.accepts_pushes_for(18, 100.5)
+
+
+class _Measured:
+    """A NetEstimate stand-in: measured round trips and a fast uplink of its own."""
+
+    rtt_s = 0.02
+    dht_s = 0.05
+
+    def transfer_s(self, nbytes: int) -> float:
+        return nbytes / 100e6
+
+
+def _measured(t: float = 0.0, round_s: float = 10.0) -> RoundClock:
+    return RoundClock(round_s, 0.25, 0.25, 3, 0.9, Fixed(t), _Measured())  # type: ignore[arg-type]
+
+
+def test_uncapped_rounds_keep_their_timing() -> None:
+    for rc in (clock(), _measured()):
+        for now in (50.0, 100.5):
+            r = rc.index(now)
+            assert rc.collect_deadline(r, now, 10_000, 0) == rc.collect_deadline(r, now, 10_000)
+            assert rc.plan_give_up(r, 10_000, 0) == rc.plan_give_up(r, 10_000)
+            assert rc.phase_s(10_000, 0) == rc.phase_s(10_000)
+
+
+@given(st.floats(2_000, 200_000), st.booleans(), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_a_capped_contribution_gets_its_time_when_the_round_holds_it(cap: float, owner: bool, measured: bool) -> None:
+    rc = _measured() if measured else clock(round_s=10.0)
+    nbytes, r, now = 10_000, 10, 100.4
+    out = cap if owner else 0.0
+    collect = rc.collect_deadline(r, now, nbytes, cap, out)
+    assert now <= collect <= rc.deadline(r)
+    need_in, need_out = rc.capped_s(nbytes, cap), rc.capped_s(nbytes, out)
+    assert need_in >= nbytes / cap  # never less than the bytes take at the cap
+    if need_in + need_out <= rc.deadline(r) - now:
+        assert collect - now >= need_in - 1e-9  # the capped contribution fits before collection closes
+        assert rc.deadline(r) - collect >= need_out - 1e-9  # and a capped owner's reduced shard after it
+    else:  # does not fit: the window is shared in proportion, and the round says so (cap_fits)
+        assert not rc.cap_fits(nbytes, cap, out) or now > rc.settle_at(r)
+        assert abs((collect - now) / (rc.deadline(r) - now) - need_in / (need_in + need_out or rc.window())) < 0.5
+    assert rc.plan_give_up(r, nbytes, cap) <= rc.plan_give_up(r, nbytes)  # a capped reader stops sooner
+
+
+def test_cap_fix_names_a_round_length_that_fits() -> None:
+    rc = _measured(round_s=2.0)
+    nbytes, cap = 60_000, 20_000.0  # 3 s at the cap: no 2 s round holds it
+    assert not rc.cap_fits(nbytes, cap)
+    longer = rc.round_s_for_cap(nbytes, cap)
+    assert longer > 6.0
+    assert RoundClock(longer, 0.25, 0.25, 3, 0.9, Fixed(0.0), _Measured()).cap_fits(nbytes, cap)  # type: ignore[arg-type]

@@ -158,3 +158,32 @@ def test_gossip_plans_admit_every_ready_peer_and_carry_their_topology() -> None:
     # Every member derives the same pairs from the plan alone.
     pairs = topology.pairs_for(plan.topology, "run", plan.round, plan.members)
     assert all(pairs[pairs[m]] == m for m in pairs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 12), topo=st.sampled_from(topology.PAIRWISE), r=st.integers(0, 64), data=st.data())
+def test_clients_pair_only_with_reachable_peers(n: int, topo: str, r: int, data: st.DataObject) -> None:
+    ids = [f"peer{i}" for i in range(n)]
+    clients = set(data.draw(st.lists(st.sampled_from(ids), unique=True)))
+    pairs = topology.pairs_for(topo, "run", r, ids, clients)
+    assert all(pairs[b] == a and a != b for a, b in pairs.items())  # still a matching
+    assert not any(a in clients and b in clients for a, b in pairs.items())  # never two clients
+    # Deterministic from the plan's facts alone (member order does not matter).
+    assert pairs == topology.pairs_for(topo, "run", r, list(reversed(ids)), sorted(clients))
+    servers = [p for p in ids if p not in clients]
+    served = [c for c in clients if c in pairs]
+    # As many clients as there are reachable peers get a partner (a client is left out only for lack of one).
+    assert len(served) == min(len(clients), len(servers))
+    # Pairs between reachable peers that no client needed stay as the topology made them.
+    plain = topology.pairs_for(topo, "run", r, ids)
+    kept = {a for a, b in plain.items() if a not in clients and b not in clients and a in pairs and pairs[a] == b}
+    broken = {a for a, b in plain.items() if a not in clients and b not in clients} - kept
+    assert len(broken) <= 2 * len(clients)
+    if not clients:
+        assert pairs == plain
+
+
+def test_a_client_meets_different_reachable_peers_over_rounds() -> None:
+    ids = [f"peer{i}" for i in range(6)]
+    met = {topology.pairs_for("random", "run", r, ids, {"peer1"}).get("peer1") for r in range(40)}
+    assert len(met - {None}) >= 4, met

@@ -6,7 +6,9 @@ topology (:mod:`peerd.mixing.gossip.topology`), so the pairs are one fact like t
 1. Snapshot the worker's fragment; take the local outer step (``lr 1, momentum 0``: adopt the
    trained parameters); with A2CiD2 flow the momentum copy; encode ``Q(z - w*anchor)``.
 2. Push the message to the partner (one stream, ``PAYLOAD_KIND_GOSSIP``) while receiving the
-   partner's.
+   partner's. A client-mode member (nobody can dial it) is paired only with a reachable one
+   (:func:`peerd.mixing.gossip.topology.pairs_for`) and opens both calls: it pulls the partner's
+   message (``PullShard``), then pushes its own.
 3. **Handshake**: commit only if this peer holds the partner's message *and* the partner
    acknowledged this peer's (the push returned OK). A partner that is slow, dead or follows
    another plan leaves the pair unconfirmed: the round is skipped with state untouched and the
@@ -70,6 +72,9 @@ class _Pair:
     other_u: torch.Tensor | None = None
     other_w: float = 0.0
     received: asyncio.Event = field(default_factory=asyncio.Event)
+    # With a client partner: this peer's message waits here until the client pulls it.
+    outgoing: tuple[peer_pb2.ShardHeader, bytes] | None = None
+    prepared: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -130,9 +135,37 @@ class GossipMixer:
         if not swarm_finishing:
             await self.churn.leave()
 
+    async def admit_state(self, header: peer_pb2.HandStateHeader) -> float:
+        """Gossip joiners clone a reachable donor or start alone: no state hand-overs."""
+        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode takes no state hand-over")
+
+    async def take_state(self, header: peer_pb2.HandStateHeader, payload: bytes, seconds: float) -> None:
+        """Never reached (:meth:`admit_state` refuses)."""
+        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode takes no state hand-over")
+
+    def state_stream_done(self) -> None:
+        """Nothing to release."""
+
+    async def hand_over(self, r: int) -> None:
+        """Gossip peers hold parameters of their own: nothing to hand over."""
+
     async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
-        """Gossip mode has no reduced shards to pull."""
-        raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "gossip mode serves no pulls")
+        """A client partner pulls this peer's gossip message of the round (it cannot be dialled).
+
+        Raises:
+            Rejected: wrong run or plan, not this round's client partner, or no message in time.
+        """
+        if request.run_id != self.cfg.run_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        rs = await self._wait_round(request.round)
+        if request.plan_id != rs.plan.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
+        if request.requester != rs.partner or not rs.plan.is_client(request.requester) or request.shard != 0:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not this round's client partner")
+        await self._wait_until(rs.prepared, rs.plan.collect_deadline)
+        if rs.outgoing is None or not rs.open or self.rc.now() >= rs.plan.collect_deadline:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no message before the round's collect deadline")
+        return rs.outgoing
 
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
         """Serve ``theta``; a cloning joiner (``take_mass``) gets half of this peer's mass."""
@@ -275,7 +308,8 @@ class GossipMixer:
 
     async def run(self, plan: RoundPlan) -> RoundOutcome:
         """Take part in a gossip round; returns after commit or skip (by ``plan.deadline``)."""
-        partner = topology.pairs_for(plan.topology, self.cfg.run_id, plan.round, plan.members).get(self.peer_id)
+        partner = topology.pairs_for(plan.topology, self.cfg.run_id, plan.round, plan.members,
+                                     plan.members[plan.owners:]).get(self.peer_id)
         rs = _Pair(plan, partner)
         self._rounds[plan.round] = rs
         self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
@@ -283,10 +317,8 @@ class GossipMixer:
         try:
             if partner is None:
                 return RoundOutcome(False, "unpaired")
-            if plan.is_client(partner) or plan.is_client(self.peer_id):
-                # Client mode in gossip is not implemented: a pair with a peer that cannot be dialled
-                # would only time out, so it is skipped (state untouched) instead.
-                return RoundOutcome(False, "client_pair")
+            if plan.is_client(partner) and plan.is_client(self.peer_id):
+                return RoundOutcome(False, "client_pair")  # pairs_for never does this; a forged plan could
             try:
                 # Half the collection window at most: the message must still reach the partner.
                 snap = await self.bridge.call("snapshot", max(0.01, 0.5 * (plan.collect_deadline - self.rc.now())),
@@ -299,8 +331,7 @@ class GossipMixer:
             async with self.lock:
                 before = (self.z[plan.fragment] / self.w[plan.fragment]).to(torch.float32)
                 pend = await asyncio.to_thread(self._prepare, plan, snap.theta if snap is not None else before)
-                acked = await self._push(plan, partner, pend)
-                await self._wait_until(rs.received, plan.deadline)
+                acked = await self._exchange(plan, rs, partner, pend)
                 rs.open = False
                 if not acked or rs.other_u is None:
                     log.info("gossip_unconfirmed", round=plan.round, partner=partner[-8:], acked=acked,
@@ -328,6 +359,45 @@ class GossipMixer:
             revision=self.outer.revision, sender=self.peer_id, plan_id=plan.plan_id if plan else "",
             kind=kind, shard=0, numel=self.z[fragment].numel(), codec=codec, block_size=self.mix.block_size,
             weight=weight, anchor=self.anchor_ids[fragment])
+
+    async def _exchange(self, plan: RoundPlan, rs: _Pair, partner: str, pend: _Pending) -> bool:
+        """Send this peer's message and wait for the partner's; returns whether the partner acknowledged ours.
+
+        Two reachable peers push to each other. With a client (nobody can dial it) the client
+        opens both calls: it first pulls the partner's message (:meth:`reduced_for`), then pushes
+        its own. So the reachable side holding the client's message proves the client holds its
+        message too (that is its acknowledgement), and the client commits only on the push's OK:
+        the handshake has the same single gap as two pushes (a lost acknowledgement).
+        """
+        if plan.is_client(partner):
+            rs.outgoing = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec), pend.payload
+            rs.prepared.set()
+            await self._wait_until(rs.received, plan.deadline)
+            return rs.received.is_set()
+        if plan.is_client(self.peer_id):
+            await self._pull(plan, rs, partner)
+            return rs.other_u is not None and await self._push(plan, partner, pend)
+        acked = await self._push(plan, partner, pend)
+        await self._wait_until(rs.received, plan.deadline)
+        return acked
+
+    async def _pull(self, plan: RoundPlan, rs: _Pair, partner: str) -> None:
+        """Client side: pull the reachable partner's message, retried while the round lasts."""
+        request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
+                                       requester=self.peer_id, shard=0)
+        endpoint = plan.endpoints[plan.index_of(partner)]
+        while rs.other_u is None and self.rc.now() < plan.collect_deadline:
+            try:
+                await self.network.pull_shard(endpoint, request, self, plan.deadline - self.rc.now())
+            except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError) as exc:
+                # The partner may not have read the plan yet, or a connection broke: try again shortly.
+                self._last_error = repr(exc)[:120]
+                await asyncio.sleep(min(0.25, max(0.0, plan.collect_deadline - self.rc.now())))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return
 
     async def _push(self, plan: RoundPlan, partner: str, pend: _Pending) -> bool:
         header = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -68,11 +68,47 @@ def partner_ranks(topology: str, run_id: str, r: int, n: int) -> list[int]:
     return partner
 
 
-def pairs_for(topology: str, run_id: str, r: int, peer_ids: Sequence[str]) -> dict[str, str]:
-    """Partner of each paired peer for round ``r`` over the hash-ordered ``peer_ids``."""
+def pairs_for(topology: str, run_id: str, r: int, peer_ids: Sequence[str],
+              clients: Collection[str] = ()) -> dict[str, str]:
+    """Partner of each paired peer for round ``r`` over the hash-ordered ``peer_ids``.
+
+    ``clients`` (peers nobody can dial) are paired only with reachable peers, see :func:`_repair`.
+    """
     order = hash_order(run_id, peer_ids)
     ranks = partner_ranks(topology, run_id, r, len(order))
-    return {order[i]: order[j] for i, j in enumerate(ranks) if j >= 0}
+    pairs = {order[i]: order[j] for i, j in enumerate(ranks) if j >= 0}
+    return _repair(pairs, order, set(clients), run_id, r) if clients else pairs
+
+
+def _repair(pairs: dict[str, str], order: list[str], clients: set[str], run_id: str, r: int) -> dict[str, str]:
+    """Re-pair the clients the topology left with another client (or alone) with reachable peers.
+
+    A pair of two clients could never connect (neither can dial the other), so it is broken. Each
+    such client takes an unpaired reachable peer, else one freed by breaking a reachable pair
+    (both halves then serve a client or stay free). The pairs the topology made between reachable
+    peers, and between a client and a reachable peer, stay as they were. Every choice follows a
+    per-round hash of ``(run_id, r)``, so every member derives the same pairs from the plan and a
+    client meets different reachable peers over the rounds. Clients beyond the reachable peers'
+    count stay unpaired this round.
+    """
+    pairs = dict(pairs)
+    waiting = [p for p in order if p in clients and (p not in pairs or pairs[p] in clients)]
+    for p in waiting:
+        pairs.pop(p, None)
+    free = sorted((p for p in order if p not in clients and p not in pairs), key=lambda p: _h(run_id, r, "free", p))
+    breakable = sorted({min(a, b) for a, b in pairs.items() if a not in clients and b not in clients},
+                       key=lambda p: _h(run_id, r, "break", p))
+    for c in sorted(waiting, key=lambda p: _h(run_id, r, "client", p)):
+        if not free and breakable:
+            a = breakable.pop(0)
+            b = pairs.pop(a)
+            del pairs[b]
+            free += [a, b]
+        if not free:
+            break
+        s = free.pop(0)
+        pairs[c], pairs[s] = s, c
+    return pairs
 
 
 def static_weights(topology: str, n: int) -> np.ndarray:

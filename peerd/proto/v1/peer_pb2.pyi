@@ -426,6 +426,7 @@ class DialBackRequest(_message.Message):
     REQUESTER_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
+    DHT_PORT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the caller belongs to."""
     requester: _builtins.str
@@ -434,6 +435,10 @@ class DialBackRequest(_message.Message):
     """gRPC host:port the caller announces; its host must be the address the call comes from."""
     nonce: _builtins.bytes
     """Random bytes the dialled server must echo (at most 32)."""
+    dht_port: _builtins.int
+    """The caller's DHT port: the helper also opens (and at once closes) a TCP connection to the
+    address the call comes from at this port. Never any other host. 0: do not check.
+    """
     def __init__(
         self,
         *,
@@ -441,10 +446,11 @@ class DialBackRequest(_message.Message):
         requester: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         nonce: _builtins.bytes = ...,
+        dht_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "nonce", b"nonce", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dht_port", b"dht_port", "endpoint", b"endpoint", "nonce", b"nonce", "requester", b"requester", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -458,23 +464,123 @@ class DialBackReply(_message.Message):
 
     REACHABLE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    DHT_CHECKED_FIELD_NUMBER: _builtins.int
+    DHT_REACHABLE_FIELD_NUMBER: _builtins.int
+    DHT_DETAIL_FIELD_NUMBER: _builtins.int
     reachable: _builtins.bool
     """True when a Ping to the caller's endpoint came back from the caller."""
     detail: _builtins.str
     """Why not (the address seen, the error), for logs and `peerd status`."""
+    dht_checked: _builtins.bool
+    """True when the request named a DHT port and the helper checked it."""
+    dht_reachable: _builtins.bool
+    """True when a TCP connection to the caller's address at its DHT port was accepted."""
+    dht_detail: _builtins.str
+    """What the DHT check saw, for logs and `peerd status`."""
     def __init__(
         self,
         *,
         reachable: _builtins.bool = ...,
         detail: _builtins.str = ...,
+        dht_checked: _builtins.bool = ...,
+        dht_reachable: _builtins.bool = ...,
+        dht_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reachable", b"reachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "dht_checked", b"dht_checked", "dht_detail", b"dht_detail", "dht_reachable", b"dht_reachable", "reachable", b"reachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DialBackReply: _TypeAlias = DialBackReply  # noqa: Y015
+
+@_typing.final
+class HandStateHeader(_message.Message):
+    """First message of a HandState stream: who hands which state over."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DONOR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run the caller belongs to."""
+    donor: _builtins.str
+    """Caller's peer id: a ready member in the receiver's view (and, with admission, its credential's id)."""
+    @_builtins.property
+    def state(self) -> Global___StateHeader:
+        """The state that follows, exactly as a FetchState reply describes it."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        donor: _builtins.str = ...,
+        state: Global___StateHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["donor", b"donor", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandStateHeader: _TypeAlias = HandStateHeader  # noqa: Y015
+
+@_typing.final
+class HandStateChunk(_message.Message):
+    """One message of a HandState stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """A slice of the concatenated fragment data."""
+    @_builtins.property
+    def header(self) -> Global___HandStateHeader:
+        """First message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___HandStateHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___HandStateChunk: _TypeAlias = HandStateChunk  # noqa: Y015
+
+@_typing.final
+class HandStateReply(_message.Message):
+    """The answer to a HandState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTALLED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    installed: _builtins.bool
+    """True when the state verified and was installed."""
+    detail: _builtins.str
+    """Why not, for the donor's log."""
+    def __init__(
+        self,
+        *,
+        installed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "installed", b"installed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandStateReply: _TypeAlias = HandStateReply  # noqa: Y015
 
 @_typing.final
 class PingRequest(_message.Message):

@@ -65,6 +65,11 @@ class PeerStub:
                 request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
                 response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.HandState = channel.stream_unary(
+                '/peerd.v1.Peer/HandState',
+                request_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateChunk.SerializeToString,
+                response_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -113,6 +118,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandState(self, request_iterator, context):
+        """A client-mode member (nobody can dial it) hands its outer state to a reachable joiner that has
+        no reachable donor, on a call it opens itself; verified like a FetchState reply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.FromString,
                     response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.SerializeToString,
+            ),
+            'HandState': grpc.stream_unary_rpc_method_handler(
+                    servicer.HandState,
+                    request_deserializer=peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateChunk.FromString,
+                    response_serializer=peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +328,33 @@ class Peer:
             '/peerd.v1.Peer/Ping',
             peerd_dot_proto_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
             peerd_dot_proto_dot_v1_dot_peer__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandState(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/peerd.v1.Peer/HandState',
+            peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateChunk.SerializeToString,
+            peerd_dot_proto_dot_v1_dot_peer__pb2.HandStateReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class PeerStub:
     """Dials the caller's announced endpoint back (a Ping) and says whether it answered."""
     Ping: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]
     """Answers a dial-back probe with the nonce and this peer's id."""
+    HandState: _grpc.StreamUnaryMultiCallable[_peer_pb2.HandStateChunk, _peer_pb2.HandStateReply]
+    """A client-mode member (nobody can dial it) hands its outer state to a reachable joiner that has
+    no reachable donor, on a call it opens itself; verified like a FetchState reply.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -69,6 +73,10 @@ class PeerAsyncStub(PeerStub):
     """Dials the caller's announced endpoint back (a Ping) and says whether it answered."""
     Ping: _aio.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]  # type: ignore[assignment]
     """Answers a dial-back probe with the nonce and this peer's id."""
+    HandState: _aio.StreamUnaryMultiCallable[_peer_pb2.HandStateChunk, _peer_pb2.HandStateReply]  # type: ignore[assignment]
+    """A client-mode member (nobody can dial it) hands its outer state to a reachable joiner that has
+    no reachable donor, on a call it opens itself; verified like a FetchState reply.
+    """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """The service every daemon serves on its gRPC port."""
@@ -120,5 +128,15 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.PingReply, _abc.Awaitable[_peer_pb2.PingReply]]:
         """Answers a dial-back probe with the nonce and this peer's id."""
+
+    @_abc_1.abstractmethod
+    def HandState(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.HandStateChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.HandStateReply, _abc.Awaitable[_peer_pb2.HandStateReply]]:
+        """A client-mode member (nobody can dial it) hands its outer state to a reachable joiner that has
+        no reachable donor, on a call it opens itself; verified like a FetchState reply.
+        """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
