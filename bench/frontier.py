@@ -55,7 +55,8 @@ def grid() -> dict[str, Method]:
     g["int4_P2_H50"] = replace(DEFAULT, H=50, codec="int4")
     g["int8_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H20"] = replace(D, codec="sparse", density=0.03)  # the mean as the exact union, int8
-    for dens, h in ((0.1, 20), (0.05, 20), (0.03, 20), (0.01, 10)):
+    g["int4_P2_H100"] = replace(DEFAULT, codec="int4")
+    for dens, h in ((0.1, 20), (0.05, 20), (0.03, 20), (0.01, 10), (0.1, 50), (0.2, 100)):
         g[f"sparse{round(dens * 100)}_r{round(dens * 100)}_H{h}"] = replace(D, codec="sparse", density=dens,
                                                                            reduced=dens, H=h)
     return g
@@ -139,7 +140,8 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     for name, v in ms.items():
         if v["bytes"] <= 0:  # solo sends nothing: a horizontal reference line
             ax.axhline(v["final"], ls="--", lw=0.8, color="grey")
-            ax.annotate(name, (1e5, v["final"]), fontsize=7, color="grey", va="bottom")
+            ax.annotate(f"{name} (sends nothing)", (0.01, v["final"]), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="grey", va="bottom")
             continue
         color = {"ddp": "black", "local": "tab:green"}.get(v["method"]["kind"], "tab:blue")
         if v["method"]["codec"].startswith("sparse"):
