@@ -56,6 +56,9 @@ def grid() -> dict[str, Method]:
     g["int8_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H20"] = replace(D, codec="sparse", density=0.03)  # the mean as the exact union, int8
     g["int4_P2_H100"] = replace(DEFAULT, codec="int4")
+    # The owners' mean at the union's size (4 members x 3%) but 2-bit: what the re-encode costs.
+    g["sparse3_r12_H20"] = replace(D, codec="sparse", density=0.03, reduced=0.12)
+    g["sparse3_r12_H30"] = replace(D, codec="sparse", density=0.03, reduced=0.12, H=30)
     for dens, h in ((0.1, 20), (0.05, 20), (0.03, 20), (0.01, 10), (0.1, 50), (0.2, 100)):
         g[f"sparse{round(dens * 100)}_r{round(dens * 100)}_H{h}"] = replace(D, codec="sparse", density=dens,
                                                                            reduced=dens, H=h)
