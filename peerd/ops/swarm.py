@@ -190,4 +190,4 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
     console.print(table)
     solo = result.get("solo_reference")
     if solo is not None:
-        console.print(reference.describe(solo["entry"], solo["max_steps"]), soft_wrap=True, highlight=False)
+        console.print(reference.describe(solo["entry"], solo["max_steps"]), highlight=False)  # wraps at 80

@@ -61,4 +61,5 @@ def test_table_prints_the_labelled_reference(tmp_path: Path) -> None:
         print_table(result, Console(file=out, width=80, force_terminal=False, color_system=None))
         text = " ".join(out.getvalue().split())
         assert expect in text, text
+        assert max(map(len, out.getvalue().splitlines())) <= 80, out.getvalue()
     assert "2.370" in reference.describe(entry, 300)
