@@ -59,6 +59,7 @@ def grid() -> dict[str, Method]:
     g["sparse1_union_H20"] = replace(D, codec="sparse", density=0.01)
     # The outer step that helped int8 at H=100 (lr 0.8, momentum 0.5), on the cheaper codecs.
     g["int4_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, codec="int4", outer_lr=0.8, momentum=0.5)
+    g["int4_P2_H200_lr0.8_mu0.5"] = replace(DEFAULT, codec="int4", H=200, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H50_lr0.8_mu0.5"] = replace(D, codec="sparse", density=0.03, H=50, outer_lr=0.8, momentum=0.5)
     g["int4_P2_H100"] = replace(DEFAULT, codec="int4")
     # The owners' mean at the union's size (4 members x 3%) but 2-bit: what the re-encode costs.
