@@ -145,8 +145,9 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     ms = results["methods"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, v in ms.items():
+    fig, ax = plt.subplots(figsize=(11, 6))
+    key: list[str] = []  # many points crowd each other: numbered on the plot, named beside it
+    for name, v in sorted(ms.items(), key=lambda kv: kv[1]["bytes"]):
         if v["bytes"] <= 0:  # solo sends nothing: a horizontal reference line
             ax.axhline(v["final"], ls="--", lw=0.8, color="grey")
             ax.annotate(f"{name} (sends nothing)", (0.01, v["final"]), xycoords=("axes fraction", "data"),
@@ -155,8 +156,11 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         color = {"ddp": "black", "local": "tab:green"}.get(v["method"]["kind"], "tab:blue")
         if v["method"]["codec"].startswith("sparse"):
             color = "tab:red"
+        key.append(f"{len(key) + 1:2d} {name}  {v['final']:.3f}, {v.get('share', '-')}, x{v.get('bytes_vs_ddp', '-')}")
         ax.scatter(v["bytes"], v["final"], color=color, s=18)
-        ax.annotate(name, (v["bytes"], v["final"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(len(key)), (v["bytes"], v["final"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.text(1.02, 1.0, "method  loss, share of DDP's gain,\nbytes fewer than DDP\n\n" + "\n".join(key),
+            transform=ax.transAxes, fontsize=7, va="top", family="monospace")
     ax.set_xscale("log")
     ax.set_xlabel("payload bytes sent per peer over the run (log)")
     ax.set_ylabel("final held-out loss")
