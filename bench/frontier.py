@@ -71,10 +71,11 @@ def grid() -> dict[str, Method]:
     return g
 
 
-# ``python -m bench`` full mode: the references, the default and the sparse points (~25 min on a
-# shared 2-core box at nice 10); the rest with ``--only`` or without ``--core``.
-CORE = ("solo", "solo_shard0", "ddp", "local_H20", "local_H100", "peerd_default", "int8_P2_H20",
-        "sparse3_union_H20", "sparse3_r3_H20", "sparse1_r1_H10")
+# ``python -m bench`` full mode: the references, the default, the best outer step and codec found
+# (bench/results/frontier.json) and one sparse point each side of 1000x; about 20 min alone on a
+# shared 2-core box at nice 10 (the first 10-method core took 21.8 min with other jobs beside it).
+CORE = ("solo", "solo_shard0", "ddp", "local_H20", "local_H100", "peerd_default", "int8_P2_H100_lr0.8_mu0.5",
+        "int4_P2_H100_lr0.8_mu0.5", "sparse3_union_H20", "sparse10_r10_H20", "sparse3_r12_H30")
 
 
 def score(results: dict[str, Any]) -> None:
