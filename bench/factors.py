@@ -39,13 +39,19 @@ OPTIONS = {"d_model": 48, "n_layers": 2, "seq_len": 48, "max_corpus_bytes": 1_00
 
 @dataclass(frozen=True)
 class Method:
-    """One configuration; ``kind`` is solo, ddp, local (plain parameter averaging) or diloco."""
+    """One configuration; ``kind``: solo, solo_shard, ddp, local (parameter averaging) or diloco.
+
+    ``solo_shard`` trains one replica on shard 0 of N; ``solo`` one on the whole corpus.
+    """
 
     kind: str = "diloco"
     H: int = 20  # inner steps between two syncs of the same fragment
     P: int = 1  # fragments; a round every H / P steps syncs one of them
     codec: str = "fp32"
     density: float = 0.03
+    # sparse codecs: the owners' mean top-k at this density with owner error feedback
+    # (mixing.reduced_density); None: the exact union support, int8 values
+    reduced: float | None = None
     error_feedback: bool = True
     outer_lr: float = 1.0
     momentum: float = 0.0
@@ -137,7 +143,7 @@ def _mean_params(r: Replicas, layout: FragmentLayout) -> list[torch.Tensor]:
 def _round_bytes(m: Method, numel: int, n: int) -> float:
     """Payload bytes one member sends in one round (average over members): contributions + its reduced shard."""
     bounds = shard_bounds(numel, n, 256)
-    red, red_d = codec.reduced_spec(m.codec, m.density, n, 256)
+    red, red_d = codec.reduced_spec(m.codec, m.density, n, 256, m.reduced)
     total = 0
     for i in range(n):
         total += sum(codec.encoded_size(m.codec, b - a, 256, m.density) for j, (a, b) in enumerate(bounds) if j != i)
@@ -149,6 +155,7 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
     """Train one method; returns its final losses and payload bytes per peer."""
     t0 = time.perf_counter()
     r = Replicas(1 if m.kind == "solo" else n)
+    trained = 1 if m.kind in ("solo", "solo_shard") else n
     names = [(k, tuple(v.shape)) for k, v in r.params[0].items()]
     layout = FragmentLayout.build(names, 1 if m.kind != "diloco" else m.P)
     sent = 0.0
@@ -164,12 +171,15 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
                 "wall_s": time.perf_counter() - t0}
     state = OuterState(layout, [layout.flatten(r.params[0], p) for p in range(layout.num_fragments)])
     residuals = [[torch.zeros(k) for k in layout.numels] for _ in r.tasks]
+    # Owner error feedback: membership is fixed here, so every block of a fragment has the same
+    # owner in every round and one residual per fragment is the union of the owners' residuals.
+    owner_res = [torch.zeros(k) for k in layout.numels]
     inflight: list[tuple] = []  # (merge at step, fragment, snapshots, new outer theta, unsent kept by workers)
     every = max(1, m.H // layout.num_fragments)
     for step in range(1, steps + 1):
-        for i in range(len(r.tasks)):
+        for i in range(trained):
             r.step(i)
-        if m.kind == "solo":
+        if m.kind in ("solo", "solo_shard"):
             continue
         if m.kind == "local" and step % m.H == 0:
             mean = _mean_params(r, layout)
@@ -190,8 +200,13 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
                 kept.append(unsent if m.unsent == "worker" else 0.0)
                 acc.add_(codec.decode(payload, m.codec, outer.numel(), 256, density=m.density) * 16.0)
             acc.div_(16.0 * n)
-            red, red_d = codec.reduced_spec(m.codec, m.density, n, 256)
+            red, red_d = codec.reduced_spec(m.codec, m.density, n, 256, m.reduced)
+            feedback = m.reduced is not None and m.codec in codec.SPARSE  # as Diloco._owner_feedback
+            if feedback:
+                acc.add_(owner_res[f])
             mean = codec.decode(codec.encode(acc, red, 256, red_d), red, acc.numel(), 256, density=red_d)
+            if feedback:
+                owner_res[f] = acc - mean
             theta = state.apply_outer_step(f, mean, m.outer_lr, m.momentum, m.nesterov, state.revision)
             inflight.append((step + m.delay, f, snaps, theta, kept))
             sent += _round_bytes(m, layout.numels[f], n)
@@ -203,7 +218,7 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
             r.adam(layout.names[f], m.adam)
             inflight.remove(item)
     out: dict[str, Any] = {"worker0": r.evaluate(None, None), "bytes": sent}
-    if m.kind != "solo":
+    if m.kind not in ("solo", "solo_shard"):
         out["mean_of_workers"] = r.evaluate(_mean_params(r, layout), layout)
     if m.kind == "diloco":
         out["outer"] = r.evaluate([state.theta(f) for f in range(layout.num_fragments)], layout)

@@ -83,6 +83,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     v = t.get("grpc_vs_raw")
     add("gRPC goodput >= 0.5x raw TCP", v, None if v is None else v >= 0.5,
         "n/a" if v is None else f"{v:.2f}x raw TCP" + ("" if v >= 0.5 else f" ({0.5 / v:.2f}x short)"))
+    if r.get("frontier", {}).get("methods"):
+        from bench import frontier
+
+        for name, value, ok, margin in frontier.targets(r["frontier"]):
+            add(name, value, ok, margin)
     return out
 
 
@@ -214,6 +219,10 @@ def table(r: dict[str, Any]) -> str:
         from bench import rounds
 
         lines += rounds.table(r["rounds"])
+    if r.get("frontier", {}).get("methods"):
+        from bench import frontier
+
+        lines += [""] + frontier.table(r["frontier"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

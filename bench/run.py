@@ -19,14 +19,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
-              "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30},
+              "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30,
+              "frontier_steps": 200, "frontier_methods": ("solo_shard0", "ddp", "int8_P2_H20", "sparse3_r3_H20")},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
              "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
-             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60},
+             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60,
+             "frontier_steps": 2000, "frontier_methods": "core"},
 }
 
 
@@ -119,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         r["rounds"] = rounds.run(plan["wan_steps"], plan["loopback_sizes"], plan["loopback_s"], work / "rounds",
                                  bench_cmd=cmd("rounds"))
         stamp("rounds", started)
+    if "frontier" in only:
+        from bench import frontier
+
+        print("bench: frontier ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        names = list(frontier.CORE) if plan["frontier_methods"] == "core" else list(plan["frontier_methods"])
+        # Its own file per mode: a quick run must not resume into (or overwrite) the full one.
+        out = RESULTS.parent / ("frontier.json" if plan["frontier_methods"] == "core" else "frontier_quick.json")
+        out.unlink(missing_ok=True)
+        r["frontier"] = {**frontier.measure(plan["frontier_steps"], 4, names, out, log=False),
+                         "command": cmd("frontier")}
+        stamp("frontier", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -167,20 +167,31 @@ def decode(m: memoryview, codec: str, numel: int, bs: int, density: float, out: 
         o[nfull * bs + tail[0]] = vals[nfull * k:] * scale[nfull]
 
 
-def reduced_spec(codec: str, density: float, members: int, block_size: int) -> tuple[str, float]:
+def reduced_spec(codec: str, density: float, members: int, block_size: int,
+                 reduced_density: float | None = None) -> tuple[str, float]:
     """Codec and density an owner uses for a round's reduced (mean) shard.
 
-    The mean of ``members`` sparse contributions has up to ``members * k`` non-zeros per block and
-    values that differ by up to that factor; re-encoding it at ``k`` entries or 2 bits would throw
-    away progress that no residual keeps (the owner changes from round to round). So the owner
-    sends the union support exactly, with int8 values (``sparse8`` at ``members * density``), or
-    plain ``int8`` once that is no smaller. Non-sparse codecs are used unchanged.
+    With ``reduced_density`` set, the owner sends the mean top-k at that density, with the codec's
+    own values (2-bit or int8); what it leaves out stays in the owner's error-feedback residual
+    (``peerd.mixing.diloco``) and goes out when it next owns those entries.
+
+    Without it, the mean of ``members`` sparse contributions, which has up to ``members * k``
+    non-zeros per block and values that differ by up to that factor, goes out as the union support
+    exactly, with int8 values (``sparse8`` at ``members * density``), or plain ``int8`` once that is
+    no smaller. Either way a sparse encoding no smaller than ``int8`` becomes ``int8``. Non-sparse
+    codecs are used unchanged.
     """
     if codec not in SPARSE_CODECS:
         return codec, density
+    index_bytes = np.dtype(_index_dtype(block_size)).itemsize
+    if reduced_density is not None:
+        k = per_block(block_size, reduced_density)
+        value_bytes = 0.25 if codec == "sparse" else 1.0
+        if k * (index_bytes + value_bytes) >= block_size:
+            return "int8", density
+        return codec, reduced_density
     # Exactly members * k entries per block (not round(members * density * B), which can be less).
     k = per_block(block_size, density) * max(1, members)
-    index_bytes = np.dtype(_index_dtype(block_size)).itemsize
     if k * (index_bytes + 1) >= block_size:
         return "int8", density
     return "sparse8", k / block_size

@@ -63,6 +63,10 @@ class MixingConfig(_Section):
     # sparse codecs: share of each block's entries sent per round (top-k by magnitude; the rest
     # waits in the error-feedback residual). Every member must use the same value.
     sparse_density: float = Field(0.03, gt=0, le=1)
+    # sparse codecs: share of each block an owner sends of the reduced mean, top-k with the owner's
+    # own error feedback (peerd/mixing/diloco.py). None: the exact union of the contributions'
+    # supports, int8 values (about members x sparse_density). Every member must use the same value.
+    reduced_density: float | None = Field(None, gt=0, le=1)
     error_feedback: bool = True
     num_fragments: int = Field(2, ge=1)
     # Plain averaging (lr 1, no momentum) measured best for runs of a few hundred steps; DiLoCo's

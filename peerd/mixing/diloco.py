@@ -8,11 +8,20 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
 2. Owner ``m_i`` waits for contributions until the plan's collect deadline, reduces the ones it
    has in plan order, in fp32, weighted by samples, quantizes the mean and sends the *same bytes*
    to every member (itself included: it uses the decoded bytes too). With a sparse codec the mean
-   goes out in the denser format of ``codec.reduced_spec`` (the contributions' union support).
+   goes out in the format of ``codec.reduced_spec``: the contributions' union support, or, with
+   ``mixing.reduced_density``, top-k again with the owner's own error feedback (below).
 3. A member that holds all reduced shards by the plan's deadline commits: the identical
    outer Nesterov step on identical inputs gives bit-identical outer state on every committer.
    Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
    fragment's progress is simply sent again at its next turn.
+
+Owner error feedback (sparse codec with ``mixing.reduced_density``): an owner adds its residual
+for the entries of its shard to the mean before the top-k, and on commit keeps what it did not
+send (whole entries and rounding) for the next time it owns those entries of the fragment. Every
+member still applies the same decoded bytes, so shared state stays bit-identical; the residual is
+the owner's alone. It changes only on a local commit, like the contribution residual: a round
+that aborts here but commits elsewhere sends that part again (a small, bounded excess), and a
+residual of entries the owner no longer owns waits until it does (or is lost when it leaves).
 
 Client mode (a member that cannot be dialled, ``plan.clients``): the plan puts such members last
 and gives them no shard, so only the first ``plan.owners`` members own shards. A client pushes its
@@ -79,6 +88,7 @@ class _Round:
     bounds: list[tuple[int, int]]
     contributions: dict[str, _Shard] = field(default_factory=dict)  # for the shard I own
     reduced: dict[int, _Shard] = field(default_factory=dict)
+    owner_pending: torch.Tensor | None = None  # my reduced shard's unsent part (owner error feedback)
     collecting: bool = True
     open: bool = True
     all_contributed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +117,9 @@ class Diloco:
         self.metrics = metrics
         self.faults = faults
         self.residuals = [torch.zeros(n) for n in state.layout.numels]
+        # Owner error feedback (sparse reduced mean): what this peer, as an owner, left out of the
+        # means it sent, by fragment and position; see the module docstring.
+        self.owner_residuals = [torch.zeros(n) for n in state.layout.numels]
         # Per member: committed rounds whose every reduced shard includes its contribution (status;
         # shows that a client-mode peer's work is counted, not just that it committed).
         self.included: dict[str, int] = {}
@@ -298,7 +311,8 @@ class Diloco:
     def _spec(self, kind: int, plan: RoundPlan) -> tuple[str, float]:
         """Codec and density of a payload kind: a reduced sparse mean is denser (codec.reduced_spec)."""
         if kind == REDUCED:
-            return codec.reduced_spec(self.mix.codec, self.mix.sparse_density, len(plan.members), self.mix.block_size)
+            return codec.reduced_spec(self.mix.codec, self.mix.sparse_density, len(plan.members), self.mix.block_size,
+                                      self.mix.reduced_density)
         return self.mix.codec, self.mix.sparse_density
 
     # ---- sending side ----
@@ -492,12 +506,20 @@ class Diloco:
             if c.weight > 0:
                 acc.add_(c.values * c.weight)
                 total += c.weight
+        spec, density = self._spec(REDUCED, rs.plan)
         if total > 0:
             acc.div_(total)
-        spec, density = self._spec(REDUCED, rs.plan)
+            if self._owner_feedback():
+                acc.add_(self.owner_residuals[rs.plan.fragment][start:end])
         payload = codec.encode(acc, spec, self.mix.block_size, density)
         values = codec.decode(payload, spec, end - start, self.mix.block_size, density=density)
+        if total > 0 and self._owner_feedback():
+            rs.owner_pending = acc - values
         return _Shard(total, values, payload, names)
+
+    def _owner_feedback(self) -> bool:
+        """Whether owners keep what a sparse reduced mean leaves out (``mixing.reduced_density``)."""
+        return self.mix.reduced_density is not None and self.mix.codec in codec.SPARSE
 
     def _plausible(self, rs: _Round) -> tuple[str, ...]:
         """Contributors in plan order, less those the norm gate drops (counted; see NormGate).
@@ -529,6 +551,9 @@ class Diloco:
             self.state.bump_revision(plan.revision)
         if self.mix.error_feedback and pending_residual is not None:
             self.residuals[plan.fragment] = pending_residual
+        if rs.owner_pending is not None:
+            start, end = rs.bounds[rs.me]
+            self.owner_residuals[plan.fragment][start:end] = rs.owner_pending
 
     async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
         with contextlib.suppress(TimeoutError):

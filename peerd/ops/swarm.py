@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peerd.core.config import load_config
+from peerd.ops import reference
 from peerd.ops.progress import PeerView, Progress
 from peerd.ops.status import short_id
 
@@ -78,7 +79,8 @@ def run_swarm(
     base += ["--set", "transport.host=127.0.0.1", "--set", "dht.host=127.0.0.1",
              "--set", f"data.num_shards={peers}", "--set", f"train.max_steps={max_steps}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sec = load_config(config, overrides).security
+    cfg = load_config(config, overrides)
+    sec = cfg.security
     if sec.secret is None and sec.secret_file is None:
         # The local demo is not left open: its peers share a fresh secret nobody else knows.
         env["PEERD_SECURITY__SECRET"] = secrets.token_hex(32)
@@ -142,6 +144,8 @@ def run_swarm(
         entry["index"] = i
         entries.append(entry)
     result = {"run_id": run_id, "mode": mode, "wall_s": round(time.monotonic() - t0, 3), "peers": entries}
+    if peers > 1:  # the number to beat; one peer is its own reference
+        result["solo_reference"] = {"max_steps": max_steps, "entry": reference.lookup(cfg, max_steps)}
     if summary_path:
         Path(summary_path).write_text(json.dumps(result, indent=2))
     return result
@@ -182,4 +186,8 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
             f"{_fmt(e.get('rounds_committed'))}/{_fmt(e.get('rounds_aborted'))}", _fmt(e.get("revision")),
             str(e.get("state_hash") or "-")[:6], str(e.get("exit")),
         )
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    solo = result.get("solo_reference")
+    if solo is not None:
+        console.print(reference.describe(solo["entry"], solo["max_steps"]), highlight=False)  # wraps at 80

@@ -50,12 +50,14 @@ def test_four_peers_beat_one_and_end_identical(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_sparse_codec_swarm_ends_identical(tmp_path: Path) -> None:
-    """Three daemons on the sparse codec: contributions are top-k, owners send the denser reduced mean."""
+@pytest.mark.parametrize("reduced", [[], ["mixing.reduced_density=0.05"]], ids=["union_mean", "sparse_mean"])
+def test_sparse_codec_swarm_ends_identical(tmp_path: Path, reduced: list[str]) -> None:
+    """Three daemons on the sparse codec: contributions are top-k; owners send the mean as the exact
+    union of their supports, or (mixing.reduced_density) top-k again with owner error feedback."""
     summary = tmp_path / "swarm-sparse.json"
     cmd = [sys.executable, "-m", "peerd", "swarm", "--peers", "3", "--max-steps", "120",
            "--summary", str(summary), "--workdir", str(tmp_path / "w")]
-    for s in [*SETTINGS, "mixing.codec=sparse", "mixing.sparse_density=0.05"]:
+    for s in [*SETTINGS, "mixing.codec=sparse", "mixing.sparse_density=0.05", *reduced]:
         cmd += ["--set", s]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

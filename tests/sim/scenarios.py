@@ -73,6 +73,13 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
         while new in sc.clients or any(e.peer == new for e in sc.events):
             new += 1
         sc.events += [Event(at, "leave", 0), Event(round(at + hrng.uniform(2.0, 6.0), 2), "join", new)]
+    # The sparse codecs, from a stream of their own so the other draws stay as they were: top-k
+    # contributions, and the owners' mean either as the exact union or top-k with owner feedback.
+    srng = random.Random(seed * 104729 + 3)
+    if sc.mode == "diloco" and srng.random() < 0.3:
+        sc.config.update({"mixing.codec": srng.choice(("sparse", "sparse8")), "mixing.sparse_density": 0.25})
+        if srng.random() < 0.6:
+            sc.config["mixing.reduced_density"] = srng.choice((0.125, 0.25))
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
         # Lost messages cost the last rounds a commit and a catch-up each: leave room for several.

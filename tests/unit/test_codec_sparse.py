@@ -149,6 +149,16 @@ def test_padding_bits_and_code_minus_128_rejected():
         decode(bytes(bad8), "sparse8", 20, 8, density=0.25)
 
 
+def test_reduced_spec_with_density() -> None:
+    """mixing.reduced_density: the owner's mean is top-k at that density, in the codec's own values."""
+    assert reduced_spec("sparse", 0.03, 4, 256, 0.05) == ("sparse", 0.05)
+    assert reduced_spec("sparse8", 0.03, 4, 256, 0.02) == ("sparse8", 0.02)
+    assert reduced_spec("sparse8", 0.03, 4, 256, 0.6)[0] == "int8"  # no smaller than int8: int8
+    assert reduced_spec("int8", 0.03, 4, 256, 0.05) == ("int8", 0.03)
+    with pytest.raises(CodecError):
+        reduced_spec("sparse", 0.03, 4, 256, 0.0)
+
+
 @pytest.mark.parametrize("members", [2, 3, 4, 8])
 def test_reduced_mean_keeps_the_union_support(members):
     bs, d, n = 256, 0.03, 4096

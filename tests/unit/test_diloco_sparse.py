@@ -27,9 +27,9 @@ SHAPES = [("blocks.0.w", (48, 48)), ("blocks.1.w", (48, 48)), ("head.w", (10, 48
 NAMES = ("p0", "p1", "p2", "p3")
 
 
-def _swarm(codec_name: str) -> list[Diloco]:
+def _swarm(codec_name: str, *extra: str) -> list[Diloco]:
     cfg = load_config(None, ["round.round_s=30", f"mixing.codec={codec_name}", "mixing.sparse_density=0.05",
-                             "mixing.outer_lr=0.8", "mixing.outer_momentum=0.5"])
+                             "mixing.outer_lr=0.8", "mixing.outer_momentum=0.5", *extra])
     layout = FragmentLayout.build(SHAPES, 2)
     init = [torch.randn(n, generator=torch.Generator().manual_seed(7)) for n in layout.numels]
     return [make_diloco(cfg, name, OuterState(layout, init)) for name in NAMES]
@@ -55,7 +55,7 @@ async def _send(sender: Diloco, to: Diloco, plan, kind: int, shard: int, weight:
     await to.deliver(header, payload)
 
 
-async def _round(swarm: list[Diloco], r: int, step: int) -> set[bytes]:
+async def _round(swarm: list[Diloco], r: int, step: int, commit: bool = True) -> set[bytes]:
     plan = _plan(swarm, r)
     p, n = plan.fragment, len(plan.members)
     by_name = {d.peer_id: d for d in swarm}
@@ -83,7 +83,8 @@ async def _round(swarm: list[Diloco], r: int, step: int) -> set[bytes]:
                 await _send(d, other, plan, REDUCED, i, red.weight, red.payload, red.contributors)
     for i, d in enumerate(members):
         assert len(rounds[i].reduced) == n
-        d._commit(rounds[i], pending[d.peer_id])
+        if commit:
+            d._commit(rounds[i], pending[d.peer_id])
     return reduced_payloads
 
 
@@ -106,3 +107,53 @@ def test_sparse_rounds_keep_bit_identical_state(codec_name: str) -> None:
     # Error feedback: the unsent part waits in the residuals (mostly non-zero for a sparse codec).
     share_kept = float((swarm[0].residuals[0] != 0).float().mean())
     assert share_kept > (0.5 if codec_name.startswith("sparse") else 0.0)
+
+
+@pytest.mark.parametrize("codec_name", ["sparse", "sparse8"])
+def test_sparse_reduced_mean_with_owner_feedback(codec_name: str) -> None:
+    """mixing.reduced_density: owners top-k the mean; state stays identical and nothing is lost."""
+    swarm = _swarm(codec_name, "mixing.reduced_density=0.05")
+    r0 = int(time.time() // 30)
+    assert codec.reduced_spec(codec_name, 0.05, 4, 256, 0.05) == (codec_name, 0.05)
+
+    async def main() -> None:
+        for k in range(4):
+            before = {d.peer_id: [t.clone() for t in d.owner_residuals] for d in swarm}
+            plan = _plan(swarm, r0 + k)
+            reduced = await _round(swarm, r0 + k, k)
+            assert len(reduced) == 4
+            assert len({d.state.state_hash() for d in swarm}) == 1, f"round {k}: members disagree"
+            for d in swarm:  # each owner: what it sent plus what it kept is its mean plus its old residual
+                rs = d._rounds[plan.round]
+                lo, hi = rs.bounds[rs.me]
+                mean, total = torch.zeros(hi - lo), 0.0
+                for c in rs.contributions.values():
+                    mean += c.values * c.weight
+                    total += c.weight
+                mean /= total
+                sent = rs.reduced[rs.me].values
+                assert len(rs.reduced[rs.me].payload) == codec.encoded_size(codec_name, hi - lo, 256, 0.05)
+                assert int((sent != 0).sum()) <= -(-(hi - lo) // 256) * round(0.05 * 256)
+                kept = d.owner_residuals[plan.fragment][lo:hi]
+                old = before[d.peer_id][plan.fragment][lo:hi]
+                torch.testing.assert_close(sent + kept, mean + old, rtol=0, atol=1e-6)
+                assert float(kept.abs().sum()) > 0  # a sparse mean leaves something for later
+
+    asyncio.run(main())
+
+
+def test_aborted_round_leaves_owner_residual() -> None:
+    swarm = _swarm("sparse", "mixing.reduced_density=0.05")
+    r0 = int(time.time() // 30)
+
+    async def main() -> None:
+        await _round(swarm, r0, 0)
+        kept = [[t.clone() for t in d.owner_residuals] for d in swarm]
+        assert any(float(t.abs().sum()) > 0 for t in kept[0])
+        hashes = {d.state.state_hash() for d in swarm}
+        await _round(swarm, r0 + 1, 1, commit=False)
+        for d, old in zip(swarm, kept, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(d.owner_residuals, old, strict=True))
+        assert {d.state.state_hash() for d in swarm} == hashes
+
+    asyncio.run(main())

@@ -101,6 +101,26 @@ def test_sparse_payload_decode(name: str, numel: int, block: int, density: float
         assert int((values[b0 : b0 + block] != 0).sum()) <= k
 
 
+@given(st.sampled_from(["sparse", "sparse8"]), st.integers(1, 8), st.sampled_from([0.01, 0.03, 0.1]),
+       st.sampled_from([None, 0.01, 0.05, 0.3]), st.integers(0, 600), st.booleans(), st.data())
+@FUZZ
+def test_reduced_payload_decode(name: str, members: int, density: float, reduced: float | None, numel: int,
+                                exact: bool, data) -> None:
+    """A reduced shard (codec.reduced_spec, sparse owners' means included): random bytes are refused or bounded."""
+    spec, dens = codec.reduced_spec(name, density, members, 256, reduced)
+    size = codec.encoded_size(spec, numel, 256, dens) if exact else data.draw(st.integers(0, 900))
+    raw = data.draw(st.binary(min_size=size, max_size=size))
+    try:
+        values = codec.decode(raw, spec, numel, 256, density=dens)
+    except codec.CodecError:
+        return
+    assert values.shape == (numel,) and bool(torch.isfinite(values).all())
+    if spec in ("sparse", "sparse8"):
+        k = max(1, min(256, round(dens * 256)))
+        for b0 in range(0, numel, 256):
+            assert int((values[b0 : b0 + 256] != 0).sum()) <= k
+
+
 @given(st.integers(1, 200), st.sampled_from([8, 16]), st.data())
 @FUZZ
 def test_sparse_valid_scales_random_indices(numel: int, block: int, data) -> None:
