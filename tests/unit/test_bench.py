@@ -67,8 +67,8 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
     md = tmp_path / "BENCHMARKS.md"
     out = report.regenerate(path, md)
     verdicts = {t["target"]: t["verdict"] for t in out["targets"]}
-    assert verdicts["intercontinental: >= 95% of member-rounds commit"] == "miss"
-    assert verdicts["intercontinental eval loss within 1% of lan at equal steps"] == "miss"  # +1.5%
+    assert verdicts["intercontinental (clock rounds): >= 95% of member-rounds commit"] == "miss"
+    assert verdicts["intercontinental (clock rounds) eval loss within 1% of lan at equal steps"] == "miss"  # +1.5%
     assert verdicts["8 daemons on loopback: >= 95% of member-rounds commit"] == "pass"
     assert verdicts["16 daemons on loopback: >= 80% of member-rounds commit"] == "not measured"
     assert "| 16 daemons, loopback | error: RuntimeError" in md.read_text()
