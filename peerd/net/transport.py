@@ -36,17 +36,8 @@ from peerd.net import auth
 from peerd.net.hostile import NOT_HOSTILE, Hostile
 from peerd.net.limits import PeerLimits
 from peerd.net.pacing import Pacer
-from peerd.net.serving import (
-    MAX_CHUNK_BYTES,
-    SERVICE,
-    Rejected,
-    Servicer,
-    add_servicer,
-    checksum,
-    endpoint_host,
-    read_payload,
-    split_chunks,
-)
+from peerd.net.serving import SERVICE, Servicer, add_servicer
+from peerd.net.wire import MAX_CHUNK_BYTES, Rejected, checksum, endpoint_host, read_payload, split_chunks
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 __all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",

@@ -15,8 +15,8 @@ from peerd.core import schedule as sch
 from peerd.core.config import TransportConfig
 from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
-from peerd.net.serving import address_of
 from peerd.net.transport import DialBackResult, Transport
+from peerd.net.wire import address_of
 from peerd.proto.v1 import peer_pb2
 
 

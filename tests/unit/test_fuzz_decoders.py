@@ -24,8 +24,8 @@ from peerd.core.schedule import Candidate, PlanError, make_plan, plan_from_recor
 from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
 from peerd.net.records import RecordError, SealValidator, Signer, open_sealed
-from peerd.net.serving import read_payload as _read_payload
 from peerd.net.transport import Rejected, checksum
+from peerd.net.wire import read_payload as _read_payload
 from peerd.proto.v1 import peer_pb2
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
