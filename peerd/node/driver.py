@@ -140,7 +140,9 @@ class RoundDriver:
             self.pacing.observe(r, elig)
         plan = await self._obtain_plan(r, candidates)
         if plan is None:
-            self._count("skipped", "no_plan")
+            # Between the two looks of a finishing run nobody that looked settled publishes: that
+            # round is the end-of-run check, not a lost round, and is counted apart.
+            self._count("skipped", "finishing" if self.finishing is not None else "no_plan")
             return
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
