@@ -14,10 +14,10 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
 A member-round is one peer's part in one round. Two shares are reported: committed over
 committed + aborted, and the strict one, which also counts as lost every round a ready peer
 skipped because it was out of sync, had no plan, was left out of the plan, followed another
-pacing target or waited for a laggard (``LOST_SKIPS``). Rounds skipped alone, the end-of-run check
-of a finite run (``finishing``)
-(``too_few_peers``), with no reachable peer, or held by work pacing (nothing due) are not rounds
-anyone could have committed and are left out of both.
+pacing target or waited for a laggard (``LOST_SKIPS``). Rounds skipped alone
+(``too_few_peers``), with no reachable peer, held by work pacing (nothing due) or spent on a
+finite run's end-of-run check (``finishing``) are not rounds anyone could have committed and are
+left out of both.
 """
 
 from __future__ import annotations
