@@ -68,42 +68,58 @@ def split_chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
     return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(payload), chunk_bytes)]
 
 
-async def read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
-                       request_iterator: AsyncIterator[peer_pb2.ShardChunk] | Any) -> bytes:
-    """Read exactly ``header.payload_bytes`` in bounded chunks, each within the per-chunk timeout.
+async def read_exact(t: Transport, total: int, deadline: float, chunks: AsyncIterator[Any] | Any, what: str,
+                     on_chunk: Any = None) -> bytes:
+    """Read exactly ``total`` bytes of data chunks, each within the per-chunk timeout and ``deadline``.
+
+    ``what`` names the body in refusals ("payload", "state"); ``on_chunk(data)`` sees each chunk
+    as it lands. The stream must end right after the last byte.
 
     Raises:
-        Rejected: truncated, oversized, stalled past the round deadline or checksum mismatch.
+        Rejected: truncated, longer than announced, a non-data or oversized chunk, or stalled past ``deadline``.
         TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s`` (stream cut).
     """
     buf = bytearray()
-    # Hash each chunk as it lands, overlapping the sender's next chunk, instead of one pass
-    # over the whole payload at the end (blake2b of 64 MiB: 0.1-0.4 s here, half the transfer).
-    digest = _hasher()
-    while len(buf) < header.payload_bytes:
+    while len(buf) < total:
         budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
         if budget <= 0:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "stream missed the round deadline")
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what} stream missed its deadline")
         try:
-            chunk = await asyncio.wait_for(request_iterator.__anext__(), budget)
+            chunk = await asyncio.wait_for(chunks.__anext__(), budget)
         except StopAsyncIteration:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
         if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
         buf += chunk.data
-        if len(buf) > header.payload_bytes:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
-        digest.update(chunk.data)
+        if len(buf) > total:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{what} longer than announced")
+        if on_chunk is not None:
+            on_chunk(chunk.data)
         await t.down.take(len(chunk.data))
     # The stream must end here; anything else is a protocol violation.
     try:
-        await asyncio.wait_for(request_iterator.__anext__(), t.cfg.chunk_timeout_s)
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload longer than announced")
+        await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{what} longer than announced")
     except StopAsyncIteration:
         pass
+    return bytes(buf)
+
+
+async def read_payload(t: Transport, header: peer_pb2.ShardHeader, deadline: float,
+                       request_iterator: AsyncIterator[peer_pb2.ShardChunk] | Any) -> bytes:
+    """Read a shard's ``header.payload_bytes`` (:func:`read_exact`) and check its checksum.
+
+    Raises:
+        Rejected: as :func:`read_exact`, or DATA_LOSS on a checksum mismatch.
+        TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s`` (stream cut).
+    """
+    # Hash each chunk as it lands, overlapping the sender's next chunk, instead of one pass
+    # over the whole payload at the end (blake2b of 64 MiB: 0.1-0.4 s here, half the transfer).
+    digest = _hasher()
+    payload = await read_exact(t, header.payload_bytes, deadline, request_iterator, "payload", digest.update)
     if digest.digest() != header.checksum:
         raise Rejected(grpc.StatusCode.DATA_LOSS, "payload checksum mismatch")
-    return bytes(buf)
+    return payload
 
 
 def parse(cls: type[_M], raw: bytes) -> _M:
@@ -135,30 +151,5 @@ class Chunks:
 
 
 async def read_state(t: Transport, total: int, deadline: float, chunks: Chunks) -> bytes:
-    """Read exactly ``total`` bytes of a handed-over state in bounded chunks (the state's hashes check it).
-
-    Raises:
-        Rejected: truncated, longer than announced, or stalled past ``deadline``.
-        TimeoutError: a chunk did not arrive within ``transport.chunk_timeout_s``.
-    """
-    buf = bytearray()
-    while len(buf) < total:
-        budget = min(t.cfg.chunk_timeout_s, deadline - time.time())
-        if budget <= 0:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "hand-over missed its deadline")
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), budget)
-        except StopAsyncIteration:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream truncated") from None
-        if chunk.WhichOneof("part") != "data" or len(chunk.data) > MAX_CHUNK_BYTES:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected a data chunk of at most 3 MiB")
-        buf += chunk.data
-        if len(buf) > total:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "state longer than announced")
-        await t.down.take(len(chunk.data))
-    try:
-        await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "state longer than announced")
-    except StopAsyncIteration:
-        pass
-    return bytes(buf)
+    """Read exactly ``total`` bytes of a handed-over state (:func:`read_exact`; the state's hashes check it)."""
+    return await read_exact(t, total, deadline, chunks, "state")
