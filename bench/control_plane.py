@@ -40,6 +40,15 @@ def _tx_by_kind(stats: dict[str, Any], dht: dict[int, int], grpc: dict[int, int]
     return out
 
 
+def outcomes_of(summaries: list[dict[str, Any]]) -> dict[str, int]:
+    """Rounds by ``outcome:reason`` summed over peers' summary entries (``rounds_by_outcome``)."""
+    out: dict[str, int] = {}
+    for s in summaries:
+        for k, v in (s.get("rounds_by_outcome") or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict[str, Any]:
     """One swarm of ``peers``; bytes per peer per second by kind over the window."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +98,7 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
     for i in range(peers):
         sf = workdir / f"peer-{i}.summary.json"
         summaries.append(json.loads(sf.read_text())["peers"][0] if sf.exists() else {})
-    by_outcome: dict[str, int] = {}
-    for s in summaries:
-        for k, v in (s.get("rounds_by_outcome") or {}).items():
-            by_outcome[k] = by_outcome.get(k, 0) + v
+    by_outcome = outcomes_of(summaries)
     committed = sum(s.get("rounds_committed") or 0 for s in summaries)
     aborted = sum(s.get("rounds_aborted") or 0 for s in summaries)
     dht_rates = [r["dht"] for r in rates]

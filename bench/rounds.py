@@ -46,14 +46,6 @@ def _strict(by_outcome: dict[str, int]) -> float | None:
     return _share(committed, lost)
 
 
-def _merged(per_peer: list[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for p in per_peer:
-        for k, v in (p.get("rounds_by_outcome") or {}).items():
-            out[k] = out.get(k, 0) + v
-    return out
-
-
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
         bench_cmd: str) -> dict[str, Any]:
     """Measure every part; a part that fails is recorded with its error and the others still run."""
@@ -63,7 +55,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
         overrides = [f"round.target_h={PACED_H}"] if variant else []
         print(f"bench: rounds, {name}, 4 daemons x {wan_steps} steps ...", file=sys.stderr, flush=True)
         res = wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, overrides, workdir / "wan" / name, steps=wan_steps)
-        by_outcome = _merged(res["per_peer"])
+        by_outcome = control_plane.outcomes_of(res["per_peer"])
         out["wan"][name] = {
             "overrides": overrides,
             "committed": res["committed"], "aborted": res["aborted"],

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -84,6 +84,22 @@ class Servicer:
         except Exception:
             await self._fail(context, what)
 
+    async def _header(self, chunks: Chunks, holder: str, claimant: str) -> Any:
+        """A stream's first message, which must be its header naming the caller.
+
+        With a secret, the header's ``claimant`` field (who sends) must be the credential's peer.
+
+        Raises:
+            Rejected: INVALID_ARGUMENT (no header first) or PERMISSION_DENIED (another peer's name).
+            TimeoutError / StopAsyncIteration: no first message within the chunk timeout / at all.
+        """
+        first = await asyncio.wait_for(chunks.__anext__(), self.t.cfg.chunk_timeout_s)
+        if first.WhichOneof("part") != "header":
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
+        if self.t.key is not None and holder != getattr(first.header, claimant):
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, f"header {claimant} differs from the credential")
+        return first.header
+
     def _holder(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
         address = auth.host_of(context.peer() or "")
         # Without a secret the caller is unauthenticated: cap by its address instead.
@@ -101,12 +117,7 @@ class Servicer:
             # The slot is taken before the first byte is read: idle streams, and streams whose
             # header waits for its round's plan, count against their peer.
             with t.limits.stream(holder, address):
-                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
-                if first.WhichOneof("part") != "header":
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
-                header = first.header
-                if t.key is not None and holder != header.sender:
-                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header sender differs from the credential")
+                header = await self._header(chunks, holder, "sender")
                 deadline = await self.handler.admit(header)
                 with t.limits.inflight(holder, header.payload_bytes):
                     payload = await read_payload(t, header, deadline, chunks)
@@ -126,12 +137,7 @@ class Servicer:
             # No byte reservation (limits.inflight): the mixer admits one hand-over at a time, only
             # while it waits for one, and no larger than its own model's state.
             with t.limits.stream(holder, address):
-                first = await asyncio.wait_for(chunks.__anext__(), t.cfg.chunk_timeout_s)
-                if first.WhichOneof("part") != "header":
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "first chunk must be a header")
-                header = first.header
-                if t.key is not None and holder != header.donor:
-                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "header donor differs from the credential")
+                header = await self._header(chunks, holder, "donor")
                 deadline = await self.handler.admit_state(header)
                 try:
                     payload = await read_state(t, header.state.total_bytes, deadline, chunks)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tests.sim import invariants
@@ -50,17 +52,21 @@ def test_nat_peers_detected_and_counted() -> None:
     assert len(ends) == 1 and next(iter(ends))[0] >= 10, ends
 
 
-def test_only_reachable_peer_leaves_then_returns() -> None:
-    left_at, back_at = 11.0, 25.0
-    sc = Scenario(seed=11, peers=3, clients={1, 2}, duration_s=40.0, latency_s=0.02,
-                  events=[Event(left_at, "leave", 0), Event(back_at, "rejoin", 0)])
+def _run_checked(sc: Scenario) -> tuple[World, Callable[[object], float]]:
+    """Run ``sc`` with the safety invariant; returns the world and a log row's start time in scenario seconds."""
     w = World(sc)
     w.checks.append(invariants.safety)
     w.run()
     round_s = w.cfg.round.round_s
+    return w, lambda x: x.r * round_s - w.epoch  # type: ignore[attr-defined]
 
-    def t(x: object) -> float:
-        return x.r * round_s - w.epoch  # type: ignore[attr-defined]
+
+def test_only_reachable_peer_leaves_then_returns() -> None:
+    left_at, back_at = 11.0, 25.0
+    sc = Scenario(seed=11, peers=3, clients={1, 2}, duration_s=40.0, latency_s=0.02,
+                  events=[Event(left_at, "leave", 0), Event(back_at, "rejoin", 0)])
+    w, t = _run_checked(sc)
+    round_s = w.cfg.round.round_s
 
     before = [x for x in w.log if t(x) < left_at - round_s]
     gap = [x for x in w.log if left_at + 2 * round_s <= t(x) < back_at - round_s]
@@ -154,13 +160,8 @@ def test_reachable_newcomer_is_handed_the_state_of_a_client_only_swarm() -> None
     sc = Scenario(seed=13, peers=4, clients={1, 2}, duration_s=40.0, latency_s=0.02,
                   events=[Event(0.5, "join", 3), Event(left_at, "leave", 0), Event(join_at, "join", 4)])
     sc.clients = {1, 2, 3}  # peer 0 is the only reachable peer; peer 4 joins fresh, reachable
-    w = World(sc)
-    w.checks.append(invariants.safety)
-    w.run()
+    w, t = _run_checked(sc)
     round_s = w.cfg.round.round_s
-
-    def t(x: object) -> float:
-        return x.r * round_s - w.epoch  # type: ignore[attr-defined]
 
     before = [x for x in w.log if t(x) < left_at - round_s]
     gap = [x for x in w.log if left_at + 2 * round_s <= t(x) < join_at - round_s]
