@@ -30,11 +30,14 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.core.aio import bounded
 from peerd.core.config import DhtConfig
+from peerd.core.log import get_logger
 from peerd.core.schedule import Candidate, RoundPlan, plan_from_record
 from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
 from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
+log = get_logger("peerd.dht")
+FAIL_LOG_EVERY_S = 30.0  # a failing DHT operation is logged at most this often (with a count of the rest)
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
 # v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
 # be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
@@ -203,6 +206,7 @@ class Membership:
         self.invalid_records = 0
         self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
         self._peers_key = f"peerd/v1/{run_id}/peers"
+        self._fail_log: dict[str, tuple[float, int]] = {}  # op -> (last logged, failures since)
 
     async def start(self, initial_peers: list[str], identity_path: str | None = None) -> None:
         """Start p2pd and join the DHT (bounded by ``dht.startup_timeout_s``).
@@ -227,16 +231,28 @@ class Membership:
             await asyncio.to_thread(P2P.generate_identity, identity_path)  # RSA keygen: ~0.1-0.5 s
             kwargs["check_if_identity_free"] = False  # fresh key: nobody else can have it
         kwargs["identity_path"] = identity_path
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
         try:
+            # No initial peers for hivemind itself: it pings them once, for one rpc_timeout_s, and
+            # gives up, which a loaded bootstrap peer fails easily (a joiner then exits for nothing).
+            # _bootstrap below dials and pings them until one answers or startup_timeout_s runs out.
             self.node = await asyncio.wait_for(
-                DHTNode.create(initial_peers=initial_peers or None, client_mode=False,
+                DHTNode.create(initial_peers=None, client_mode=False,
                                record_validator=SealValidator(self.mac_key, self._count_invalid), **kwargs),
                 self.cfg.startup_timeout_s,
             )
         except (TimeoutError, Exception) as exc:  # hivemind raises bare Exceptions here
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise DhtError(f"could not start/join the DHT: {exc!r}") from exc
+            raise DhtError(f"could not start the DHT node: {exc!r}") from exc
+        if initial_peers:
+            try:
+                await self._bootstrap(initial_peers, deadline)
+            except DhtError:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                await self.shutdown()
+                raise
         try:
             self.signer = Signer.from_identity_file(identity_path, self.mac_key)
         except (OSError, ValueError) as exc:
@@ -279,10 +295,42 @@ class Membership:
             peer = PeerID.from_base58(pid)
             if addrs:
                 await node.p2p._client.connect(peer, addrs)  # hivemind has no public connect
-            return await node.protocol.call_ping(peer) is not None
+            if await node.protocol.call_ping(peer) is None:
+                return False
+            # The ping put it back in the routing table, but lookups also skip a peer that failed
+            # lookups lately: hivemind's blacklist bans it for 5 s, doubling with every failure in a
+            # row, so a live peer that missed a few 1 s deadlines on a loaded box would stay hidden
+            # for 40 s and more (the backoff is right for the dead, wrong for a peer that answers).
+            if peer in node.blacklist:
+                node.blacklist.register_success(peer)
+            return True
 
         results = await asyncio.gather(*(self._bounded("ping", one(pid, addrs)) for pid, addrs in targets.items()))
         return sum(1 for r in results if r is True)
+
+    async def _bootstrap(self, initial_peers: list[str], deadline: float) -> None:
+        """Join through ``initial_peers``: dial and ping them until one answers.
+
+        Then look up this node's own neighbourhood, so the routing table holds more than the
+        bootstrap peers.
+
+        Raises:
+            DhtError: none answered before ``deadline`` (monotonic).
+        """
+        assert self.node is not None
+        tries = 0
+        while True:
+            tries += 1
+            if await self.reping([], initial_peers) > 0:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DhtError(f"none of the {len(initial_peers)} bootstrap address(es) answered a DHT ping "
+                               f"in {self.cfg.startup_timeout_s:g}s ({tries} tries)")
+            if tries == 1:
+                log.info("bootstrap_waiting", addresses=len(initial_peers), retry_for_s=round(left, 1))
+            await asyncio.sleep(min(1.0, left))
+        await self._bounded("bootstrap", self.node.find_nearest_nodes([self.node.node_id]))
 
     def p2pd_alive(self) -> bool:
         """False once the p2pd child has exited (the DHT is then silently useless)."""
@@ -293,20 +341,34 @@ class Membership:
         try:
             result = await bounded(coro, self.cfg.op_timeout_s)
         except TimeoutError:
-            self._on_op(op, "timeout")
+            self._failed(op, "timeout", f"no answer within {self.cfg.op_timeout_s:g}s")
             return _FAILED
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (shutdown): propagate
             # hivemind let an internal cancellation escape: an error outcome, not our cancellation.
-            self._on_op(op, "error")
+            self._failed(op, "error", "cancelled inside hivemind")
             return _FAILED
-        except Exception:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
-            self._on_op(op, "error")
+        except Exception as exc:  # noqa: BLE001 - a DHT failure is an outcome, not a crash
+            self._failed(op, "error", repr(exc)[:300])
             return _FAILED
         self._on_op(op, "ok")
         return result
+
+    def _failed(self, op: str, outcome: str, error: str) -> None:
+        """Count a failed operation; log it at most once per FAIL_LOG_EVERY_S per kind.
+
+        A dead peer fails every ping: a line per failure would drown the rest.
+        """
+        self._on_op(op, outcome)
+        now = time.monotonic()
+        last, since = self._fail_log.get(op, (-1e9, 0))
+        if now - last < FAIL_LOG_EVERY_S:
+            self._fail_log[op] = (last, since + 1)
+            return
+        self._fail_log[op] = (now, 0)
+        log.info("dht_op_failed", op=op, outcome=outcome, error=error, also_failed_since_last_line=since)
 
     async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
         """Publish this peer's record with a TTL (a short TTL announces departure)."""

@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterable
 from peerd.core import schedule as sch
 from peerd.core.bridge import WorkerStats
 from peerd.core.clock import Clock
+from peerd.core.log import get_logger
 from peerd.core.state import OuterState
 from peerd.net.membership import PeerRecord
 from peerd.net.ports import MembershipPort, NetworkPort
 
+log = get_logger("peerd.view")
 # Peers that left the view are pinged every REPING_EVERY_S for REPING_FOR_S (see reping_loop).
 REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
 
@@ -47,6 +49,7 @@ class SwarmView:
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
+        self._was_alone = False
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
         """This peer's heartbeat record now."""
@@ -145,10 +148,19 @@ class SwarmView:
         dropped it from the routing table; without a ping neither side would find the other.
         """
         while True:
-            await asyncio.sleep(REPING_EVERY_S)
+            # Alone after having company: most likely the routing tables came apart (a live peer
+            # that missed a few RPC deadlines on a loaded box), so knit every heartbeat, not every 5 s.
+            alone = not self.records and bool(self.lost)
+            await asyncio.sleep(self.heartbeat_s if alone else REPING_EVERY_S)
             now = self.clock.monotonic()
             for pid, at in list(self.lost.items()):
                 if now - at > REPING_FOR_S:
                     del self.lost[pid]
             recent = sorted(self.lost, key=self.lost.__getitem__, reverse=True)[:16]
-            await self.membership.reping(recent, self.bootstrap)
+            answered = await self.membership.reping(recent, self.bootstrap)
+            if alone != self._was_alone:  # once per change: an operator sees when and why a peer sat alone
+                self._was_alone = alone
+                if alone:
+                    log.warning("view_alone", lost_lately=len(self.lost), pinged=len(recent), answered=answered)
+                else:
+                    log.info("view_company_again", live_peers=len(self.records) + 1)
