@@ -54,6 +54,7 @@ def grid() -> dict[str, Method]:
     g["int8_P2_H50"] = replace(DEFAULT, H=50)
     g["int4_P2_H50"] = replace(DEFAULT, H=50, codec="int4")
     g["int8_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, outer_lr=0.8, momentum=0.5)
+    g["int8_P2_H50_lr0.8_mu0.5"] = replace(DEFAULT, H=50, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H20"] = replace(D, codec="sparse", density=0.03)  # the mean as the exact union, int8
     g["sparse3_union_H50"] = replace(D, codec="sparse", density=0.03, H=50)
     g["sparse1_union_H20"] = replace(D, codec="sparse", density=0.01)

@@ -48,7 +48,7 @@ class SwarmView:
         self.uplink_bps = 0  # this peer's upload cap in bytes/s, announced so rounds allow for it (0: none)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
-        self.lost: dict[str, float] = {}  # peer id -> when it left the view (monotonic)
+        self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._was_alone = False
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
@@ -86,7 +86,10 @@ class SwarmView:
             records.pop(self.peer_id, None)
             gone = [r.endpoint for pid, r in self.records.items() if pid not in records]
             now = self.clock.monotonic()
-            self.lost.update({pid: now for pid in self.records if pid not in records})
+            # Only members that vanished mid-run: a peer done with its steps or announcing its
+            # departure (ready=False) left on purpose, and pinging it would only fail.
+            self.lost.update({pid: now for pid, r in self.records.items()
+                              if pid not in records and r.ready and not r.done})
             for pid in records:
                 self.lost.pop(pid, None)
             if any(r.ready for pid, r in self.records.items() if pid not in records):
