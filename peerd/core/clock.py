@@ -137,6 +137,17 @@ class RoundClock:
         """End of round ``r``'s exchange: members stop waiting for reduced shards."""
         return self.start(r) + self.deadline_fraction * self.round_s
 
+    def late_until(self, r: int, deadline: float) -> float:
+        """Until when round ``r``'s reduced shards may still arrive and commit it: the next round's start.
+
+        A reduced shard still in flight at the plan's ``deadline`` (a slow link, a loaded owner) is
+        late, not lost: members keep the round open until the next round starts, so the exchange
+        runs on while the workers train, and a member that receives every shard commits like the
+        others. Not later: the next round's heartbeats go out then, and its plan must see the
+        commit (a member committing after them is out of sync for that round).
+        """
+        return max(deadline, self.start(r + 1))
+
     def phase_s(self, nbytes: int, uplink_bps: float = 0.0) -> float:
         """Time one exchange phase needs when every member pushes ``nbytes`` in all through its uplink.
 

@@ -124,6 +124,7 @@ class Diloco:
         # shows that a client-mode peer's work is counted, not just that it committed).
         self.included: dict[str, int] = {}
         self.commits = 0
+        self.late_commits = 0  # commits whose last reduced shard came after the plan's deadline
         self._rounds: dict[int, _Round] = {}
         self._plan_ready: dict[int, asyncio.Event] = {}
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
@@ -188,7 +189,8 @@ class Diloco:
 
     def status(self) -> dict[str, Any]:
         """Committed rounds and, per member, how many of them included its contribution everywhere."""
-        return {"contributions": {"commits": self.commits, "included": dict(self.included)}}
+        return {"contributions": {"commits": self.commits, "late_commits": self.late_commits,
+                                  "included": dict(self.included)}}
 
     # ---- receiving side (gRPC handlers) ----
 
@@ -215,7 +217,7 @@ class Diloco:
             if header.sender in rs.contributions or not rs.collecting:
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution duplicated or too late")
         elif header.kind == REDUCED:
-            shard, deadline = sender, plan.deadline
+            shard, deadline = sender, self.rc.late_until(plan.round, plan.deadline)
             if shard >= plan.owners:
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender owns no shard in this round")
             if shard in rs.reduced or not rs.open:
@@ -284,7 +286,7 @@ class Diloco:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "this peer does not own that shard")
         await self._wait_until(rs.my_reduced, plan.deadline)
         reduced = rs.reduced.get(rs.me)
-        if reduced is None or self.rc.now() >= plan.deadline:
+        if reduced is None or self.rc.now() >= self.rc.late_until(plan.round, plan.deadline):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no reduced shard before the round's deadline")
         start, end = rs.bounds[rs.me]
         return self._header(plan, REDUCED, rs.me, end - start, reduced.weight, reduced.contributors), reduced.payload
@@ -332,12 +334,13 @@ class Diloco:
             request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
                                            requester=self.peer_id, shard=idx)
             sink = _FromOwner(self, plan.members[idx])
-            while idx not in rs.reduced and self.rc.now() < plan.deadline:
+            until = self.rc.late_until(plan.round, plan.deadline)
+            while idx not in rs.reduced and self.rc.now() < until:
                 try:
-                    await self.network.pull_shard(plan.endpoints[idx], request, sink, plan.deadline - self.rc.now())
+                    await self.network.pull_shard(plan.endpoints[idx], request, sink, until - self.rc.now())
                 except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError):
                     # The owner may not have read the plan yet, or a connection broke: try again shortly.
-                    await asyncio.sleep(min(0.25, max(0.0, plan.deadline - self.rc.now())))
+                    await asyncio.sleep(min(0.25, max(0.0, until - self.rc.now())))
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -380,6 +383,7 @@ class Diloco:
         """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
         rs = self.open_round(plan)
         me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
+        late = self.rc.late_until(plan.round, plan.deadline)  # reduced shards may arrive until then
         owners = plan.owners
         snap: Snapshot | None = None
         try:
@@ -428,11 +432,11 @@ class Diloco:
                 # Clients are not dialled: they pull this shard (reduced_for) on calls of their own.
                 out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
                                         reduced.contributors), reduced.payload) for i in range(owners) if i != me]
-                await self._push_all(plan, out, plan.deadline)
+                await self._push_all(plan, out, late)
                 await send_task
                 contributors = len(reduced.contributors)
             self.faults.hit("after_send")
-            await self._wait_until(rs.all_reduced, plan.deadline)
+            await self._wait_until(rs.all_reduced, late)
             rs.open = False
             if len(rs.reduced) < owners:
                 missing = tuple(m for i, m in enumerate(plan.members[:owners]) if i not in rs.reduced)
@@ -446,6 +450,8 @@ class Diloco:
             if absent:
                 return RoundOutcome(False, "missing_client_contribution", contributors, absent)
             self.commits += 1
+            if self.rc.now() > plan.deadline:
+                self.late_commits += 1
             for m in plan.members:
                 if all(m in rs.reduced[i].contributors for i in range(owners)):
                     self.included[m] = self.included.get(m, 0) + 1
