@@ -380,7 +380,7 @@ class Diloco:
         return rs
 
     async def run(self, plan: RoundPlan) -> RoundOutcome:
-        """Take part in a round as a member; returns after commit or abort (by plan.deadline)."""
+        """Take part in a round as a member; returns after commit or abort (by ``rc.late_until``)."""
         rs = self.open_round(plan)
         me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
         late = self.rc.late_until(plan.round, plan.deadline)  # reduced shards may arrive until then
