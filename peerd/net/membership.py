@@ -13,6 +13,7 @@ forged, replayed, wrong-shape, wrong-type or oversized records are dropped and c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -30,14 +31,14 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.core.aio import bounded
 from peerd.core.config import DhtConfig
-from peerd.core.log import get_logger
+from peerd.core.log import RemoteLog, get_logger
 from peerd.core.schedule import Candidate, RoundPlan, plan_from_record
 from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
 from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
 log = get_logger("peerd.dht")
-FAIL_LOG_EVERY_S = 30.0  # a failing DHT operation is logged at most this often (with a count of the rest)
+FAIL_LOG_EVERY_S = 30.0  # a failing kind of DHT operation is logged at most this often (with a count of the rest)
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
 # v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
 # be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
@@ -206,7 +207,8 @@ class Membership:
         self.invalid_records = 0
         self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
         self._peers_key = f"peerd/v1/{run_id}/peers"
-        self._fail_log: dict[str, tuple[float, int]] = {}  # op -> (last logged, failures since)
+        # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
+        self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
     async def start(self, initial_peers: list[str], identity_path: str | None = None) -> None:
         """Start p2pd and join the DHT (bounded by ``dht.startup_timeout_s``).
@@ -357,18 +359,9 @@ class Membership:
         return result
 
     def _failed(self, op: str, outcome: str, error: str) -> None:
-        """Count a failed operation; log it at most once per FAIL_LOG_EVERY_S per kind.
-
-        A dead peer fails every ping: a line per failure would drown the rest.
-        """
+        """Count a failed operation and log it (rate-limited per kind of operation)."""
         self._on_op(op, outcome)
-        now = time.monotonic()
-        last, since = self._fail_log.get(op, (-1e9, 0))
-        if now - last < FAIL_LOG_EVERY_S:
-            self._fail_log[op] = (last, since + 1)
-            return
-        self._fail_log[op] = (now, 0)
-        log.info("dht_op_failed", op=op, outcome=outcome, error=error, also_failed_since_last_line=since)
+        self._fail_log.event(op, "dht", "dht_op_failed", logging.INFO, outcome=outcome, error=error)
 
     async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
         """Publish this peer's record with a TTL (a short TTL announces departure)."""
