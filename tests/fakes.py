@@ -12,7 +12,7 @@ from peerd.core.faults import NO_FAULTS
 from peerd.core.metrics import Metrics
 from peerd.core.state import OuterState
 from peerd.mixing.diloco import Diloco
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.net.view import SwarmView
 
 

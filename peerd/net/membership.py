@@ -20,7 +20,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
@@ -32,7 +31,8 @@ from hivemind.utils.multiaddr import Multiaddr
 from peerd.core.aio import bounded
 from peerd.core.config import DhtConfig
 from peerd.core.log import RemoteLog, get_logger
-from peerd.core.schedule import Candidate, RoundPlan, plan_from_record
+from peerd.core.schedule import RoundPlan, plan_from_record
+from peerd.net.peer_record import PeerRecord
 from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
 from peerd.proto.v1 import peer_pb2
 
@@ -40,22 +40,6 @@ T = TypeVar("T")
 log = get_logger("peerd.dht")
 FAIL_LOG_EVERY_S = 30.0  # a failing kind of DHT operation is logged at most this often (with a count of the rest)
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
-# v1: every peer accepts inbound gRPC. v2 adds ``reachable``; it is written only by a peer that cannot
-# be dialled, so a reachable peer's record stays byte-compatible with v1 readers, and a v1 reader
-# drops (and counts) a client-mode peer's record, which it could not serve anyway (it would hand it a
-# shard). Readers accept both. A v2 record may also carry ``uplink_bps``, the peer's upload cap in
-# bytes/s (only when a cap is set), so the round clock can size rounds for the slowest member's
-# link; a capped peer writes v2 even when reachable (readers older than this field drop it).
-# v3 (work-paced rounds, ``round.target_h``) adds ``reachable`` always and the worker's throughput
-# and per-fragment steps since each fragment's last sync (and ``uplink_bps`` when capped); only
-# peers of a paced run write it, so records of unpaced runs stay v1/v2 and readable by older peers.
-RECORD_VERSION = 1
-RECORD_VERSION_CLIENT = 2
-RECORD_VERSION_PACED = 3
-MAX_STEPS_PER_S = 1e6  # announced throughput above this is malformed (no inner step is that fast)
-MAX_STEPS_SINCE = 1 << 40
-MAX_RECORD_FIELD_CHARS = 512
-MAX_UPLINK_BPS = 1 << 40  # far above any link; bounds what a hostile record can claim
 MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.MAX_BODY_BYTES) plus key, signature, MAC
 # Subkeys opened per read (each costs a signature check). Above any swarm this design serves, and far
 # above the publishers of one round's plans; what lies beyond is dropped and counted, so a flood of
@@ -72,99 +56,6 @@ def _expiration(item: Any) -> float:
 
 class DhtError(RuntimeError):
     """The DHT could not be started or its p2pd daemon died."""
-
-
-@dataclass(frozen=True)
-class PeerRecord:
-    """One peer's heartbeat, as published under the run's peers key."""
-
-    peer_id: str
-    endpoint: str  # gRPC host:port
-    incarnation: int  # start time in ns; a restart gets a new one
-    revision: int
-    state_hash: str
-    fragment_hashes: tuple[str, ...]
-    samples_per_s: float
-    step: int
-    ready: bool  # synced and willing to join rounds
-    done: bool  # reached train.max_steps
-    reachable: bool = True  # others can dial ``endpoint``; False: client mode (owns no shard, never dialled)
-    # Work pacing (v3): inner steps/s and, per fragment, steps since its last sync; None: not announced.
-    steps_per_s: float = 0.0
-    steps_since: tuple[int, ...] | None = None
-    uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
-
-    def to_value(self) -> dict[str, Any]:
-        """msgpack-able dict: v1 (reachable, uncapped), v2 (``reachable``, ``uplink_bps``), v3 when paced."""
-        value = {
-            "v": RECORD_VERSION, "peer_id": self.peer_id, "endpoint": self.endpoint,
-            "incarnation": self.incarnation, "revision": self.revision,
-            "state_hash": self.state_hash, "fragment_hashes": list(self.fragment_hashes),
-            "samples_per_s": self.samples_per_s, "step": self.step, "ready": self.ready,
-            "done": self.done,
-        }
-        if self.steps_since is not None:
-            value |= {"v": RECORD_VERSION_PACED, "reachable": self.reachable, "steps_per_s": self.steps_per_s,
-                      "steps_since": list(self.steps_since)}
-        elif not self.reachable or self.uplink_bps:
-            value |= {"v": RECORD_VERSION_CLIENT, "reachable": self.reachable}
-        if self.uplink_bps:
-            value["uplink_bps"] = self.uplink_bps
-        return value
-
-    @classmethod
-    def from_value(cls, subkey: Any, value: Any) -> PeerRecord:
-        """Validate a record read from the DHT.
-
-        Raises:
-            ValueError: any schema violation, or a record stored under another peer's subkey.
-        """
-        if not isinstance(value, dict) or value.get("v") not in (RECORD_VERSION, RECORD_VERSION_CLIENT,
-                                                                   RECORD_VERSION_PACED):
-            raise ValueError("not a peerd v1/v2/v3 record")
-        want: dict[str, type | tuple[type, ...]] = {
-            "peer_id": str, "endpoint": str, "incarnation": int, "revision": int,
-            "state_hash": str, "fragment_hashes": list, "samples_per_s": (int, float),
-            "step": int, "ready": bool, "done": bool}
-        if value["v"] in (RECORD_VERSION_CLIENT, RECORD_VERSION_PACED):
-            want["reachable"] = bool
-        if value["v"] == RECORD_VERSION_PACED:
-            want |= {"steps_per_s": (int, float), "steps_since": list}
-        if value["v"] in (RECORD_VERSION_CLIENT, RECORD_VERSION_PACED) and "uplink_bps" in value:
-            want["uplink_bps"] = int
-        if set(value) != set(want) | {"v"}:
-            raise ValueError("record has wrong fields")
-        for key, typ in want.items():
-            if not isinstance(value[key], typ):
-                raise ValueError(f"record field {key} has wrong type")
-        if value["peer_id"] != subkey:
-            raise ValueError("record stored under another peer's subkey")
-        strings = [value["peer_id"], value["endpoint"], value["state_hash"], *value["fragment_hashes"]]
-        if len(value["fragment_hashes"]) > 4096 or not all(
-            isinstance(s, str) and len(s) <= MAX_RECORD_FIELD_CHARS for s in strings
-        ):
-            raise ValueError("record oversized")
-        if value["revision"] < 0 or value["step"] < 0:
-            raise ValueError("record has negative counters")
-        if isinstance(value.get("uplink_bps"), bool) or not 0 <= value.get("uplink_bps", 0) <= MAX_UPLINK_BPS:
-            raise ValueError("record uplink_bps out of range")
-        fields = {k: value[k] for k in want}
-        fields["fragment_hashes"] = tuple(value["fragment_hashes"])
-        fields["samples_per_s"] = float(value["samples_per_s"])
-        if "steps_since" in want:
-            since, rate = value["steps_since"], value["steps_per_s"]
-            if len(since) != len(value["fragment_hashes"]) or not all(
-                    type(x) is int and 0 <= x < MAX_STEPS_SINCE for x in since):
-                raise ValueError("record steps_since malformed (one count >= 0 per fragment)")
-            if isinstance(rate, bool) or not 0.0 <= rate <= MAX_STEPS_PER_S:  # NaN fails both comparisons
-                raise ValueError("record steps_per_s out of range")
-            fields |= {"steps_since": tuple(since), "steps_per_s": float(rate)}
-        return cls(**fields)
-
-    def candidate(self) -> Candidate:
-        """The schedule's view of this record."""
-        return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done,
-                         self.reachable, self.steps_per_s, self.steps_since or ())
 
 
 def probe_port(host: str, port: int) -> None:

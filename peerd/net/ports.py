@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from peerd.core.schedule import RoundPlan
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.net.transport import DialBackResult, Handler, PlanSink, ShardSink
 from peerd.proto.v1 import peer_pb2
 

@@ -15,7 +15,7 @@ from peerd.core.bridge import WorkerStats
 from peerd.core.clock import Clock
 from peerd.core.log import get_logger
 from peerd.core.state import OuterState
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.net.ports import MembershipPort, NetworkPort
 
 log = get_logger("peerd.view")

@@ -23,7 +23,8 @@ from bench.dht_flood import fake_key, forged  # the bench's forgeries: one defin
 from peerd.core.config import DhtConfig
 from peerd.net import records
 from peerd.net.auth import derive_key
-from peerd.net.membership import MAX_PEER_SUBKEYS, Membership, PeerRecord
+from peerd.net.membership import MAX_PEER_SUBKEYS, Membership
+from peerd.net.peer_record import PeerRecord
 from peerd.net.records import RUNS_KEY, RecordError, open_sealed
 from tests.conftest import eventually
 

@@ -16,7 +16,8 @@ from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 
 from peerd.core.config import DhtConfig
-from peerd.net.membership import DhtError, Membership, PeerRecord
+from peerd.net.membership import DhtError, Membership
+from peerd.net.peer_record import PeerRecord
 from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)

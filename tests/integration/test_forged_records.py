@@ -15,7 +15,8 @@ from hivemind.dht.routing import DHTID
 from peerd.core.config import DhtConfig
 from peerd.core.schedule import Candidate, make_plan
 from peerd.net.auth import derive_key
-from peerd.net.membership import Membership, PeerRecord
+from peerd.net.membership import Membership
+from peerd.net.peer_record import PeerRecord
 from peerd.net.records import SealValidator, Signer
 from tests.conftest import eventually
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from peerd.core.config import DhtConfig
 from peerd.core.schedule import Candidate, make_plan
-from peerd.net.membership import Membership, PeerRecord
+from peerd.net.membership import Membership
+from peerd.net.peer_record import PeerRecord
 from tests.conftest import eventually
 
 CFG = DhtConfig(host="127.0.0.1", heartbeat_s=0.5, ttl_s=1.5, op_timeout_s=5)

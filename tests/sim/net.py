@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgpack
 
 from peerd.core.schedule import RoundPlan, plan_from_record
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.net.transport import DialBackResult, Handler, PlanSink, Rejected, checksum
 from peerd.proto.v1 import peer_pb2
 

@@ -13,8 +13,8 @@ import structlog
 
 from peerd.core import schedule as sch
 from peerd.core.config import TransportConfig
-from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
+from peerd.net.peer_record import PeerRecord
 from peerd.net.transport import DialBackResult, Transport
 from peerd.net.wire import address_of
 from peerd.proto.v1 import peer_pb2
@@ -77,7 +77,7 @@ def test_reachable_record_is_v1_and_client_record_is_v2() -> None:
 def test_upload_cap_is_a_v2_field_and_old_records_stay_readable() -> None:
     import dataclasses
 
-    from peerd.net.membership import MAX_UPLINK_BPS
+    from peerd.net.peer_record import MAX_UPLINK_BPS
     from peerd.net.records import MAX_BODY_BYTES
 
     capped = dataclasses.replace(_record(True), uplink_bps=250_000).to_value()

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from peerd.core import codec
 from peerd.core.schedule import Candidate, PlanError, make_plan, plan_from_record
-from peerd.net.membership import PeerRecord
 from peerd.net.pacing import Pacer
+from peerd.net.peer_record import PeerRecord
 from peerd.net.records import RecordError, SealValidator, Signer, open_sealed
 from peerd.net.transport import Rejected, checksum
 from peerd.net.wire import read_payload as _read_payload

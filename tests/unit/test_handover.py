@@ -14,7 +14,7 @@ from peerd.core.fragments import FragmentLayout
 from peerd.core.state import OuterState
 from peerd.mixing.handover import HandOver
 from peerd.mixing.sync import serve_state
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.net.transport import Transport
 from peerd.proto.v1 import peer_pb2
 

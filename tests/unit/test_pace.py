@@ -11,7 +11,7 @@ from peerd.core import pace
 from peerd.core import schedule as sch
 from peerd.core.bridge import Bridge, WorkerStats
 from peerd.core.config import ConfigError, load_config
-from peerd.net.membership import PeerRecord
+from peerd.net.peer_record import PeerRecord
 from peerd.node.health import RoundLog
 from tests.unit.test_worker import make_worker, wait_steps
 
