@@ -106,9 +106,10 @@ class SwarmView:
         """Every live peer as a schedule candidate, this one included."""
         return [rec.candidate() for rec in self.records.values()] + [self.my_record().candidate()]
 
-    def unsuspected(self, candidates: list[sch.Candidate]) -> list[sch.Candidate]:
-        """``candidates`` less the members this peer suspects (used only for plans it publishes)."""
-        return [c for c in candidates if c.peer_id == self.peer_id or not self._suspected(c.peer_id)]
+    def unsuspected(self, candidates: list[sch.Candidate], keep: frozenset[str] = frozenset()) -> list[sch.Candidate]:
+        """``candidates`` less the members this peer suspects, but those in ``keep`` (for plans it publishes)."""
+        return [c for c in candidates
+                if c.peer_id == self.peer_id or c.peer_id in keep or not self._suspected(c.peer_id)]
 
     def suspect(self, peer_ids: tuple[str, ...]) -> None:
         """Leave members that failed a round out of the plans this peer publishes, for a while.

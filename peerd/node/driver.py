@@ -27,15 +27,13 @@ from peerd.core.metrics import Metrics
 from peerd.mixing.base import Mixer, RoundOutcome
 from peerd.net.ports import MembershipPort
 from peerd.net.view import SwarmView
+from peerd.node.finish import RunEnd
 from peerd.node.health import RoundLog
 from peerd.node.offers import PlanInbox, PlanOfferer
 from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
 T = TypeVar("T")
-
-# At the end of a finite run, rounds the in-sync peers hold so a peer behind them can resync.
-LAGGARD_WAIT_ROUNDS = 3
 
 
 class RoundDriver:
@@ -52,8 +50,7 @@ class RoundDriver:
         self.metrics, self.counters, self.faults = metrics, counters, faults
         self.exit_when_done, self.request_stop = exit_when_done, request_stop
         self.peer_id = view.peer_id
-        self.laggard_waits = 0  # consecutive rounds held for a laggard at the end of a finite run
-        self.finishing: tuple[int, int, str] | None = None  # (round, revision, hash) when the run looked over
+        self.end = RunEnd(exit_when_done, mixer.shared_state, view.state.layout.num_fragments, counters)  # finite runs
         self.last_round: dict[str, Any] = {}
         self._caps_said: set[int] = set()  # upload caps already reported as too slow for the round
         self.round_log = RoundLog()  # recent outcomes, for health
@@ -109,8 +106,12 @@ class RoundDriver:
         # suspecting it back, and two finished peers aborted every round for 20 minutes.
         candidates = view.candidates()
         elig = sch.eligible(candidates, self.mixer.mode)
-        if self._finished(r, candidates):
+        ending = self.end.look(r, me, candidates)
+        if ending == "done":
             self.request_stop("done")
+            return
+        if ending == "hold":  # peers it was settled with are missing: no round among the rest (peerd/node/finish.py)
+            self._count("skipped", "finishing")
             return
         if me not in elig:
             # Behind, or off the majority hash: no plan of this round names us. Fetch what the
@@ -133,7 +134,7 @@ class RoundDriver:
             # A reachable joiner cannot fetch from clients: one of them hands the state over.
             await self.mixer.hand_over(r)
             return
-        if self._await_laggards(candidates, elig):
+        if self.end.await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")
             return
         if self.cfg.round.target_h:
@@ -142,7 +143,7 @@ class RoundDriver:
         if plan is None:
             # Between the two looks of a finishing run nobody that looked settled publishes: that
             # round is the end-of-run check, not a lost round, and is counted apart.
-            self._count("skipped", "finishing" if self.finishing is not None else "no_plan")
+            self._count("skipped", "finishing" if self.end.finishing is not None else "no_plan")
             return
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
@@ -190,44 +191,6 @@ class RoundDriver:
             log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
                      missing=[m[-8:] for m in outcome.missing])
             self.view.suspect(outcome.missing)
-
-    def _finished(self, r: int, candidates: list[sch.Candidate]) -> bool:
-        """Whether a finite run is over for this peer (at round ``r``'s settle point).
-
-        Shared state: this peer committed a final round of every fragment and every ready peer
-        it sees is done and at its revision and hash, in two consecutive rounds. Between the two
-        it publishes no plan (it still takes part in a plan that names it, so a peer still
-        missing final rounds gets them, and then the revisions moved and the count restarts).
-        The second look guards against a view one heartbeat old: a peer that left on a stale
-        view would end the run on a state of its own. Gossip: every fragment's final round.
-        """
-        nf = self.view.state.layout.num_fragments
-        if not self.exit_when_done or len(self.counters.final_fragments) < nf:
-            return False
-        if not self.mixer.shared_state:
-            return True
-        me = self.view.my_record().candidate()
-        settled = all(c.done and c.revision == me.revision and c.state_hash == me.state_hash
-                      for c in candidates if c.ready)
-        mark = (r, me.revision, me.state_hash)
-        previous, self.finishing = self.finishing, mark if settled else None
-        return settled and previous is not None and previous[0] == r - 1 and previous[1:] == mark[1:]
-
-    def _await_laggards(self, candidates: list[sch.Candidate], elig: list[sch.Candidate]) -> bool:
-        """Whether to hold this round so that finished peers behind the swarm can catch up.
-
-        When every live peer has finished training, the last rounds decide the run's final
-        state. A laggard catches up just after a round's deadline; if its fetch or its next
-        heartbeat is late (a busy box), the others' next commit leaves it behind again, and
-        once they have left it would end the run on a state of its own. So while everyone is
-        done and someone ready is not in sync, the in-sync peers hold for at most
-        ``LAGGARD_WAIT_ROUNDS`` rounds; the laggard's record then matches and the final rounds
-        include it.
-        """
-        ready = [c for c in candidates if c.ready]
-        waiting = self.mixer.shared_state and len(elig) < len(ready) and all(c.done for c in ready)
-        self.laggard_waits = self.laggard_waits + 1 if waiting else 0
-        return waiting and self.laggard_waits <= LAGGARD_WAIT_ROUNDS
 
     def _timed(self, op: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run a DHT operation; its duration feeds the round clock's DHT estimate."""
@@ -317,7 +280,7 @@ class RoundDriver:
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
                 # members already took: its own, better-ranked one would split the round.
                 in_slot = rank == rc.plan_candidates - 1 or rc.now() < rc.publish_at(r, rank + 1)
-                may_publish = self.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
+                may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
                     tried = True
                     mine = self._publish(r, rank, candidates, nbytes)
@@ -334,7 +297,7 @@ class RoundDriver:
         """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""
         cfg, rc = self.cfg, self.rc
         now = rc.now()
-        members = self.view.unsuspected(candidates)
+        members = self.view.unsuspected(candidates, keep=self.end.must_name())
         elig = sch.eligible(members, self.mixer.mode)
         fragment = None
         if cfg.round.target_h:

@@ -235,6 +235,7 @@ class World:
         self.epoch = EPOCH
         self._mass: tuple[tuple[str, ...], tuple[float, ...]] | None = None  # (live incarnations, totals)
         self.forks: dict[int, int] = {}  # revision -> first round it held two states
+        self.orphans: list[SimPeer] = []  # clients that (re)started with no reachable peer up (see _add)
         self.peers_hook: Callable[[SimPeer], None] = lambda peer: None  # a test's change to each new peer
 
     def peer_id(self, i: int) -> str:
@@ -248,6 +249,10 @@ class World:
 
     async def _add(self, i: int, keep: SimPeer | None = None) -> None:
         step = self.sc.step_s * self.sc.slow.get(i, 1.0)
+        # Clients cannot be dialled, not even by each other: a client starting while only clients are up
+        # can be handed the swarm's state by nobody; it waits until nobody is ahead and starts a lineage
+        # of its own (seed 1516).
+        orphan = i in self.sc.clients and all(p.index in self.sc.clients for p in self.live())
         if i in self.sc.clients:
             self.net.clients.add(self.peer_id(i))
         peer = SimPeer(self, i, int(self.loop.time() * 1e9) + i, step, self.sc.max_steps)
@@ -257,6 +262,8 @@ class World:
             self.net.uplink[self.peer_id(i)] = self.sc.uplink[i]
             peer.node.view.uplink_bps = int(self.sc.uplink[i])
         self.peers_hook(peer)
+        if orphan:
+            self.orphans.append(peer)
         if keep is not None:  # as restored from a checkpoint: outer state and model as they were
             snap = keep.state.snapshot()
             peer.state.install(snap.revision, snap.theta, snap.momentum)
