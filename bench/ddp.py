@@ -11,7 +11,8 @@ gradient bytes per step per rank (reduce-scatter then all-gather); gloo's algori
 differ, but no all-reduce sends less. The runner also measures the wire bytes when it runs the
 ranks inside a network namespace (see ``bench.convergence``).
 
-Worker: ``python -m bench.ddp --rank R --world N --port P --steps S --out FILE``.
+Worker: ``python -m bench.ddp --rank R --world N --port P --steps S --out FILE`` (``--seconds T
+--master ADDR`` for a wall-clock budget over a network, as ``bench.wan_race`` runs it).
 """
 
 from __future__ import annotations
@@ -31,17 +32,26 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_OPTIONS = {"max_corpus_bytes": 4_000_000, "heldout_fraction": 0.02}
 
 
-def worker(rank: int, world: int, port: int, steps: int, out: str, task_options: dict[str, Any]) -> None:
-    """One DDP rank: train ``steps`` steps, rank 0 writes eval loss and counts to ``out``."""
+def worker(rank: int, world: int, port: int, steps: int, out: str, task_options: dict[str, Any],
+           master: str = "127.0.0.1", seconds: float = 0.0, every_s: float = 15.0) -> None:
+    """One DDP rank: train ``steps`` steps (or for ``seconds``), rank 0 writes eval loss and counts to ``out``.
+
+    With ``seconds`` the ranks train for that wall-clock budget from a common barrier. Every
+    rank must take the same number of steps (each step is one all-reduce), so every 10 steps
+    they all-reduce one flag, "my budget is spent", and stop together; that extra all-reduce
+    costs one small collective per 10 steps. Rank 0 copies the model every ``every_s`` seconds
+    and evaluates the copies afterwards (``bench.timed``): the eval curve costs no training time.
+    """
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from bench.timed import TimedSnapshots
     from peerd.train.tasks.base import TaskContext
     from peerd.train.tasks.tinylm import tinylm
 
     torch.set_num_threads(1)  # as the peers (train.threads=1): same cores per process
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    dist.init_process_group("gloo", init_method=f"tcp://{master}:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
     try:
         task = tinylm(TaskContext(seed=0, shard=rank, num_shards=world, device=torch.device("cpu"),
@@ -50,17 +60,31 @@ def worker(rank: int, world: int, port: int, steps: int, out: str, task_options:
         opt = task.make_optimizer(model.parameters())
         numel = sum(p.numel() for p in task.model.parameters())
         initial = task.evaluate(task.model) if rank == 0 else None
+        dist.barrier()  # a common start for the wall-clock budget
         t0 = time.monotonic()
-        for _ in range(steps):
+        snaps = TimedSnapshots(task.model, every_s, t0)
+        step = 0
+        while seconds or step < steps:
+            if seconds and step % 10 == 0:
+                spent = torch.tensor([1.0 if time.monotonic() - t0 >= seconds else 0.0])
+                dist.all_reduce(spent, op=dist.ReduceOp.MAX)
+                if spent.item() > 0:
+                    break
             loss = task.loss(model, task.batches.next_batch())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if seconds and rank == 0:
+                snaps.maybe_take(step)
         train_s = time.monotonic() - t0
         if rank == 0:
             final = task.evaluate(task.model)
-            Path(out).write_text(json.dumps({"initial_eval_loss": initial, "final_eval_loss": final,
-                                             "numel": numel, "train_s": train_s, "steps": steps}))
+            doc = {"initial_eval_loss": initial, "final_eval_loss": final, "numel": numel, "train_s": train_s,
+                   "steps": step}
+            if seconds:
+                doc["curve"] = snaps.evaluate(task)
+            Path(out).write_text(json.dumps(doc))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -120,8 +144,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--task-options", default="{}")
+    ap.add_argument("--master", default="127.0.0.1", help="rank 0's address (the rendezvous)")
+    ap.add_argument("--seconds", type=float, default=0.0, help="train for this wall-clock budget instead of --steps")
+    ap.add_argument("--every-s", type=float, default=15.0, help="with --seconds: eval curve interval")
     a = ap.parse_args()
-    worker(a.rank, a.world, a.port, a.steps, a.out, json.loads(a.task_options))
+    worker(a.rank, a.world, a.port, a.steps, a.out, json.loads(a.task_options), a.master, a.seconds, a.every_s)
 
 
 if __name__ == "__main__":

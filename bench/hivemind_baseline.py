@@ -41,13 +41,22 @@ def _wait_for(path: Path, timeout_s: float) -> str:
     return path.read_text()
 
 
-def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, Any]) -> None:
-    """One hivemind peer; writes ``result-RANK.json``."""
+def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, Any], host: str = "127.0.0.1",
+           seconds: float = 0.0, every_s: float = 15.0, matchmaking_s: float = 2.0,
+           epoch_steps: int = STEPS_PER_EPOCH) -> None:
+    """One hivemind peer; writes ``result-RANK.json``.
+
+    With ``seconds`` it trains for that wall-clock budget from the common start instead of
+    ``steps`` steps, copies its model every ``every_s`` seconds and evaluates the copies after
+    (``bench.timed``), so the loss curve costs no training time. ``host`` is the address its DHT
+    listens on (its namespace's address when the peers sit behind an emulated link).
+    """
     import hivemind
     import torch
     from hivemind.compression import Float16Compression
 
     from bench.ddp import DATA_OPTIONS
+    from bench.timed import TimedSnapshots
     from peerd.train.tasks.base import TaskContext
     from peerd.train.tasks.tinylm import parse_options, tinylm
 
@@ -57,7 +66,7 @@ def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, A
                               options={**task_options, **DATA_OPTIONS}))
     initial = task.evaluate(task.model)
     initial_peers = None if rank == 0 else json.loads(_wait_for(d / "maddrs.json", 120))
-    dht = hivemind.DHT(start=True, initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    dht = hivemind.DHT(start=True, initial_peers=initial_peers, host_maddrs=[f"/ip4/{host}/tcp/0"])
     if rank == 0:
         (d / "maddrs.json.tmp").write_text(json.dumps([str(m) for m in dht.get_visible_maddrs()]))
         os.replace(d / "maddrs.json.tmp", d / "maddrs.json")
@@ -66,22 +75,29 @@ def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, A
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = hivemind.Optimizer(
         dht=dht, run_id="peerd_bench", batch_size_per_step=opts["batch_size"],
-        target_batch_size=world * opts["batch_size"] * STEPS_PER_EPOCH,
+        target_batch_size=world * opts["batch_size"] * epoch_steps,
         optimizer=lambda g: torch.optim.AdamW(g, lr=opts["lr"], betas=(0.9, 0.95)), params=groups,
-        use_local_updates=True, average_state_every=1, matchmaking_time=2.0, averaging_timeout=20.0,
+        use_local_updates=True, average_state_every=1, matchmaking_time=matchmaking_s, averaging_timeout=20.0,
         state_averaging_compression=Float16Compression(), verbose=False)
     (d / f"ready-{rank}").write_text("1")
     for r in range(world):  # common start, as peerd swarm's --wait-for-peers
         _wait_for(d / f"ready-{r}", 180)
     t0 = time.monotonic()
-    for _ in range(steps):
+    snaps = TimedSnapshots(task.model, every_s, t0)
+    step = 0
+    while (time.monotonic() - t0 < seconds) if seconds else step < steps:
         loss = task.loss(task.model, task.batches.next_batch())
         loss.backward()
         opt.step()
         opt.zero_grad()
+        step += 1
+        if seconds:
+            snaps.maybe_take(step)
     train_s = time.monotonic() - t0
     result = {"initial_eval_loss": initial, "final_eval_loss": task.evaluate(task.model),
-              "train_s": train_s, "local_epoch": int(opt.local_epoch)}
+              "train_s": train_s, "local_epoch": int(opt.local_epoch), "steps": step}
+    if seconds:
+        result["curve"] = snaps.evaluate(task)
     (d / f"result-{rank}.json").write_text(json.dumps(result))
     # hivemind's shutdown can hang (research/hivemind.md, uvloop and pipe races): the result is
     # written, so give it a bounded try and leave; the runner kills the process group anyway.
@@ -143,8 +159,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--task-options", default="{}")
+    ap.add_argument("--host", default="127.0.0.1", help="address the DHT listens on")
+    ap.add_argument("--seconds", type=float, default=0.0, help="train for this wall-clock budget instead of --steps")
+    ap.add_argument("--every-s", type=float, default=15.0, help="with --seconds: eval curve interval")
+    ap.add_argument("--matchmaking-s", type=float, default=2.0, help="hivemind's matchmaking_time")
+    ap.add_argument("--epoch-steps", type=int, default=STEPS_PER_EPOCH, help="local steps per peer per epoch")
     a = ap.parse_args()
-    worker(a.rank, a.world, a.steps, Path(a.dir), json.loads(a.task_options))
+    worker(a.rank, a.world, a.steps, Path(a.dir), json.loads(a.task_options), a.host, a.seconds, a.every_s,
+           a.matchmaking_s, a.epoch_steps)
 
 
 if __name__ == "__main__":

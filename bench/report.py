@@ -88,6 +88,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
         for name, value, ok, margin in frontier.targets(r["frontier"]):
             add(name, value, ok, margin)
+    if r.get("race", {}).get("methods"):
+        from bench import wan_race
+
+        wan_race.targets(r["race"], add)
     return out
 
 
@@ -143,6 +147,11 @@ def plots(r: dict[str, Any], outdir: Path) -> list[Path]:
         paths.append(outdir / "scaling.png")
         fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
+    if r.get("race", {}).get("methods"):
+        from bench import wan_race
+
+        if wan_race.plot(r["race"], outdir / "wan_race.png"):
+            paths.append(outdir / "wan_race.png")
     return paths
 
 
@@ -223,6 +232,10 @@ def table(r: dict[str, Any]) -> str:
         from bench import frontier
 
         lines += [""] + frontier.table(r["frontier"])
+    if r.get("race", {}).get("methods"):
+        from bench import wan_race
+
+        lines += wan_race.table(r["race"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

@@ -19,16 +19,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
               "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30,
-              "frontier_steps": 200, "frontier_methods": ("solo_shard0", "ddp", "int8_P2_H20", "sparse3_r3_H20")},
+              "frontier_steps": 200, "frontier_methods": ("solo_shard0", "ddp", "int8_P2_H20", "sparse3_r3_H20"),
+              "race_s": 60},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
              "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
              "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60,
-             "frontier_steps": 2000, "frontier_methods": "core"},
+             "frontier_steps": 2000, "frontier_methods": "core", "race_s": 240},
 }
 
 
@@ -133,6 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         r["frontier"] = {**frontier.measure(plan["frontier_steps"], 4, names, out, log=False),
                          "command": cmd("frontier")}
         stamp("frontier", started)
+    if "race" in only:
+        from bench import wan_race
+        from bench.wan import available
+
+        print("bench: race (equal wall time over an emulated link) ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        why = available()
+        if why:
+            r["race"] = {"methods": {m: {"error": f"WAN emulator unavailable: {why}"} for m in wan_race.METHODS}}
+        else:
+            r["race"] = {"profile": wan_race.PROFILES["continent"].as_dict(), "peers": 4, "seconds": plan["race_s"],
+                         "methods": wan_race.run("continent", 4, plan["race_s"], plan["race_s"] / 12, 300,
+                                                 list(wan_race.METHODS), [], work / "race", 1)}
+        r["race"]["command"] = cmd("race")
+        stamp("race", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

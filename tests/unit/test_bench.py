@@ -72,3 +72,60 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
     assert verdicts["8 daemons on loopback: >= 95% of member-rounds commit"] == "pass"
     assert verdicts["16 daemons on loopback: >= 80% of member-rounds commit"] == "not measured"
     assert "| 16 daemons, loopback | error: RuntimeError" in md.read_text()
+
+
+def test_race_targets_need_peerd_strictly_lowest_and_no_more_bytes_than_hivemind(tmp_path: Path) -> None:
+
+    def doc(peerd_loss: float, peerd_bytes: float) -> dict[str, object]:
+        curve = [{"t_s": 10.0, "step": 5, "eval_loss": 3.0}]
+        return {"profile": {"name": "continent", "rtt_ms": 40.0, "up_mbit": 100.0}, "peers": 4, "seconds": 60.0,
+                "command": "python -m bench --only race",
+                "methods": {"ddp": {"final_eval_loss": 2.5, "steps": 100, "wire_bytes_per_peer": 1e9, "curve": curve},
+                            "hivemind": {"final_eval_loss": 2.2, "steps": [400, 500], "wire_bytes_per_peer": 1e7,
+                                         "curve": curve},
+                            "peerd": {"final_eval_loss": peerd_loss, "steps": [600, 610],
+                                      "wire_bytes_per_peer": peerd_bytes, "curve": curve}}}
+
+    def verdicts(d: dict[str, object]) -> dict[str, str]:
+        path = tmp_path / "latest.json"
+        path.write_text(json.dumps({"meta": {}, "scaling": [], "race": d}))
+        out = report.regenerate(path, tmp_path / "BENCHMARKS.md")
+        return {t["target"]: t["verdict"] for t in out["targets"]}
+
+    lowest = "equal wall time (60 s, continent): peerd lowest"
+    bytes_target = "lower loss than hivemind at equal or fewer wire bytes"
+    v = verdicts(doc(2.0, 5e6))
+    assert v[lowest] == "pass" and v[bytes_target] == "pass"
+    assert (tmp_path / "wan_race.png").exists()
+    assert "| peerd | 2.0000 | 600–610 | 5.0 |" in (tmp_path / "BENCHMARKS.md").read_text()
+    v = verdicts(doc(2.2, 5e6))  # a tie with hivemind is not lower
+    assert v[lowest] == "miss" and v[bytes_target] == "miss"
+    v = verdicts(doc(2.0, 2e7))  # lower, but with more bytes than hivemind: not established
+    assert v[lowest] == "pass" and v[bytes_target] == "not measured"
+    failed = doc(2.0, 5e6)
+    failed["methods"]["ddp"] = {"error": "DDP ranks failed"}  # type: ignore[index]
+    assert verdicts(failed)[lowest] == "not measured"
+
+
+def test_timed_snapshots_copy_at_marks_and_evaluate_the_copies_not_the_live_model() -> None:
+    import torch
+
+    from bench.timed import TimedSnapshots
+
+    class Task:
+        def evaluate(self, model: torch.nn.Module) -> float:
+            return float(model.weight.sum())
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    snaps = TimedSnapshots(model, every_s=10.0, t0=0.0)  # monotonic() is far past 0: the first call takes one
+    snaps.maybe_take(step=1)
+    snaps.maybe_take(step=2)  # the next mark is far in the future now
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    snaps.take(step=3)
+    curve = snaps.evaluate(Task())
+    assert [c["step"] for c in curve] == [1, 3]
+    assert [c["eval_loss"] for c in curve] == [2.0, 4.0]  # the copies, not the live weights
+    assert float(model.weight.sum()) == 4.0  # the live model is restored
