@@ -33,6 +33,7 @@ class PeerSpec:
     prefix: list[str] = field(default_factory=list)
     run_id: str = "bench"
     bootstrap_from: int | None = 0  # index of the peer whose ready file we bootstrap from; None: alone
+    extra: list[str] = field(default_factory=list)  # this peer's own overrides (applied last)
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
@@ -73,7 +74,7 @@ def run_peers(specs: list[PeerSpec], overrides: list[str], max_steps: int, workd
                    "--wait-for-peers", str(len(same_run))]
             for item in [*overrides, f"transport.host={spec.host}", f"dht.host={spec.host}",
                          f"data.num_shards={len(specs)}", f"data.shard={i}", f"train.max_steps={max_steps}",
-                         f"run_id={spec.run_id}"]:
+                         f"run_id={spec.run_id}", *spec.extra]:
                 cmd += ["--set", item]
             rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
             for stale in (rf, sf):

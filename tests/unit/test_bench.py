@@ -129,3 +129,15 @@ def test_timed_snapshots_copy_at_marks_and_evaluate_the_copies_not_the_live_mode
     assert [c["step"] for c in curve] == [1, 3]
     assert [c["eval_loss"] for c in curve] == [2.0, 4.0]  # the copies, not the live weights
     assert float(model.weight.sum()) == 4.0  # the live model is restored
+
+
+def test_paced_real_h_leaves_out_each_fragments_first_and_final_sync() -> None:
+    from bench import paced_real
+
+    sync_h = [[0, 40], [1, 300], [0, 210], [1, 190], [0, 230], [0, 0], [1, 155]]
+    assert sorted(paced_real.intervals(sync_h)) == [190, 210, 230]
+    peers = [{"index": i, "steps": 100, "sync_h": sync_h, "paced_idle_s": 0.0, "history": []} for i in range(3)]
+    peers.append({"index": 3, "steps": 30, "sync_h": [[0, 9], [0, 70], [0, 1]], "history": []})
+    out = paced_real.summarize(peers, 200, 100)
+    assert [p["h_mean"] for p in out["peers"]] == [210.0, 210.0, 210.0, 70.0]
+    assert out["median_peer_h"] == 210.0 and out["deviation"] == 0.05
