@@ -32,7 +32,8 @@ checks as a push. A round commits only if every client's contribution is in at l
 shard: a client proves that it follows the plan only by contributing.
 
 Received data is validated against the local plan before a byte of payload is read (header) and
-before it is stored (decode, finiteness), so a refused stream never reaches state. At reduce time
+before it is stored (decode, finiteness), so a refused stream never reaches state; that receiving
+side is peerd/mixing/inbox.py. At reduce time
 an owner also drops contributions whose RMS is far above its own and recent ones (peerd/net/limits.py
 NormGate), so one member cannot swamp the outer step with a huge but well-formed update.
 """
@@ -41,8 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -54,11 +53,11 @@ from peerd.core.clock import RoundClock
 from peerd.core.config import PeerdConfig
 from peerd.core.errors import Counters
 from peerd.core.faults import FaultInjector
-from peerd.core.fragments import shard_bounds
 from peerd.core.metrics import Metrics
 from peerd.core.schedule import RoundPlan
 from peerd.core.state import OuterState
 from peerd.mixing.base import ModelWriter, RoundOutcome
+from peerd.mixing.inbox import CONTRIB, REDUCED, FromOwner, OpenRound, Shard, ShardInbox, wait_until
 from peerd.mixing.resync import StateSync
 from peerd.mixing.sync import serve_state
 from peerd.net.limits import NormGate, rms
@@ -67,33 +66,7 @@ from peerd.net.transport import Rejected
 from peerd.net.view import SwarmView
 from peerd.proto.v1 import peer_pb2
 
-MAX_WEIGHT = 1e15
 MAX_TRACKED = 256
-CONTRIB = peer_pb2.PAYLOAD_KIND_CONTRIBUTION
-REDUCED = peer_pb2.PAYLOAD_KIND_REDUCED
-
-
-@dataclass
-class _Shard:
-    weight: float
-    values: torch.Tensor
-    payload: bytes = b""
-    contributors: tuple[str, ...] = ()
-
-
-@dataclass
-class _Round:
-    plan: RoundPlan
-    me: int
-    bounds: list[tuple[int, int]]
-    contributions: dict[str, _Shard] = field(default_factory=dict)  # for the shard I own
-    reduced: dict[int, _Shard] = field(default_factory=dict)
-    owner_pending: torch.Tensor | None = None  # my reduced shard's unsent part (owner error feedback)
-    collecting: bool = True
-    open: bool = True
-    all_contributed: asyncio.Event = field(default_factory=asyncio.Event)
-    all_reduced: asyncio.Event = field(default_factory=asyncio.Event)
-    my_reduced: asyncio.Event = field(default_factory=asyncio.Event)  # an owner's reduce is done (pulls wait)
 
 
 class Diloco:
@@ -125,12 +98,11 @@ class Diloco:
         self.included: dict[str, int] = {}
         self.commits = 0
         self.late_commits = 0  # commits whose last reduced shard came after the plan's deadline
-        self._rounds: dict[int, _Round] = {}
-        self._plan_ready: dict[int, asyncio.Event] = {}
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
         # pairs a new outer state with a worker that has not merged it yet.
         self.commit_lock = asyncio.Lock()
         self.norm_gate = NormGate(cfg.security.norm_factor, cfg.security.norm_history)
+        self.inbox = ShardInbox(cfg, peer_id, rounds, self.norm_gate, state.layout.numels)
         self.sync = StateSync(cfg, peer_id, state, network, view, bridge, rounds.clock, metrics, counters,
                               self._clear_residuals)
 
@@ -194,146 +166,28 @@ class Diloco:
 
     # ---- receiving side (gRPC handlers) ----
 
+    # ---- receiving side (gRPC handlers; peerd/mixing/inbox.py) ----
+
     async def admit(self, header: peer_pb2.ShardHeader) -> float:
         """Check a shard header against the local plan of its round."""
-        if header.run_id != self.cfg.run_id:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
-        rs = await self._wait_round(header.round)
-        plan = rs.plan
-        if header.plan_id != plan.plan_id:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "sender follows another plan")
-        if header.fragment != plan.fragment or header.revision != plan.revision:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or revision for this round")
-        sender = plan.index_of(header.sender)
-        if sender < 0 or header.sender == self.peer_id:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender is not a member of this round")
-        want, density = self._spec(header.kind, plan)
-        if header.codec != want or header.block_size != self.mix.block_size:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"codec must be {want}/{self.mix.block_size}")
-        if header.kind == CONTRIB:
-            shard, deadline = rs.me, plan.collect_deadline
-            if rs.me < 0:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this member owns no shard (client mode)")
-            if header.sender in rs.contributions or not rs.collecting:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution duplicated or too late")
-        elif header.kind == REDUCED:
-            shard, deadline = sender, self.rc.late_until(plan.round, plan.deadline)
-            if shard >= plan.owners:
-                raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "sender owns no shard in this round")
-            if shard in rs.reduced or not rs.open:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard duplicated or too late")
-        else:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "unknown payload kind")
-        start, end = rs.bounds[shard]
-        if header.shard != shard or header.numel != end - start:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong shard index or shape")
-        if header.payload_bytes != codec.encoded_size(want, end - start, self.mix.block_size, density):
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "payload size does not match codec and shape")
-        if not (math.isfinite(header.weight) and 0 <= header.weight <= MAX_WEIGHT):
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "weight out of range")
-        return deadline
+        return await self.inbox.admit(header)
 
     async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
         """Decode, check and store a complete shard payload."""
-        rs = self._rounds.get(header.round)
-        if rs is None or rs.plan.plan_id != header.plan_id:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
-        try:
-            values = await asyncio.to_thread(codec.decode, payload, header.codec, header.numel, header.block_size,
-                                             density=self._spec(header.kind, rs.plan)[1])
-        except codec.CodecError as exc:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
-        if not bool(torch.isfinite(values).all()):
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
-        if header.kind == REDUCED:
-            # A mean is no larger than its largest contribution, each of which its owner held within
-            # factor x the round's median: a reduced shard beyond factor^2 x the median of the
-            # contributions this peer holds comes from a hostile or broken owner. (Fewer than three
-            # contributions: no trusted scale, accepted.)
-            ref = self.norm_gate.reference(
-                rs.plan.fragment, [rms(c.values) for c in list(rs.contributions.values()) if c.weight > 0])
-            if ref is not None and not self.norm_gate.admits(rms(values), ref * self.norm_gate.factor):
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "reduced shard norm far outside the swarm's range")
-        shard = _Shard(header.weight, values, payload, tuple(header.contributors))
-        if header.kind == CONTRIB:
-            if not rs.collecting or header.sender in rs.contributions:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "contribution too late")
-            rs.contributions[header.sender] = shard
-            if len(rs.contributions) == len(rs.plan.members):
-                rs.all_contributed.set()
-        else:
-            if not rs.open or header.shard in rs.reduced:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "reduced shard too late")
-            rs.reduced[header.shard] = shard
-            if len(rs.reduced) == rs.plan.owners:
-                rs.all_reduced.set()
+        await self.inbox.deliver(header, payload)
 
     async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
-        """A client-mode member pulls this owner's reduced shard: wait for the reduce, bounded by the plan.
-
-        Raises:
-            Rejected: wrong run or plan, not a client member, not this owner's shard, or no reduce in time.
-        """
-        if request.run_id != self.cfg.run_id:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
-        rs = await self._wait_round(request.round)
-        plan = rs.plan
-        if request.plan_id != plan.plan_id:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
-        if plan.index_of(request.requester) < 0 or not plan.is_client(request.requester):
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not a client member of this round")
-        if rs.me < 0 or request.shard != rs.me:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "this peer does not own that shard")
-        await self._wait_until(rs.my_reduced, plan.deadline)
-        reduced = rs.reduced.get(rs.me)
-        if reduced is None or self.rc.now() >= self.rc.late_until(plan.round, plan.deadline):
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no reduced shard before the round's deadline")
-        start, end = rs.bounds[rs.me]
-        return self._header(plan, REDUCED, rs.me, end - start, reduced.weight, reduced.contributors), reduced.payload
-
-    async def _wait_round(self, r: int) -> _Round:
-        rs = self._rounds.get(r)
-        if rs is not None:
-            return rs
-        # A fast member may push before this peer has read the plan from the DHT: wait for it,
-        # but never past the round's deadline, and only for rounds near the current one.
-        rs_deadline = self.rc.deadline(r)
-        if not self.rc.accepts_pushes_for(r, self.rc.now()):
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round is not open")
-        event = self._plan_ready.setdefault(r, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), max(0.0, rs_deadline - self.rc.now()))
-        except TimeoutError:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this peer has no plan for the round") from None
-        finally:
-            if not event.is_set():
-                self._plan_ready.pop(r, None)
-        return self._rounds[r]
-
-    def _spec(self, kind: int, plan: RoundPlan) -> tuple[str, float]:
-        """Codec and density of a payload kind: a reduced sparse mean is denser (codec.reduced_spec)."""
-        if kind == REDUCED:
-            return codec.reduced_spec(self.mix.codec, self.mix.sparse_density, len(plan.members), self.mix.block_size,
-                                      self.mix.reduced_density)
-        return self.mix.codec, self.mix.sparse_density
+        """A client-mode member pulls this owner's reduced shard (waits for the reduce, bounded by the plan)."""
+        return await self.inbox.reduced_for(request)
 
     # ---- sending side ----
 
-    def _header(self, plan: RoundPlan, kind: int, shard: int, numel: int, weight: float,
-                contributors: tuple[str, ...] = ()) -> peer_pb2.ShardHeader:
-        return peer_pb2.ShardHeader(
-            run_id=self.cfg.run_id, round=plan.round, fragment=plan.fragment, revision=plan.revision,
-            sender=self.peer_id, plan_id=plan.plan_id, kind=kind, shard=shard, numel=numel,
-            codec=self._spec(kind, plan)[0], block_size=self.mix.block_size, weight=weight,
-            contributors=list(contributors),
-        )
-
-    async def _pull_all(self, plan: RoundPlan, rs: _Round) -> int:
+    async def _pull_all(self, plan: RoundPlan, rs: OpenRound) -> int:
         """Client mode: pull every owner's reduced shard (retried while the round lasts)."""
         async def one(idx: int) -> bool:
             request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
                                            requester=self.peer_id, shard=idx)
-            sink = _FromOwner(self, plan.members[idx])
+            sink = FromOwner(self.inbox, plan.members[idx])
             until = self.rc.late_until(plan.round, plan.deadline)
             while idx not in rs.reduced and self.rc.now() < until:
                 try:
@@ -370,18 +224,9 @@ class Diloco:
         results = await asyncio.gather(*(one(*it) for it in items))
         return sum(results)
 
-    def open_round(self, plan: RoundPlan) -> _Round:
-        """Register a plan so that pushes for its round are admitted (and wake waiting handlers)."""
-        bounds = shard_bounds(self.state.layout.numels[plan.fragment], plan.owners, self.mix.block_size)
-        me = plan.index_of(self.peer_id)
-        rs = _Round(plan=plan, me=me if me < plan.owners else -1, bounds=bounds)
-        self._rounds[plan.round] = rs
-        self._plan_ready.setdefault(plan.round, asyncio.Event()).set()
-        return rs
-
     async def run(self, plan: RoundPlan) -> RoundOutcome:
         """Take part in a round as a member; returns after commit or abort (by ``rc.late_until``)."""
-        rs = self.open_round(plan)
+        rs = self.inbox.open_round(plan)
         me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
         late = self.rc.late_until(plan.round, plan.deadline)  # reduced shards may arrive until then
         owners = plan.owners
@@ -406,14 +251,14 @@ class Diloco:
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             if me >= 0:
                 own = payloads[me]
-                rs.contributions[self.peer_id] = _Shard(
+                rs.contributions[self.peer_id] = Shard(
                     weight, await asyncio.to_thread(codec.decode, own, self.mix.codec,
                                                     bounds[me][1] - bounds[me][0], self.mix.block_size,
                                                     density=self.mix.sparse_density))
                 if len(rs.contributions) == n:
                     rs.all_contributed.set()
             self.faults.hit("before_send")
-            sends = [(i, self._header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], weight), payloads[i])
+            sends = [(i, self.inbox.header(plan, CONTRIB, i, bounds[i][1] - bounds[i][0], weight), payloads[i])
                      for i in range(owners) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
             contributors = 0
@@ -422,7 +267,7 @@ class Diloco:
                 await send_task
                 contributors = min((len(s.contributors) for s in rs.reduced.values()), default=0)
             else:
-                await self._wait_until(rs.all_contributed, plan.collect_deadline)
+                await wait_until(self.rc, rs.all_contributed, plan.collect_deadline)
                 rs.collecting = False
                 reduced = await asyncio.to_thread(self._reduce, rs)
                 rs.reduced[me] = reduced
@@ -430,13 +275,13 @@ class Diloco:
                 if len(rs.reduced) == owners:
                     rs.all_reduced.set()
                 # Clients are not dialled: they pull this shard (reduced_for) on calls of their own.
-                out = [(i, self._header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
+                out = [(i, self.inbox.header(plan, REDUCED, me, bounds[me][1] - bounds[me][0], reduced.weight,
                                         reduced.contributors), reduced.payload) for i in range(owners) if i != me]
                 await self._push_all(plan, out, late)
                 await send_task
                 contributors = len(reduced.contributors)
             self.faults.hit("after_send")
-            await self._wait_until(rs.all_reduced, late)
+            await wait_until(self.rc, rs.all_reduced, late)
             rs.open = False
             if len(rs.reduced) < owners:
                 missing = tuple(m for i, m in enumerate(plan.members[:owners]) if i not in rs.reduced)
@@ -474,9 +319,7 @@ class Diloco:
             if snap is not None:
                 with contextlib.suppress(BridgeFull):  # the worker drops stale snapshots itself
                     self.bridge.submit("discard", token=snap.token)
-            for old in [k for k in self._rounds if k < plan.round - 2]:
-                self._rounds.pop(old, None)
-                self._plan_ready.pop(old, None)
+            self.inbox.prune(plan.round)
 
     def _push_bytes(self, plan: RoundPlan) -> int:
         """Bytes this member pushes as contributions in ``plan`` (its fragment less its own shard)."""
@@ -502,7 +345,7 @@ class Diloco:
             pending[start:end] = new_res
         return payloads, pending
 
-    def _reduce(self, rs: _Round) -> _Shard:
+    def _reduce(self, rs: OpenRound) -> Shard:
         start, end = rs.bounds[rs.me]
         acc = torch.zeros(end - start, dtype=torch.float32)
         total = 0.0
@@ -512,7 +355,7 @@ class Diloco:
             if c.weight > 0:
                 acc.add_(c.values * c.weight)
                 total += c.weight
-        spec, density = self._spec(REDUCED, rs.plan)
+        spec, density = self.inbox.spec(REDUCED, rs.plan)
         if total > 0:
             acc.div_(total)
             if self._owner_feedback():
@@ -521,13 +364,13 @@ class Diloco:
         values = codec.decode(payload, spec, end - start, self.mix.block_size, density=density)
         if total > 0 and self._owner_feedback():
             rs.owner_pending = acc - values
-        return _Shard(total, values, payload, names)
+        return Shard(total, values, payload, names)
 
     def _owner_feedback(self) -> bool:
         """Whether owners keep what a sparse reduced mean leaves out (``mixing.reduced_density``)."""
         return self.mix.reduced_density is not None and self.mix.codec in codec.SPARSE
 
-    def _plausible(self, rs: _Round) -> tuple[str, ...]:
+    def _plausible(self, rs: OpenRound) -> tuple[str, ...]:
         """Contributors in plan order, less those the norm gate drops (counted; see NormGate).
 
         One RMS per contribution and one reference per round, so the verdict on a contribution
@@ -547,7 +390,7 @@ class Diloco:
             kept.append(name)
         return tuple(kept)
 
-    def _commit(self, rs: _Round, pending_residual: torch.Tensor | None) -> None:
+    def _commit(self, rs: OpenRound, pending_residual: torch.Tensor | None) -> None:
         plan = rs.plan
         mean = torch.cat([rs.reduced[i].values for i in range(plan.owners)])
         if sum(rs.reduced[i].weight for i in range(plan.owners)) > 0:
@@ -561,21 +404,5 @@ class Diloco:
             start, end = rs.bounds[rs.me]
             self.owner_residuals[plan.fragment][start:end] = rs.owner_pending
 
-    async def _wait_until(self, event: asyncio.Event, deadline: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, deadline - self.rc.now()))
 
 
-class _FromOwner:
-    """The sink of one pull: the header must come from the owner asked, then the mixer's own checks."""
-
-    def __init__(self, mixer: Diloco, owner: str) -> None:
-        self.mixer, self.owner = mixer, owner
-
-    async def admit(self, header: peer_pb2.ShardHeader) -> float:
-        if header.sender != self.owner or header.kind != REDUCED:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "pulled shard is not the asked owner's reduced shard")
-        return await self.mixer.admit(header)
-
-    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
-        await self.mixer.deliver(header, payload)

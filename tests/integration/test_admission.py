@@ -93,11 +93,11 @@ async def test_only_valid_fresh_credentials_get_in_streaming_included(secure: Se
         assert await refused_code(offer) == grpc.StatusCode.UNAUTHENTICATED
         unknown = ch.unary_unary("/peerd.v1.Peer/Admin")
         assert await refused_code(unknown(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-    assert h.diloco._rounds[plan.round].contributions == {}
+    assert h.diloco.inbox.get(plan.round).contributions == {}
     # An honest member with the secret gets in; replaying its exact credential does not.
     md = auth.credential(KEY, "other", PUSH_METHOD)
     await raw_push(h, header, payload, md)
-    assert "other" in h.diloco._rounds[plan.round].contributions
+    assert "other" in h.diloco.inbox.get(plan.round).contributions
     assert await refused_code(raw_push(h, header, payload, md)) == grpc.StatusCode.UNAUTHENTICATED
     assert h.state.state_hash() == before
     assert sorted(set(h.refused)) == ["bad_mac", "expired", "missing", "replay"]
@@ -111,7 +111,7 @@ async def test_honest_transport_client_pushes_and_fetches_state(secure: SecureHa
     c = client()
     try:
         await c.push_shard(f"127.0.0.1:{h.transport.port}", header, payload, 10)
-        assert "other" in h.diloco._rounds[plan.round].contributions
+        assert "other" in h.diloco.inbox.get(plan.round).contributions
         req = peer_pb2.FetchStateRequest(run_id="peerd", requester="other")
         state_header, data = await c.fetch_state(f"127.0.0.1:{h.transport.port}", req, max_bytes=1 << 24)
         assert state_header.total_bytes == len(data) > 0
@@ -131,7 +131,7 @@ async def test_header_sender_must_match_the_credential(secure: SecureHarness) ->
     header, payload = good_header(secure, plan)
     md = auth.credential(KEY, "someone-else", PUSH_METHOD)
     assert await refused_code(raw_push(secure, header, payload, md)) == grpc.StatusCode.PERMISSION_DENIED
-    assert secure.diloco._rounds[plan.round].contributions == {}
+    assert secure.diloco.inbox.get(plan.round).contributions == {}
 
 
 async def test_per_peer_stream_cap_and_stalled_streams_are_cut() -> None:
@@ -196,7 +196,7 @@ async def test_garbage_bytes_and_half_open_connections_leave_the_peer_serving(se
             await asyncio.wait_for(c.push_shard(f"127.0.0.1:{secure.transport.port}", header, payload, 10), 15)
         finally:
             await c.stop(0)
-        assert "other" in secure.diloco._rounds[plan.round].contributions
+        assert "other" in secure.diloco.inbox.get(plan.round).contributions
     finally:
         for s in socks:
             s.close()
@@ -230,7 +230,7 @@ async def test_mutual_tls_with_operator_certificates(tmp_path: Path) -> None:
         plan = open_plan(h)
         header, payload = good_header(h, plan)
         await c.push_shard(f"127.0.0.1:{h.transport.port}", header, payload, 10)
-        assert "other" in h.diloco._rounds[plan.round].contributions
+        assert "other" in h.diloco.inbox.get(plan.round).contributions
         # Plaintext, and TLS without a client certificate, do not get through the handshake.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw_push(h, header, payload, auth.credential(KEY, "other", PUSH_METHOD))

@@ -52,7 +52,7 @@ def open_plan(h: Harness, members: tuple[str, ...] = ("me", "other")):
     assert plan is not None
     # Give the test a full round of time regardless of where in the round we are.
     plan = type(plan)(**{**plan.__dict__, "collect_deadline": now + 20, "deadline": now + 25})
-    h.diloco.open_round(plan)
+    h.diloco.inbox.open_round(plan)
     return plan
 
 
@@ -85,7 +85,7 @@ async def test_valid_contribution_is_accepted(harness: Harness) -> None:
     header, payload = good_header(harness, plan)
     reply = await push(harness, header, [payload[:1000], payload[1000:]])
     assert reply.accepted_bytes == len(payload)
-    assert "other" in harness.diloco._rounds[plan.round].contributions
+    assert "other" in harness.diloco.inbox.get(plan.round).contributions
 
 
 def _mutations(h: Harness, plan):
@@ -123,7 +123,7 @@ async def test_malformed_streams_are_refused_and_state_untouched(harness: Harnes
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await push(harness, header, [payload])
         assert err.value.code() == code, name
-        assert harness.diloco._rounds[plan.round].contributions == {}, name
+        assert harness.diloco.inbox.get(plan.round).contributions == {}, name
     assert harness.state.state_hash() == before and harness.state.revision == 0
     assert len(harness.rejected) >= 14
 
@@ -140,7 +140,7 @@ async def test_truncated_and_oversized_streams_are_refused(harness: Harness) -> 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await push(harness, header, [b"x" * (MAX_CHUNK_BYTES + 1)])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert harness.diloco._rounds[plan.round].contributions == {}
+    assert harness.diloco.inbox.get(plan.round).contributions == {}
 
 
 async def test_non_finite_payload_is_refused(harness: Harness) -> None:
@@ -152,7 +152,7 @@ async def test_non_finite_payload_is_refused(harness: Harness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await push(harness, header, [bytes(bad)])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert harness.diloco._rounds[plan.round].contributions == {}
+    assert harness.diloco.inbox.get(plan.round).contributions == {}
 
 
 async def test_push_for_unknown_round_is_refused_without_waiting_forever(harness: Harness) -> None:

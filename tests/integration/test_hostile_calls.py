@@ -122,7 +122,7 @@ async def test_a_member_holding_300_idle_streams_cannot_deny_another_push_or_a_j
         header, payload = good_header(h, plan)
         endpoint = f"127.0.0.1:{h.transport.port}"
         await asyncio.wait_for(honest.push_shard(endpoint, header, payload, 10), 15)
-        assert "other" in h.diloco._rounds[plan.round].contributions
+        assert "other" in h.diloco.inbox.get(plan.round).contributions
         req = peer_pb2.FetchStateRequest(run_id="peerd", requester="joiner")
         state_header, data = await asyncio.wait_for(joiner.fetch_state(endpoint, req, max_bytes=1 << 24), 15)
         assert state_header.total_bytes == len(data) > 0
@@ -153,8 +153,8 @@ async def test_a_stream_waiting_for_its_plan_holds_its_peers_slot() -> None:
             await asyncio.sleep(round_s - time.time() % round_s + 0.01)
         plan = open_plan(h)
         header, payload = good_header(h, plan)
-        h.diloco._rounds.pop(plan.round)  # this peer has not read the round's plan yet
-        h.diloco._plan_ready.pop(plan.round, None)
+        h.diloco.inbox._rounds.pop(plan.round)  # this peer has not read the round's plan yet
+        h.diloco.inbox._plan_ready.pop(plan.round, None)
         waiting = asyncio.create_task(c.push_shard(f"127.0.0.1:{h.transport.port}", header, payload, 10))
 
         async def holds() -> None:
@@ -166,9 +166,9 @@ async def test_a_stream_waiting_for_its_plan_holds_its_peers_slot() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:  # the waiting stream uses the peer's only slot
             await c.push_shard(f"127.0.0.1:{h.transport.port}", header, payload, 10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        h.diloco.open_round(plan)  # the plan arrives: the waiting stream is admitted and delivered
+        h.diloco.inbox.open_round(plan)  # the plan arrives: the waiting stream is admitted and delivered
         await asyncio.wait_for(waiting, 15)
-        assert "other" in h.diloco._rounds[plan.round].contributions
+        assert "other" in h.diloco.inbox.get(plan.round).contributions
     finally:
         await c.stop(0)
         await h.transport.stop(0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from peerd.core import codec
-from peerd.mixing.diloco import _Shard
+from peerd.mixing.inbox import Shard
 from peerd.net.transport import checksum
 from peerd.proto.v1 import peer_pb2
 from tests.integration.test_bad_streams import Harness, good_header, harness, open_plan, push  # noqa: F401
@@ -31,9 +31,9 @@ async def test_huge_contribution_is_dropped_from_the_reduce_and_counted(harness:
     counted: list[str] = []
     h.diloco.on_rejected = counted.append
     plan = open_plan(h, MEMBERS)
-    rs = h.diloco._rounds[plan.round]
+    rs = h.diloco.inbox.get(plan.round)
     numel = good_header(h, plan)[0].numel
-    rs.contributions["me"] = _Shard(16.0, torch.full((numel,), 0.012))  # this peer's own contribution
+    rs.contributions["me"] = Shard(16.0, torch.full((numel,), 0.012))  # this peer's own contribution
     for sender, scale in (("other", 1.0), ("third", 1e4)):
         header, payload = scaled(h, plan, sender, scale)
         await push(h, header, [payload])
@@ -46,11 +46,11 @@ async def test_huge_contribution_is_dropped_from_the_reduce_and_counted(harness:
 async def test_huge_reduced_shard_is_refused(harness: Harness) -> None:  # noqa: F811
     h = harness
     plan = open_plan(h, MEMBERS)
-    rs = h.diloco._rounds[plan.round]
+    rs = h.diloco.inbox.get(plan.round)
     numel = good_header(h, plan)[0].numel
     # The contributions this peer holds for its own shard set the scale (median of three).
     for name, v in (("me", 0.01), ("other", 0.012), ("third", 0.009)):
-        rs.contributions[name] = _Shard(16.0, torch.full((numel,), v))
+        rs.contributions[name] = Shard(16.0, torch.full((numel,), v))
     owner = next(m for m in plan.members if m != "me")
     header, payload = scaled(h, plan, owner, 1e4)
     header.kind = peer_pb2.PAYLOAD_KIND_REDUCED

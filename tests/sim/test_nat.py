@@ -21,7 +21,7 @@ def _counted(w: World, counted: dict[str, list[bool]], r: int) -> None:
     clients = [w.peer_id(i) for i in w.sc.clients]
     shards = []
     for p in w.live():
-        rs = p.node.mixer._rounds.get(r)
+        rs = p.node.mixer.inbox.get(r)
         if rs is not None and rs.me >= 0:
             shards.append(rs.reduced.get(rs.me))
     if not shards:
@@ -128,7 +128,7 @@ def _capped_run(cap_aware: bool, seed: int = 3) -> World:
 
 def _weighted(w: World, r: int, out: list[bool]) -> None:
     """Whether peer 0 (an owner) holds peer 3's contribution of round ``r`` with its samples (not a weightless one)."""
-    rs = w.peers[0].node.mixer._rounds.get(r)
+    rs = w.peers[0].node.mixer.inbox.get(r)
     if rs is not None and rs.me >= 0:
         got = rs.contributions.get("peer-03")
         out.append(got is not None and got.weight > 0)

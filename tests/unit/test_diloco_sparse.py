@@ -19,7 +19,8 @@ from peerd.core.config import load_config
 from peerd.core.fragments import FragmentLayout
 from peerd.core.schedule import Candidate, make_plan, rendezvous_order
 from peerd.core.state import OuterState
-from peerd.mixing.diloco import CONTRIB, REDUCED, Diloco, _Shard
+from peerd.mixing.diloco import Diloco
+from peerd.mixing.inbox import CONTRIB, REDUCED, Shard
 from peerd.net.transport import checksum
 from tests.fakes import make_diloco
 
@@ -48,8 +49,8 @@ def _plan(swarm: list[Diloco], r: int):
 
 async def _send(sender: Diloco, to: Diloco, plan, kind: int, shard: int, weight: float, payload: bytes,
                 contributors: tuple[str, ...] = ()) -> None:
-    rs = to._rounds[plan.round]
-    header = sender._header(plan, kind, shard, rs.bounds[shard][1] - rs.bounds[shard][0], weight, contributors)
+    rs = to.inbox.get(plan.round)
+    header = sender.inbox.header(plan, kind, shard, rs.bounds[shard][1] - rs.bounds[shard][0], weight, contributors)
     header.payload_bytes, header.checksum = len(payload), checksum(payload)
     await to.admit(header)  # the receiver's own size check: the payload size follows from numel alone
     await to.deliver(header, payload)
@@ -60,7 +61,7 @@ async def _round(swarm: list[Diloco], r: int, step: int, commit: bool = True) ->
     p, n = plan.fragment, len(plan.members)
     by_name = {d.peer_id: d for d in swarm}
     members = [by_name[m] for m in plan.members]
-    rounds = [d.open_round(plan) for d in members]
+    rounds = [d.inbox.open_round(plan) for d in members]
     pending = {}
     for i, d in enumerate(members):
         # Every member trained differently: its worker is the outer state plus its own drift.
@@ -68,7 +69,7 @@ async def _round(swarm: list[Diloco], r: int, step: int, commit: bool = True) ->
         snap = Snapshot(token=step, fragment=p, theta=d.state.theta(p) - drift, samples=16 + i, step=step)
         payloads, pending[d.peer_id] = d._encode_contribution(p, snap, rounds[i].bounds)
         lo, hi = rounds[i].bounds[i]
-        rounds[i].contributions[d.peer_id] = _Shard(float(snap.samples), codec.decode(
+        rounds[i].contributions[d.peer_id] = Shard(float(snap.samples), codec.decode(
             payloads[i], d.mix.codec, hi - lo, d.mix.block_size, density=d.mix.sparse_density))
         for j, other in enumerate(members):
             if j != i:
@@ -124,7 +125,7 @@ def test_sparse_reduced_mean_with_owner_feedback(codec_name: str) -> None:
             assert len(reduced) == 4
             assert len({d.state.state_hash() for d in swarm}) == 1, f"round {k}: members disagree"
             for d in swarm:  # each owner: what it sent plus what it kept is its mean plus its old residual
-                rs = d._rounds[plan.round]
+                rs = d.inbox.get(plan.round)
                 lo, hi = rs.bounds[rs.me]
                 mean, total = torch.zeros(hi - lo), 0.0
                 for c in rs.contributions.values():

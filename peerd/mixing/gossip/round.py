@@ -46,9 +46,9 @@ from peerd.core.metrics import Metrics
 from peerd.core.schedule import RoundPlan
 from peerd.core.state import OuterState
 from peerd.mixing.base import ModelWriter, RoundOutcome
-from peerd.mixing.diloco import MAX_WEIGHT
 from peerd.mixing.gossip import a2cid2, mixing, topology
 from peerd.mixing.gossip.churn import GossipChurn
+from peerd.mixing.inbox import MAX_WEIGHT
 from peerd.net.ports import NetworkPort
 from peerd.net.transport import Rejected
 from peerd.net.view import SwarmView
