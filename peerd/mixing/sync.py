@@ -63,8 +63,11 @@ def serve_state(
 
 
 def verify_state(state: OuterState, header: peer_pb2.StateHeader, payload: bytes, seconds: float,
-                 wanted: set[int] | None = None) -> SyncedState:
+                 wanted: set[int] | None = None, local: tuple[str, ...] | None = None) -> SyncedState:
     """Receiver side: check a donor reply (for the ``wanted`` fragments, default all) against its hashes.
+
+    Fragments not sent must equal ``local`` (default: ``state``'s own hashes; a gossip joiner's
+    claim passes those of the copy it holds but has not installed yet).
 
     Raises:
         SyncError: shapes, sizes or hashes do not match (nothing is installed).
@@ -90,7 +93,7 @@ def verify_state(state: OuterState, header: peer_pb2.StateHeader, payload: bytes
         if fragment_hash(t, m) != header.fragment_hashes[f]:
             raise SyncError(f"fragment {f}: hash mismatch after transfer")
         theta[f], momentum[f] = t, m
-    local = state.fragment_hashes
+    local = state.fragment_hashes if local is None else local
     for f in wanted if wanted is not None else range(layout.num_fragments):
         if f not in theta and local[f] != header.fragment_hashes[f]:
             raise SyncError(f"fragment {f}: not sent but differs (donor changed?)")

@@ -13,9 +13,10 @@ topology (:mod:`peerd.mixing.gossip.topology`), so the pairs are one fact like t
    acknowledged this peer's (the push returned OK). A partner that is slow, dead or follows
    another plan leaves the pair unconfirmed: the round is skipped with state untouched and the
    worker keeps training. Receivers stop accepting at the plan's collect deadline and senders
-   wait until its deadline, so an acknowledgement has the rest of the round to arrive; only a
-   lost acknowledgement can make one side commit alone, which moves the swarm's mean by at most
-   that pair's disagreement (like a crash).
+   wait until its deadline, so an acknowledgement has the rest of the round to arrive. A lost
+   acknowledgement lets the partner commit alone: the side that holds the partner's message but
+   no acknowledgement keeps the exchange in doubt and asks the partner for its decision after
+   the round (:mod:`peerd.mixing.gossip.doubt`), so the pair's mass is conserved once it answers.
 4. Commit: both sides apply exactly complementary mass updates (:mod:`peerd.mixing.gossip.mixing`),
    mirror ``theta = z/w`` into :class:`peerd.core.state.OuterState` (so checkpoints, status and
    summaries work unchanged) and merge it into the worker, replaying the steps taken meanwhile.
@@ -48,6 +49,7 @@ from peerd.core.state import OuterState
 from peerd.mixing.base import ModelWriter, RoundOutcome
 from peerd.mixing.gossip import a2cid2, mixing, topology
 from peerd.mixing.gossip.churn import GossipChurn
+from peerd.mixing.gossip.doubt import OUTCOME_SHARD, Doubt, DoubtLedger
 from peerd.mixing.inbox import MAX_WEIGHT
 from peerd.net.ports import NetworkPort
 from peerd.net.transport import Rejected
@@ -75,6 +77,7 @@ class _Pair:
     # With a client partner: this peer's message waits here until the client pulls it.
     outgoing: tuple[peer_pb2.ShardHeader, bytes] | None = None
     prepared: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # decided: a partner may ask for the outcome
 
 
 @dataclass
@@ -115,6 +118,7 @@ class GossipMixer:
         self._plan_ready: dict[int, asyncio.Event] = {}
         self._acc: dict[tuple[str, int], a2cid2.A2cid2Constants] = {}
         self.churn = GossipChurn(cfg, peer_id, state, network, view, rounds.clock, counters, self)
+        self.doubts = DoubtLedger(self)
 
     def on_rejected(self, reason: str) -> None:
         """Count a refused stream."""
@@ -157,6 +161,8 @@ class GossipMixer:
         """
         if request.run_id != self.cfg.run_id:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        if request.shard == OUTCOME_SHARD:  # a partner in doubt asks whether this peer committed
+            return await self.doubts.answer(request)
         rs = await self._wait_round(request.round)
         if request.plan_id != rs.plan.plan_id:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
@@ -168,7 +174,7 @@ class GossipMixer:
         return rs.outgoing
 
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
-        """Serve ``theta``; a cloning joiner (``take_mass``) gets half of this peer's mass."""
+        """Serve ``theta``; a cloning joiner's claim (or an older joiner's ``take_mass``) gets half of the mass."""
         return await self.churn.serve(request)
 
     def export(self) -> dict[str, Any]:
@@ -202,6 +208,8 @@ class GossipMixer:
         """Check a gossip message (or a leaver's hand-off) before reading its payload."""
         if header.run_id != self.cfg.run_id:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        if header.kind == GOSSIP and header.shard == OUTCOME_SHARD:
+            return self.doubts.admit(header)  # a partner's answer about an exchange in doubt
         if header.fragment >= len(self.z) or header.numel != self.z[header.fragment].numel():
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or shape")
         if header.anchor != self.anchor_ids[header.fragment]:
@@ -237,6 +245,9 @@ class GossipMixer:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
             await self.absorb(header.fragment, theta, header.weight)
             return
+        if header.shard == OUTCOME_SHARD:
+            await self.doubts.settle(header)
+            return
         rs = self._rounds.get(header.round)
         if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or self.rc.now() > rs.plan.collect_deadline:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
@@ -246,6 +257,10 @@ class GossipMixer:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload: {exc}") from None
         if not bool(torch.isfinite(u).all()) or rs.other_u is not None:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values or duplicate")
+        if not rs.open:
+            # The round was decided while the payload was decoded: taking it now would acknowledge
+            # a message this side did not use, and the sender would commit alone.
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
         rs.other_u, rs.other_w = u, float(header.weight)
         rs.received.set()
 
@@ -336,8 +351,15 @@ class GossipMixer:
                 if not acked or rs.other_u is None:
                     log.info("gossip_unconfirmed", round=plan.round, partner=partner[-8:], acked=acked,
                              received=rs.other_u is not None, error=self._last_error)
+                    if rs.other_u is not None:
+                        # The partner may hold this peer's message and have committed (only the
+                        # acknowledgement was lost): ask it after the round instead of guessing.
+                        self.doubts.keep(Doubt(plan, partner, pend.u, pend.w, rs.other_u, rs.other_w))
+                    else:
+                        self.doubts.decide(plan.round, partner, False)
                     return RoundOutcome(False, "unconfirmed", missing=() if acked else (partner,))
                 theta = await asyncio.to_thread(self._commit, plan, pend, rs.other_u, rs.other_w)
+                self.doubts.decide(plan.round, partner, True)
                 if snap is not None:
                     self.bridge.submit("merge", token=snap.token, theta=theta)
                     snap = None
@@ -346,6 +368,7 @@ class GossipMixer:
             return RoundOutcome(True, "ok", 2)
         finally:
             rs.open = False
+            rs.closed.set()
             if snap is not None:
                 with contextlib.suppress(BridgeFull):
                     self.bridge.submit("discard", token=snap.token)
@@ -428,15 +451,19 @@ class GossipMixer:
         hold bit-identical halves; that snap is the only (fp32-rounding) change to the swarm's mass.
         """
         async with self.lock:
-            snap = self.outer.snapshot()
-            out = []
-            for f in range(len(self.z)):
-                z, w = mixing.split(snap.theta[f].double() * self.w[f], self.w[f])
-                self.z[f], self.w[f] = z, w
-                if self.zt is not None:
-                    self.zt[f] = z.clone()
-                out.append(w)
-            return out
+            return self.split_locked()
+
+    def split_locked(self) -> list[float]:
+        """:meth:`donate` for a caller that holds :attr:`lock` (and served the theta under it)."""
+        snap = self.outer.snapshot()
+        out = []
+        for f in range(len(self.z)):
+            z, w = mixing.split(snap.theta[f].double() * self.w[f], self.w[f])
+            self.z[f], self.w[f] = z, w
+            if self.zt is not None:
+                self.zt[f] = z.clone()
+            out.append(w)
+        return out
 
     async def absorb(self, fragment: int, theta: torch.Tensor, weight: float) -> None:
         """Take over a leaver's mass for one fragment; the worker keeps its own local progress."""

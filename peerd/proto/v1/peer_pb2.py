@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19peerd/proto/v1/peer.proto\x12\x08peerd.v1\"\xb6\x02\n\x0bShardHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x10\n\x08\x66ragment\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x0f\n\x07plan_id\x18\x06 \x01(\t\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.peerd.v1.PayloadKind\x12\r\n\x05shard\x18\x08 \x01(\r\x12\r\n\x05numel\x18\t \x01(\x04\x12\r\n\x05\x63odec\x18\n \x01(\t\x12\x12\n\nblock_size\x18\x0b \x01(\r\x12\x0e\n\x06weight\x18\x0c \x01(\x01\x12\x15\n\rpayload_bytes\x18\r \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x0e \x01(\x0c\x12\x14\n\x0c\x63ontributors\x18\x0f \x03(\t\x12\x0e\n\x06\x61nchor\x18\x10 \x01(\t\"M\n\nShardChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.peerd.v1.ShardHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"+\n\x11PushShardResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_bytes\x18\x01 \x01(\x04\"u\n\x11\x46\x65tchStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x17\n\x0f\x66ragment_hashes\x18\x03 \x03(\t\x12\x11\n\tfragments\x18\x04 \x03(\r\x12\x11\n\ttake_mass\x18\x05 \x01(\x08\"\x9d\x01\n\x0bStateHeader\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x17\n\x0f\x66ragment_hashes\x18\x02 \x03(\t\x12\x11\n\tfragments\x18\x03 \x03(\r\x12\x0e\n\x06numels\x18\x04 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x15\n\rsamples_per_s\x18\x06 \x01(\x01\x12\x14\n\x0cmass_weights\x18\x07 \x03(\x01\"M\n\nStateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.peerd.v1.StateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\tPlanOffer\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tpublisher\x18\x02 \x01(\t\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"\"\n\x0ePlanOfferReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"_\n\x0bPullRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05shard\x18\x05 \x01(\r\"g\n\x0f\x44ialBackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x10\n\x08\x64ht_port\x18\x05 \x01(\r\"r\n\rDialBackReply\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x13\n\x0b\x64ht_checked\x18\x03 \x01(\x08\x12\x15\n\rdht_reachable\x18\x04 \x01(\x08\x12\x12\n\ndht_detail\x18\x05 \x01(\t\"V\n\x0fHandStateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x64onor\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.peerd.v1.StateHeader\"U\n\x0eHandStateChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.peerd.v1.HandStateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x0eHandStateReply\x12\x11\n\tinstalled\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x1c\n\x0bPingRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"+\n\tPingReply\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x02 \x01(\t*\x97\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_CONTRIBUTION\x10\x01\x12\x18\n\x14PAYLOAD_KIND_REDUCED\x10\x02\x12\x17\n\x13PAYLOAD_KIND_GOSSIP\x10\x03\x12\x18\n\x14PAYLOAD_KIND_HANDOFF\x10\x04\x32\xba\x03\n\x04Peer\x12:\n\tOfferPlan\x12\x13.peerd.v1.PlanOffer\x1a\x18.peerd.v1.PlanOfferReply\x12@\n\tPushShard\x12\x14.peerd.v1.ShardChunk\x1a\x1b.peerd.v1.PushShardResponse(\x01\x12\x41\n\nFetchState\x12\x1b.peerd.v1.FetchStateRequest\x1a\x14.peerd.v1.StateChunk0\x01\x12:\n\tPullShard\x12\x15.peerd.v1.PullRequest\x1a\x14.peerd.v1.ShardChunk0\x01\x12>\n\x08\x44ialBack\x12\x19.peerd.v1.DialBackRequest\x1a\x17.peerd.v1.DialBackReply\x12\x32\n\x04Ping\x12\x15.peerd.v1.PingRequest\x1a\x13.peerd.v1.PingReply\x12\x41\n\tHandState\x12\x18.peerd.v1.HandStateChunk\x1a\x18.peerd.v1.HandStateReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19peerd/proto/v1/peer.proto\x12\x08peerd.v1\"\xb6\x02\n\x0bShardHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x10\n\x08\x66ragment\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x0f\n\x07plan_id\x18\x06 \x01(\t\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.peerd.v1.PayloadKind\x12\r\n\x05shard\x18\x08 \x01(\r\x12\r\n\x05numel\x18\t \x01(\x04\x12\r\n\x05\x63odec\x18\n \x01(\t\x12\x12\n\nblock_size\x18\x0b \x01(\r\x12\x0e\n\x06weight\x18\x0c \x01(\x01\x12\x15\n\rpayload_bytes\x18\r \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x0e \x01(\x0c\x12\x14\n\x0c\x63ontributors\x18\x0f \x03(\t\x12\x0e\n\x06\x61nchor\x18\x10 \x01(\t\"M\n\nShardChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.peerd.v1.ShardHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"+\n\x11PushShardResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_bytes\x18\x01 \x01(\x04\"\x89\x01\n\x11\x46\x65tchStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x17\n\x0f\x66ragment_hashes\x18\x03 \x03(\t\x12\x11\n\tfragments\x18\x04 \x03(\r\x12\x11\n\ttake_mass\x18\x05 \x01(\x08\x12\x12\n\nclaim_mass\x18\x06 \x01(\x08\"\xb6\x01\n\x0bStateHeader\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x17\n\x0f\x66ragment_hashes\x18\x02 \x03(\t\x12\x11\n\tfragments\x18\x03 \x03(\r\x12\x0e\n\x06numels\x18\x04 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x15\n\rsamples_per_s\x18\x06 \x01(\x01\x12\x14\n\x0cmass_weights\x18\x07 \x03(\x01\x12\x17\n\x0f\x63laimed_weights\x18\x08 \x03(\x01\"M\n\nStateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.peerd.v1.StateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\tPlanOffer\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tpublisher\x18\x02 \x01(\t\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"\"\n\x0ePlanOfferReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"_\n\x0bPullRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05shard\x18\x05 \x01(\r\"g\n\x0f\x44ialBackRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x10\n\x08\x64ht_port\x18\x05 \x01(\r\"r\n\rDialBackReply\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x13\n\x0b\x64ht_checked\x18\x03 \x01(\x08\x12\x15\n\rdht_reachable\x18\x04 \x01(\x08\x12\x12\n\ndht_detail\x18\x05 \x01(\t\"V\n\x0fHandStateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x64onor\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.peerd.v1.StateHeader\"U\n\x0eHandStateChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.peerd.v1.HandStateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x0eHandStateReply\x12\x11\n\tinstalled\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x1c\n\x0bPingRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"+\n\tPingReply\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x02 \x01(\t*\x97\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_CONTRIBUTION\x10\x01\x12\x18\n\x14PAYLOAD_KIND_REDUCED\x10\x02\x12\x17\n\x13PAYLOAD_KIND_GOSSIP\x10\x03\x12\x18\n\x14PAYLOAD_KIND_HANDOFF\x10\x04\x32\xba\x03\n\x04Peer\x12:\n\tOfferPlan\x12\x13.peerd.v1.PlanOffer\x1a\x18.peerd.v1.PlanOfferReply\x12@\n\tPushShard\x12\x14.peerd.v1.ShardChunk\x1a\x1b.peerd.v1.PushShardResponse(\x01\x12\x41\n\nFetchState\x12\x1b.peerd.v1.FetchStateRequest\x1a\x14.peerd.v1.StateChunk0\x01\x12:\n\tPullShard\x12\x15.peerd.v1.PullRequest\x1a\x14.peerd.v1.ShardChunk0\x01\x12>\n\x08\x44ialBack\x12\x19.peerd.v1.DialBackRequest\x1a\x17.peerd.v1.DialBackReply\x12\x32\n\x04Ping\x12\x15.peerd.v1.PingRequest\x1a\x13.peerd.v1.PingReply\x12\x41\n\tHandState\x12\x18.peerd.v1.HandStateChunk\x1a\x18.peerd.v1.HandStateReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'peerd.proto.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYLOADKIND']._serialized_start=1555
-  _globals['_PAYLOADKIND']._serialized_end=1706
+  _globals['_PAYLOADKIND']._serialized_start=1601
+  _globals['_PAYLOADKIND']._serialized_end=1752
   _globals['_SHARDHEADER']._serialized_start=40
   _globals['_SHARDHEADER']._serialized_end=350
   _globals['_SHARDCHUNK']._serialized_start=352
   _globals['_SHARDCHUNK']._serialized_end=429
   _globals['_PUSHSHARDRESPONSE']._serialized_start=431
   _globals['_PUSHSHARDRESPONSE']._serialized_end=474
-  _globals['_FETCHSTATEREQUEST']._serialized_start=476
-  _globals['_FETCHSTATEREQUEST']._serialized_end=593
-  _globals['_STATEHEADER']._serialized_start=596
-  _globals['_STATEHEADER']._serialized_end=753
-  _globals['_STATECHUNK']._serialized_start=755
-  _globals['_STATECHUNK']._serialized_end=832
-  _globals['_PLANOFFER']._serialized_start=834
-  _globals['_PLANOFFER']._serialized_end=895
-  _globals['_PLANOFFERREPLY']._serialized_start=897
-  _globals['_PLANOFFERREPLY']._serialized_end=931
-  _globals['_PULLREQUEST']._serialized_start=933
-  _globals['_PULLREQUEST']._serialized_end=1028
-  _globals['_DIALBACKREQUEST']._serialized_start=1030
-  _globals['_DIALBACKREQUEST']._serialized_end=1133
-  _globals['_DIALBACKREPLY']._serialized_start=1135
-  _globals['_DIALBACKREPLY']._serialized_end=1249
-  _globals['_HANDSTATEHEADER']._serialized_start=1251
-  _globals['_HANDSTATEHEADER']._serialized_end=1337
-  _globals['_HANDSTATECHUNK']._serialized_start=1339
-  _globals['_HANDSTATECHUNK']._serialized_end=1424
-  _globals['_HANDSTATEREPLY']._serialized_start=1426
-  _globals['_HANDSTATEREPLY']._serialized_end=1477
-  _globals['_PINGREQUEST']._serialized_start=1479
-  _globals['_PINGREQUEST']._serialized_end=1507
-  _globals['_PINGREPLY']._serialized_start=1509
-  _globals['_PINGREPLY']._serialized_end=1552
-  _globals['_PEER']._serialized_start=1709
-  _globals['_PEER']._serialized_end=2151
+  _globals['_FETCHSTATEREQUEST']._serialized_start=477
+  _globals['_FETCHSTATEREQUEST']._serialized_end=614
+  _globals['_STATEHEADER']._serialized_start=617
+  _globals['_STATEHEADER']._serialized_end=799
+  _globals['_STATECHUNK']._serialized_start=801
+  _globals['_STATECHUNK']._serialized_end=878
+  _globals['_PLANOFFER']._serialized_start=880
+  _globals['_PLANOFFER']._serialized_end=941
+  _globals['_PLANOFFERREPLY']._serialized_start=943
+  _globals['_PLANOFFERREPLY']._serialized_end=977
+  _globals['_PULLREQUEST']._serialized_start=979
+  _globals['_PULLREQUEST']._serialized_end=1074
+  _globals['_DIALBACKREQUEST']._serialized_start=1076
+  _globals['_DIALBACKREQUEST']._serialized_end=1179
+  _globals['_DIALBACKREPLY']._serialized_start=1181
+  _globals['_DIALBACKREPLY']._serialized_end=1295
+  _globals['_HANDSTATEHEADER']._serialized_start=1297
+  _globals['_HANDSTATEHEADER']._serialized_end=1383
+  _globals['_HANDSTATECHUNK']._serialized_start=1385
+  _globals['_HANDSTATECHUNK']._serialized_end=1470
+  _globals['_HANDSTATEREPLY']._serialized_start=1472
+  _globals['_HANDSTATEREPLY']._serialized_end=1523
+  _globals['_PINGREQUEST']._serialized_start=1525
+  _globals['_PINGREQUEST']._serialized_end=1553
+  _globals['_PINGREPLY']._serialized_start=1555
+  _globals['_PINGREPLY']._serialized_end=1598
+  _globals['_PEER']._serialized_start=1755
+  _globals['_PEER']._serialized_end=2197
 # @@protoc_insertion_point(module_scope)

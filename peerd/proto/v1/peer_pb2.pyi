@@ -204,12 +204,19 @@ class FetchStateRequest(_message.Message):
     FRAGMENT_HASHES_FIELD_NUMBER: _builtins.int
     FRAGMENTS_FIELD_NUMBER: _builtins.int
     TAKE_MASS_FIELD_NUMBER: _builtins.int
+    CLAIM_MASS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the caller belongs to."""
     requester: _builtins.str
     """Caller's peer id (for logs and accounting)."""
     take_mass: _builtins.bool
-    """Gossip mode: the caller joins by cloning; the donor hands it half of its mass."""
+    """Gossip mode: the caller joins by cloning; the donor hands it half of its mass (at once:
+    the protocol before claim_mass, still served to older joiners).
+    """
+    claim_mass: _builtins.bool
+    """Gossip mode: the caller holds a verified copy (fragment_hashes) and claims half of the
+    donor's mass now; the donor splits and answers claimed_weights and any changed fragment.
+    """
     @_builtins.property
     def fragment_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Caller's fragment hashes indexed by fragment id; empty strings force a transfer."""
@@ -226,10 +233,11 @@ class FetchStateRequest(_message.Message):
         fragment_hashes: _abc.Iterable[_builtins.str] | None = ...,
         fragments: _abc.Iterable[_builtins.int] | None = ...,
         take_mass: _builtins.bool = ...,
+        claim_mass: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "requester", b"requester", "run_id", b"run_id", "take_mass", b"take_mass"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_mass", b"claim_mass", "fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "requester", b"requester", "run_id", b"run_id", "take_mass", b"take_mass"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,6 +256,7 @@ class StateHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
     MASS_WEIGHTS_FIELD_NUMBER: _builtins.int
+    CLAIMED_WEIGHTS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Donor's outer-state revision at the snapshot."""
     total_bytes: _builtins.int
@@ -270,6 +279,10 @@ class StateHeader(_message.Message):
     def mass_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Gossip mode with take_mass: the push-sum weight handed over, per sent fragment (same order)."""
 
+    @_builtins.property
+    def claimed_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Gossip mode, answer to claim_mass: the push-sum weight handed over, per fragment id (all)."""
+
     def __init__(
         self,
         *,
@@ -280,10 +293,11 @@ class StateHeader(_message.Message):
         total_bytes: _builtins.int = ...,
         samples_per_s: _builtins.float = ...,
         mass_weights: _abc.Iterable[_builtins.float] | None = ...,
+        claimed_weights: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "mass_weights", b"mass_weights", "numels", b"numels", "revision", b"revision", "samples_per_s", b"samples_per_s", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_weights", b"claimed_weights", "fragment_hashes", b"fragment_hashes", "fragments", b"fragments", "mass_weights", b"mass_weights", "numels", b"numels", "revision", b"revision", "samples_per_s", b"samples_per_s", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,104 @@
+"""An exchange in doubt settled over real gRPC: the outcome question and answer ride PullShard.
+
+The simulation (tests/sim/test_gossip_mass.py) drives the protocol; this checks the wire: a
+``PullRequest`` for ``OUTCOME_SHARD`` reaches the partner's mixer through the real servicer, its
+answer (a gossip header, no payload) passes the real client's header and payload checks, and the
+asking mixer applies exactly the partner's opposite change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from peerd.core.bridge import Bridge
+from peerd.core.clock import SYSTEM, RoundClock
+from peerd.core.config import load_config
+from peerd.core.errors import Counters
+from peerd.core.fragments import FragmentLayout
+from peerd.core.metrics import Metrics
+from peerd.core.state import OuterState
+from peerd.mixing.gossip import mixing
+from peerd.mixing.gossip.doubt import OUTCOME_SHARD, Doubt
+from peerd.mixing.gossip.round import GossipMixer
+from peerd.net.transport import Transport
+from peerd.net.view import SwarmView
+from peerd.proto.v1 import peer_pb2
+from tests.fakes import NoMembership
+
+SHAPES = [("a.w", (8, 4)), ("b.w", (6,))]
+
+
+@dataclass
+class _Plan:
+    """What an exchange in doubt keeps of its round's plan."""
+
+    round: int
+    fragment: int
+    endpoints: tuple[str, ...]
+    members: tuple[str, ...]
+    plan_id: str = "plan"
+    topology: str = "random"
+
+    def index_of(self, peer: str) -> int:
+        return self.members.index(peer)
+
+
+def _mixer(peer_id: str, transport: Transport, seed: int) -> GossipMixer:
+    cfg = load_config(None, ["transport.host=127.0.0.1", "round.round_s=30", "mixing.mode=gossip"])
+    layout = FragmentLayout.build(SHAPES, 2)
+    g = torch.Generator().manual_seed(seed)
+    state = OuterState(layout, [torch.randn(n, generator=g) for n in layout.numels])
+    bridge = Bridge()
+    view = SwarmView(peer_id, "127.0.0.1:0", 1, NoMembership(), transport, state,  # type: ignore[arg-type]
+                     lambda: bridge.stats, SYSTEM, cfg.dht.heartbeat_s, cfg.dht.ttl_s, [], lambda: None,
+                     lambda live, invalid: None)
+    return GossipMixer(cfg, peer_id, state, bridge, transport, view, RoundClock.from_config(cfg.round),
+                       Metrics(), Counters())
+
+
+@pytest.fixture
+async def partner() -> AsyncIterator[tuple[GossipMixer, str]]:
+    cfg = load_config(None, ["transport.host=127.0.0.1"])
+    transport = Transport(cfg.transport, lambda d, n: None, lambda reason: None)
+    mixer = _mixer("partner", transport, 1)
+    port = await transport.start(mixer)
+    yield mixer, f"127.0.0.1:{port}"
+    await transport.stop(0)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_the_side_in_doubt_applies_exactly_what_its_partner_committed(
+        partner: tuple[GossipMixer, str], committed: bool) -> None:
+    p, endpoint = partner
+    cfg = load_config(None, ["transport.host=127.0.0.1"])
+    x = _mixer("asker", Transport(cfg.transport, lambda d, n: None, lambda reason: None), 2)
+    r = x.rc.index() - 1
+    plan = _Plan(r, 1, ("127.0.0.1:1", endpoint), ("asker", "partner"))
+    f = plan.fragment
+    u_x, u_p = torch.randn(x.z[f].numel(), dtype=torch.float64), torch.randn(x.z[f].numel(), dtype=torch.float64)
+    w_x, w_p = 0.5, 0.25
+    x.w[f] = w_x
+    x.z[f] = x.z[f] * w_x
+    z_before = x.z[f].clone()
+    # The partner's side of the exchange, as its commit left it (or not).
+    p.doubts.decide(r, "asker", committed)
+    x.doubts.doubts[(r, "partner")] = Doubt(plan, "partner", u_x, w_x, u_p, w_p)  # type: ignore[arg-type]
+
+    request = peer_pb2.PullRequest(run_id=cfg.run_id, round=r, plan_id="plan", requester="asker",
+                                   shard=OUTCOME_SHARD)
+    t0 = time.monotonic()
+    await x.network.pull_shard(endpoint, request, x, 5.0)
+    assert time.monotonic() - t0 < 5.0
+    assert (r, "partner") not in x.doubts.doubts and x.doubts.decided[(r, "partner")] is committed
+    if committed:
+        d = mixing.pair_delta(u_x, w_x, u_p, w_p, x.anchors[f])
+        assert torch.equal(x.z[f], z_before + d)  # exactly minus the partner's -d
+        assert x.w[f] == w_x + (w_p - w_x) * 0.5 == (w_x + w_p) * 0.5
+        assert x.doubts.resolved_late == 1
+    else:
+        assert torch.equal(x.z[f], z_before) and x.w[f] == w_x
