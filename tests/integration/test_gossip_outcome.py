@@ -102,3 +102,23 @@ async def test_the_side_in_doubt_applies_exactly_what_its_partner_committed(
         assert x.doubts.resolved_late == 1
     else:
         assert torch.equal(x.z[f], z_before) and x.w[f] == w_x
+
+
+async def test_questions_about_exchanges_never_made_are_refused_once_the_ledger_is_full(
+        partner: tuple[GossipMixer, str]) -> None:
+    from peerd.mixing.gossip.doubt import MAX_DECIDED
+    from peerd.net.transport import Rejected
+
+    p, _ = partner
+    r = p.rc.index()
+    # Each question about an unknown exchange is recorded as aborted (so it can never commit later);
+    # the caller names the requester, so a flood of names must stop at the cap, not grow memory.
+    p.doubts.decided = {(r, f"x{i}"): False for i in range(MAX_DECIDED)}
+    request = peer_pb2.PullRequest(run_id=p.cfg.run_id, round=r, plan_id="plan", requester="stranger",
+                                   shard=OUTCOME_SHARD)
+    with pytest.raises(Rejected, match="too many"):
+        await p.doubts.answer(request)
+    assert len(p.doubts.decided) == MAX_DECIDED
+    known = peer_pb2.PullRequest(run_id=p.cfg.run_id, round=r, plan_id="plan", requester="x7", shard=OUTCOME_SHARD)
+    header, payload = await p.doubts.answer(known)  # an outcome already recorded is still answered
+    assert header.codec.endswith("aborted") and payload == b""

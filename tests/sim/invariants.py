@@ -148,15 +148,25 @@ def mass(w: World, r: int) -> None:
     """Every round (gossip): the swarm's push-sum weight per fragment is conserved.
 
     Compared between consecutive rounds with the same live peers (a crashed or departed peer
-    takes its mass with it; a joiner takes half of its donor's). Lossy links are excluded: a
-    lost acknowledgement lets one side commit alone, a documented gap of the gossip protocol.
+    takes its mass with it; a joiner takes half of its donor's). An exchange whose partner
+    committed while this side holds it in doubt (a lost acknowledgement; peerd/mixing/gossip/doubt.py)
+    is mass in transit: it is counted at the side that will apply it once the partner answers,
+    exactly as the partner's change. Lossy links are excluded: under random loss an exchange can
+    stay in doubt until it is given up, a documented gap of the gossip protocol.
     """
     if w.sc.mode != "gossip" or w.sc.loss > 0 or any(e.kind == "lose" for e in w.sc.events):
         return
     # By incarnation: a peer that crashed and came back between two looks lost its mass.
-    live = tuple(sorted(f"{p.peer_id}/{p.node.view.incarnation}" for p in w.live() if p.node.view.ready))
-    totals = tuple(round(sum(p.node.mixer.w[f] for p in w.live() if p.node.view.ready), 9)
-                   for f in range(w.cfg.mixing.num_fragments))
+    ready = [p for p in w.live() if p.node.view.ready]
+    live = tuple(sorted(f"{p.peer_id}/{p.node.view.incarnation}" for p in ready))
+    sums = [sum(p.node.mixer.w[f] for p in ready) for f in range(w.cfg.mixing.num_fragments)]
+    by_id = {p.peer_id: p for p in ready}
+    for p in ready:
+        for (r, partner), d in p.node.mixer.doubts.doubts.items():
+            q = by_id.get(partner)
+            if q is not None and q.node.mixer.doubts.decided.get((r, p.peer_id)) is True:
+                sums[d.plan.fragment] += (d.w_other - d.w_own) * 0.5
+    totals = tuple(round(x, 9) for x in sums)
     previous, w._mass = w._mass, (live, totals)
     if previous is not None and previous[0] == live and previous[1] != totals:
         w.fail(f"mass: round {r}: total weight per fragment moved from {previous[1]} to {totals}")

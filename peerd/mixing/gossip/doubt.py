@@ -50,6 +50,10 @@ OUTCOME_SHARD = 1  # a PullRequest for this shard asks for an exchange's outcome
 COMMITTED, ABORTED = "outcome/committed", "outcome/aborted"
 RESOLVE_ROUNDS = 6  # an exchange stays in doubt this many rounds at most; outcomes are kept two more
 RETRY_S = (0.05, 0.25, 1.0)  # pause between questions: soon (a lost ack), then slower (a partition)
+# Outcomes recorded at once. Each question about an exchange this peer never made records one
+# (so it can never commit it later); callers choose the requester name, so the ledger is capped
+# and a flood of questions is refused rather than grown into memory.
+MAX_DECIDED = 4096
 
 
 def _report(task: asyncio.Task) -> None:
@@ -132,6 +136,8 @@ class DoubtLedger:
                 raise Rejected(grpc.StatusCode.UNAVAILABLE, "round still open")
         if key in self.doubts:
             await self.apply(key)  # in doubt here too: both sides hold both messages, so both commit
+        if key not in self.decided and len(self.decided) >= MAX_DECIDED:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many exchange outcomes asked about")
         committed = self.decided.setdefault(key, False)  # unknown: aborted, and it can never commit now
         header = peer_pb2.ShardHeader(run_id=mx.cfg.run_id, round=key[0], sender=mx.peer_id, plan_id=request.plan_id,
                                       kind=peer_pb2.PAYLOAD_KIND_GOSSIP, shard=OUTCOME_SHARD, numel=0,
