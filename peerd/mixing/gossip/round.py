@@ -12,8 +12,10 @@ topology (:mod:`peerd.mixing.gossip.topology`), so the pairs are one fact like t
 3. **Handshake**: commit only if this peer holds the partner's message *and* the partner
    acknowledged this peer's (the push returned OK). A partner that is slow, dead or follows
    another plan leaves the pair unconfirmed: the round is skipped with state untouched and the
-   worker keeps training. Receivers stop accepting at the plan's collect deadline and senders
-   wait until its deadline, so an acknowledgement has the rest of the round to arrive. A lost
+   worker keeps training. Receivers stop accepting at the plan's deadline and senders wait until
+   the next round starts (``RoundClock.late_until``), so an acknowledgement has the rest of the
+   round to arrive over a slow or capped one-way path (sim seed 1566: 0.3 s one way through a
+   1000 B/s uplink missed the collect deadline every round). A lost
    acknowledgement lets the partner commit alone: the side that holds the partner's message but
    no acknowledgement keeps the exchange in doubt and asks the partner for its decision after
    the round (:mod:`peerd.mixing.gossip.doubt`), so the pair's mass is conserved once it answers.
@@ -168,9 +170,9 @@ class GossipMixer:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
         if request.requester != rs.partner or not rs.plan.is_client(request.requester) or request.shard != 0:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not this round's client partner")
-        await self._wait_until(rs.prepared, rs.plan.collect_deadline)
-        if rs.outgoing is None or not rs.open or self.rc.now() >= rs.plan.collect_deadline:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no message before the round's collect deadline")
+        await self._wait_until(rs.prepared, rs.plan.deadline)
+        if rs.outgoing is None or not rs.open or self.rc.now() >= rs.plan.deadline:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no message before the round's deadline")
         return rs.outgoing
 
     async def state_for(self, request: peer_pb2.FetchStateRequest) -> tuple[peer_pb2.StateHeader, bytes]:
@@ -235,7 +237,7 @@ class GossipMixer:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "sender follows another plan")
         if header.sender != rs.partner or rs.other_u is not None or not rs.open:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "not this round's partner, duplicate or too late")
-        return rs.plan.collect_deadline
+        return rs.plan.deadline
 
     async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
         """Store a partner's decoded message, or absorb a leaver's mass."""
@@ -249,7 +251,7 @@ class GossipMixer:
             await self.doubts.settle(header)
             return
         rs = self._rounds.get(header.round)
-        if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or self.rc.now() > rs.plan.collect_deadline:
+        if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or self.rc.now() > rs.plan.deadline:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "round closed")
         try:
             u = await asyncio.to_thread(mixing.decode, payload, header.codec, header.numel, header.block_size)
@@ -395,27 +397,36 @@ class GossipMixer:
         if plan.is_client(partner):
             rs.outgoing = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec), pend.payload
             rs.prepared.set()
-            await self._wait_until(rs.received, plan.deadline)
+            await self._wait_until(rs.received, self._late(plan))
             return rs.received.is_set()
         if plan.is_client(self.peer_id):
             await self._pull(plan, rs, partner)
             return rs.other_u is not None and await self._push(plan, partner, pend)
         acked = await self._push(plan, partner, pend)
-        await self._wait_until(rs.received, plan.deadline)
+        await self._wait_until(rs.received, self._late(plan))
         return acked
+
+    def _late(self, plan: RoundPlan) -> float:
+        """Until when this side waits for the partner's message and acknowledgement: the next round's start.
+
+        Receivers take messages until the plan's deadline; the rest of the round (and no more:
+        the next round's heartbeats go out then) lets an acknowledgement, or a message accepted
+        just before the deadline, come back over a slow or capped one-way path.
+        """
+        return self.rc.late_until(plan.round, plan.deadline)
 
     async def _pull(self, plan: RoundPlan, rs: _Pair, partner: str) -> None:
         """Client side: pull the reachable partner's message, retried while the round lasts."""
         request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
                                        requester=self.peer_id, shard=0)
         endpoint = plan.endpoints[plan.index_of(partner)]
-        while rs.other_u is None and self.rc.now() < plan.collect_deadline:
+        while rs.other_u is None and self.rc.now() < plan.deadline:
             try:
                 await self.network.pull_shard(endpoint, request, self, plan.deadline - self.rc.now())
             except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError) as exc:
                 # The partner may not have read the plan yet, or a connection broke: try again shortly.
                 self._last_error = repr(exc)[:120]
-                await asyncio.sleep(min(0.25, max(0.0, plan.collect_deadline - self.rc.now())))
+                await asyncio.sleep(min(0.25, max(0.0, plan.deadline - self.rc.now())))
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -427,7 +438,7 @@ class GossipMixer:
         endpoint = plan.endpoints[plan.index_of(partner)]
         t0 = self.rc.clock.monotonic()
         try:
-            await self.network.push_shard(endpoint, header, pend.payload, plan.deadline - self.rc.now())
+            await self.network.push_shard(endpoint, header, pend.payload, self._late(plan) - self.rc.now())
             self.rc.net.push(len(pend.payload), self.rc.clock.monotonic() - t0)  # feeds the round clock
             return True
         except grpc.aio.AioRpcError as exc:
