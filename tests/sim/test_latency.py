@@ -58,7 +58,7 @@ def test_a_gossip_message_over_a_slow_capped_one_way_path_still_commits_the_exch
     """Peer 0 uploads at 1000 B/s and its packets take 0.3 s to reach peer 1 (the way back is fast).
     Its message used to land after peer 1's collect deadline every round: both sides ended every
     round unconfirmed from the third on (sweep seed 1566). Receivers now take messages until the
-    plan's deadline and senders wait for the acknowledgement until the next round starts."""
+    plan's deadline, as long as senders wait for the acknowledgement."""
     sc = Scenario(seed=1566, peers=2, mode="gossip", duration_s=24.0, latency_s=0.02, dht_delay_s=0.01,
                   slow={1: 3.0}, asym={(0, 1): 0.3}, uplink={0: 1000.0})
     w = run_checked(sc)

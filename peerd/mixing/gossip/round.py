@@ -12,10 +12,13 @@ topology (:mod:`peerd.mixing.gossip.topology`), so the pairs are one fact like t
 3. **Handshake**: commit only if this peer holds the partner's message *and* the partner
    acknowledged this peer's (the push returned OK). A partner that is slow, dead or follows
    another plan leaves the pair unconfirmed: the round is skipped with state untouched and the
-   worker keeps training. Receivers stop accepting at the plan's deadline and senders wait until
-   the next round starts (``RoundClock.late_until``), so an acknowledgement has the rest of the
-   round to arrive over a slow or capped one-way path (sim seed 1566: 0.3 s one way through a
-   1000 B/s uplink missed the collect deadline every round). A lost
+   worker keeps training. Receivers take messages until the plan's deadline and senders wait for
+   the acknowledgement until then too: a message over a slow or capped one-way path still counts
+   (sim seed 1566: 0.3 s one way through a 1000 B/s uplink missed the collect deadline every
+   round), and one taken so late that its acknowledgement misses the sender's deadline leaves
+   the exchange in doubt, settled as below. Senders do not wait past the deadline: the exchange
+   holds the mixer's lock, and a joiner's claim must be served early enough in the next round.
+   A lost
    acknowledgement lets the partner commit alone: the side that holds the partner's message but
    no acknowledgement keeps the exchange in doubt and asks the partner for its decision after
    the round (:mod:`peerd.mixing.gossip.doubt`), so the pair's mass is conserved once it answers.
@@ -397,23 +400,14 @@ class GossipMixer:
         if plan.is_client(partner):
             rs.outgoing = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec), pend.payload
             rs.prepared.set()
-            await self._wait_until(rs.received, self._late(plan))
+            await self._wait_until(rs.received, plan.deadline)
             return rs.received.is_set()
         if plan.is_client(self.peer_id):
             await self._pull(plan, rs, partner)
             return rs.other_u is not None and await self._push(plan, partner, pend)
         acked = await self._push(plan, partner, pend)
-        await self._wait_until(rs.received, self._late(plan))
+        await self._wait_until(rs.received, plan.deadline)
         return acked
-
-    def _late(self, plan: RoundPlan) -> float:
-        """Until when this side waits for the partner's message and acknowledgement: the next round's start.
-
-        Receivers take messages until the plan's deadline; the rest of the round (and no more:
-        the next round's heartbeats go out then) lets an acknowledgement, or a message accepted
-        just before the deadline, come back over a slow or capped one-way path.
-        """
-        return self.rc.late_until(plan.round, plan.deadline)
 
     async def _pull(self, plan: RoundPlan, rs: _Pair, partner: str) -> None:
         """Client side: pull the reachable partner's message, retried while the round lasts."""
@@ -438,7 +432,7 @@ class GossipMixer:
         endpoint = plan.endpoints[plan.index_of(partner)]
         t0 = self.rc.clock.monotonic()
         try:
-            await self.network.push_shard(endpoint, header, pend.payload, self._late(plan) - self.rc.now())
+            await self.network.push_shard(endpoint, header, pend.payload, plan.deadline - self.rc.now())
             self.rc.net.push(len(pend.payload), self.rc.clock.monotonic() - t0)  # feeds the round clock
             return True
         except grpc.aio.AioRpcError as exc:
