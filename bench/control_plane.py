@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.launch import start_wan_daemons
 from bench.wan import PROFILES, WanEmulator
-from peerd.ops.swarm import wait_ready_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "control_plane.json"
@@ -57,22 +57,7 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
     procs: list[subprocess.Popen[bytes]] = []
     with WanEmulator(peers, LOOPBACK, count_ports=True) as wan:
         try:
-            ready: list[dict[str, Any]] = []
-            for i in range(peers):
-                rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
-                for stale in (rf, sf):
-                    stale.unlink(missing_ok=True)
-                cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf)]
-                for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
-                             f"data.num_shards={peers}", "run_id=control-plane", *overrides]:
-                    cmd += ["--set", item]
-                for m in ready[0]["dht_maddrs"][:2] if ready else []:
-                    cmd += ["--bootstrap", m]
-                with open(workdir / f"peer-{i}.log", "wb") as log:
-                    procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
-                if i == 0:
-                    ready.append(wait_ready_file(rf, procs[0], 180))
-            ready = [wait_ready_file(workdir / f"peer-{i}.ready.json", p, 240) for i, p in enumerate(procs)]
+            ready = start_wan_daemons(wan, peers, workdir, ["run_id=control-plane", *overrides], [], env, procs)
             dht = {i: int(r["dht_maddrs"][0].split("/tcp/")[1].split("/")[0]) for i, r in enumerate(ready)}
             grpc = {i: int(r["grpc"].rsplit(":", 1)[1]) for i, r in enumerate(ready)}
             before, t0 = _tx_by_kind(wan.stats(), dht, grpc, peers), time.monotonic()

@@ -151,3 +151,36 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(90)  # peerd swarm gives its peers 30 s, then SIGKILLs them
     except subprocess.TimeoutExpired:
         stop_all([proc], grace_s=5)
+
+
+def start_wan_daemons(wan: Any, peers: int, workdir: Path, items: list[str], args: list[str],
+                      env: dict[str, str], procs: list[subprocess.Popen[bytes]],
+                      ready_timeout_s: float = 240.0) -> list[dict[str, Any]]:
+    """Start one ``peerd join`` per host of a :class:`bench.wan.WanEmulator` and wait until all are ready.
+
+    Host ``i`` binds transport and DHT to its own address, trains shard ``i`` of ``peers`` and
+    writes ``peer-i.{log,ready.json,summary.json}`` in ``workdir``; hosts after the first
+    bootstrap from host 0 once it is ready. ``items`` are ``--set`` overrides for every host (after
+    the per-host ones), ``args`` extra command-line arguments. Each process is appended to
+    ``procs`` as it starts, so the caller can stop them whatever fails here (a wait raises
+    ``TimeoutError`` or ``RuntimeError``; ``WanEmulator.close`` also kills what is left).
+
+    Returns:
+        The peers' ready files' contents, in host order.
+    """
+    boot: list[str] = []
+    for i in range(peers):
+        rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
+        for stale in (rf, sf):
+            stale.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf), *args]
+        for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
+                     f"data.num_shards={peers}", *items]:
+            cmd += ["--set", item]
+        for m in boot:
+            cmd += ["--bootstrap", m]
+        with open(workdir / f"peer-{i}.log", "wb") as log:
+            procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
+        if i == 0:
+            boot = list(wait_ready_file(rf, procs[0], 180)["dht_maddrs"])[:2]
+    return [wait_ready_file(workdir / f"peer-{i}.ready.json", p, ready_timeout_s) for i, p in enumerate(procs)]

@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.launch import stop_all
+from bench.launch import start_wan_daemons, stop_all
 from bench.wan import PROFILES, WanEmulator
-from peerd.ops.swarm import wait_ready_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "wan_race.json"
@@ -145,27 +144,11 @@ def run_peerd(wan: WanEmulator, peers: int, seconds: float, eval_every: int, ove
     """``peerd join`` daemons, one per host, bootstrapping from host 0, trained for ``seconds``."""
     env = {**_env(workdir), "PEERD_SECURITY__SECRET": secrets.token_hex(16)}
     procs: list[subprocess.Popen[bytes]] = []
-    boot: list[str] = []
-    for i in range(peers):
-        rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
-        for stale in (rf, sf):
-            stale.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf),
-               "--wait-for-peers", str(peers)]
-        for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
-                     f"data.num_shards={peers}", "run_id=wan-race", "train.threads=1", "train.log_every_s=1",
-                     f"train.eval_every_steps={eval_every}", *overrides]:
-            cmd += ["--set", item]
-        for m in boot:
-            cmd += ["--bootstrap", m]
-        with open(workdir / f"peer-{i}.log", "wb") as log:
-            procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
-        if i == 0:
-            boot = list(wait_ready_file(rf, procs[0], 180)["dht_maddrs"])[:2]
     error = None
     try:
-        for i, p in enumerate(procs):
-            wait_ready_file(workdir / f"peer-{i}.ready.json", p, 180)
+        start_wan_daemons(wan, peers, workdir, ["run_id=wan-race", "train.threads=1", "train.log_every_s=1",
+                                                f"train.eval_every_steps={eval_every}", *overrides],
+                          ["--wait-for-peers", str(peers)], env, procs, ready_timeout_s=180)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             dead = [i for i, p in enumerate(procs) if p.poll() is not None]

@@ -30,8 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.launch import start_wan_daemons
 from bench.wan import PROFILES, WanEmulator
-from peerd.ops.swarm import wait_ready_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "wan_rounds.json"
@@ -61,26 +61,9 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
     t0 = time.monotonic()
     with WanEmulator(peers, profile, seed=seed) as wan:
         try:
-            boot: list[str] = []
-            for i in range(peers):
-                rf, sf = workdir / f"peer-{i}.ready.json", workdir / f"peer-{i}.summary.json"
-                for stale in (rf, sf):
-                    stale.unlink(missing_ok=True)
-                cmd = [sys.executable, "-m", "peerd", "join", "--ready-file", str(rf), "--summary", str(sf)]
-                finite = [f"train.max_steps={steps}"] if steps else []
-                if steps:
-                    cmd.append("--exit-when-done")
-                for item in [f"transport.host={wan.addr(i)}", f"dht.host={wan.addr(i)}", f"data.shard={i}",
-                             f"data.num_shards={peers}", f"run_id=wan-{profile}", *finite, *overrides]:
-                    cmd += ["--set", item]
-                for m in boot:
-                    cmd += ["--bootstrap", m]
-                with open(workdir / f"peer-{i}.log", "wb") as log:
-                    procs.append(wan.popen(i, cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
-                if i == 0:
-                    boot = list(wait_ready_file(rf, procs[0], 180)["dht_maddrs"])[:2]
-            for i, p in enumerate(procs):
-                wait_ready_file(workdir / f"peer-{i}.ready.json", p, 180)
+            finite = [f"train.max_steps={steps}"] if steps else []
+            start_wan_daemons(wan, peers, workdir, [f"run_id=wan-{profile}", *finite, *overrides],
+                              ["--exit-when-done"] if steps else [], env, procs, ready_timeout_s=180)
             ready_s = time.monotonic() - t0
             print(f"wan_rounds: {peers} peers ready after {ready_s:.0f}s; running {seconds:.0f}s", file=sys.stderr,
                   flush=True)
