@@ -96,12 +96,8 @@ class ShardInbox:
 
     async def admit(self, header: peer_pb2.ShardHeader) -> float:
         """Check a shard header against the local plan of its round."""
-        if header.run_id != self.cfg.run_id:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
-        rs = await self._wait_round(header.round)
+        rs = await self._planned(header.run_id, header.round, header.plan_id, "sender")
         plan = rs.plan
-        if header.plan_id != plan.plan_id:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "sender follows another plan")
         if header.fragment != plan.fragment or header.revision != plan.revision:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or revision for this round")
         sender = plan.index_of(header.sender)
@@ -174,12 +170,8 @@ class ShardInbox:
         Raises:
             Rejected: wrong run or plan, not a client member, not this owner's shard, or no reduce in time.
         """
-        if request.run_id != self.cfg.run_id:
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
-        rs = await self._wait_round(request.round)
+        rs = await self._planned(request.run_id, request.round, request.plan_id, "requester")
         plan = rs.plan
-        if request.plan_id != plan.plan_id:
-            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "requester follows another plan")
         if plan.index_of(request.requester) < 0 or not plan.is_client(request.requester):
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not a client member of this round")
         if rs.me < 0 or request.shard != rs.me:
@@ -190,6 +182,15 @@ class ShardInbox:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "no reduced shard before the round's deadline")
         start, end = rs.bounds[rs.me]
         return self.header(plan, REDUCED, rs.me, end - start, reduced.weight, reduced.contributors), reduced.payload
+
+    async def _planned(self, run_id: str, r: int, plan_id: str, who: str) -> OpenRound:
+        """Round ``r`` of this run under the plan ``plan_id``; else Rejected, naming what differs."""
+        if run_id != self.cfg.run_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
+        rs = await self._wait_round(r)
+        if plan_id != rs.plan.plan_id:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"{who} follows another plan")
+        return rs
 
     async def _wait_round(self, r: int) -> OpenRound:
         rs = self._rounds.get(r)
