@@ -25,8 +25,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 75  # averaging every ~75 local steps per peer: a few rounds in a quick run
@@ -113,24 +114,37 @@ def worker(rank: int, world: int, steps: int, d: Path, task_options: dict[str, A
 
 
 def run(world: int, steps: int, workdir: Path, prefix: list[str] | None = None,
-        task_options: dict[str, Any] | None = None, timeout_s: float = 900.0) -> dict[str, Any]:
-    """Run ``world`` hivemind peers; returns mean final eval loss, wall time and averaging rounds."""
+        task_options: dict[str, Any] | None = None, timeout_s: float = 900.0,
+        rank_args: Callable[[int], list[str]] | None = None,
+        popen: Callable[[int, list[str], IO[bytes]], subprocess.Popen[bytes]] | None = None) -> dict[str, Any]:
+    """Run ``world`` hivemind peers; returns mean final eval loss, wall time and averaging rounds.
+
+    ``rank_args``: extra worker arguments per rank (``--seconds``, ``--host``...); ``popen``:
+    starts rank ``r``'s command with its log file (default: a local process under ``prefix``; the
+    WAN race starts each rank in its own emulated host). With ``--seconds`` the peers' eval
+    curves come back averaged point by point, ending with the final evaluation.
+    """
     from bench.launch import stop_all
+    from bench.timed import mean_curves
 
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("*"):
         if stale.is_file() and not stale.name.endswith(".log"):
             stale.unlink()
+
+    def local(r: int, cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*(prefix or []), *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
     procs = []
     t0 = time.monotonic()
     try:
         for r in range(world):
-            cmd = [*(prefix or []), sys.executable, "-m", "bench.hivemind_baseline", "--rank", str(r),
-                   "--world", str(world), "--steps", str(steps), "--dir", str(workdir),
-                   "--task-options", json.dumps(task_options or {})]
+            cmd = [sys.executable, "-m", "bench.hivemind_baseline", "--rank", str(r), "--world", str(world),
+                   "--steps", str(steps), "--dir", str(workdir), "--task-options", json.dumps(task_options or {}),
+                   *(rank_args(r) if rank_args else [])]
             with open(workdir / f"hivemind-{r}.log", "wb") as log:
-                procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+                procs.append((popen or local)(r, cmd, log))
         deadline = t0 + timeout_s
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             if all((workdir / f"result-{r}.json").exists() for r in range(world)):
@@ -143,12 +157,16 @@ def run(world: int, steps: int, workdir: Path, prefix: list[str] | None = None,
     results = [json.loads(p.read_text()) for p in sorted(workdir.glob("result-*.json"))]
     if len(results) < world:
         return {"error": f"{world - len(results)} of {world} hivemind peers produced no result; logs in {workdir}"}
-    return {"final_eval_loss": sum(r["final_eval_loss"] for r in results) / world,
-            "final_eval_loss_per_peer": [r["final_eval_loss"] for r in results],
-            "initial_eval_loss": results[0]["initial_eval_loss"], "wall_s": round(wall, 3),
-            "train_s": round(max(r["train_s"] for r in results), 3),
-            "averaging_rounds": max(r["local_epoch"] for r in results),
-            "config": f"use_local_updates, target_batch_size=N*batch*{STEPS_PER_EPOCH}, matchmaking 2 s, fp16 state"}
+    final = sum(r["final_eval_loss"] for r in results) / world
+    out = {"final_eval_loss": final, "final_eval_loss_per_peer": [r["final_eval_loss"] for r in results],
+           "initial_eval_loss": results[0]["initial_eval_loss"], "wall_s": round(wall, 3),
+           "train_s": round(max(r["train_s"] for r in results), 3), "steps": [r["steps"] for r in results],
+           "averaging_rounds": max(r["local_epoch"] for r in results),
+           "config": f"use_local_updates, target_batch_size=N*batch*{STEPS_PER_EPOCH}, matchmaking 2 s, fp16 state"}
+    if all("curve" in r for r in results):
+        out["curve"] = [*mean_curves([r["curve"] for r in results]),
+                        {"t_s": out["train_s"], "step": round(sum(out["steps"]) / world), "eval_loss": final}]
+    return out
 
 
 def main() -> None:

@@ -51,3 +51,15 @@ class TimedSnapshots:
                 curve.append({"t_s": round(t, 2), "step": step, "eval_loss": float(task.evaluate(self.model))})
         self.model.load_state_dict(own)
         return curve
+
+
+def mean_curves(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Point k is the mean of every curve's point k (time, step, loss), up to the shortest curve.
+
+    Peers of one method evaluate at the same marks (seconds, or steps for peerd), so the k-th
+    points belong together; their times differ by the peers' skew.
+    """
+    n, k = min((len(c) for c in curves), default=0), len(curves)
+    return [{"t_s": round(sum(c[i]["t_s"] for c in curves) / k, 2),
+             "step": round(sum(c[i]["step"] for c in curves) / k),
+             "eval_loss": sum(c[i]["eval_loss"] for c in curves) / k} for i in range(n)]

@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import hivemind_baseline
 from bench.launch import start_wan_daemons, stop_all
+from bench.timed import mean_curves
 from bench.wan import PROFILES, WanEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,38 +107,17 @@ def run_hivemind(wan: WanEmulator, peers: int, seconds: float, every_s: float, w
     2.305. hivemind's own advice (research notes) is an epoch of at least 5x matchmaking plus
     all-reduce.
     """
-    for stale in workdir.glob("*"):
-        if stale.is_file() and not stale.name.endswith(".log"):
-            stale.unlink()
-    procs = []
-    for r in range(peers):
-        cmd = [sys.executable, "-m", "bench.hivemind_baseline", "--rank", str(r), "--world", str(peers),
-               "--steps", "0", "--dir", str(workdir), "--host", wan.addr(r), "--seconds", str(seconds),
-               "--every-s", str(every_s), "--matchmaking-s", str(matchmaking_s),
-               "--epoch-steps", str(epoch_steps)]
-        with open(workdir / f"hivemind-{r}.log", "wb") as log:
-            procs.append(wan.popen(r, cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=_env(workdir)))
-    deadline = time.monotonic() + seconds + 300
-    try:
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            if all((workdir / f"result-{r}.json").exists() for r in range(peers)):
-                break
-            time.sleep(0.5)
-    finally:
-        stop_all(procs, grace_s=15)
-    results = [json.loads(p.read_text()) for p in sorted(workdir.glob("result-*.json"))]
-    if len(results) < peers:
-        return {"error": f"{peers - len(results)} of {peers} hivemind peers produced no result; logs in {workdir}"}
-    n = min(len(r["curve"]) for r in results)
-    curve = [{"t_s": round(sum(r["curve"][k]["t_s"] for r in results) / peers, 2),
-              "step": round(sum(r["curve"][k]["step"] for r in results) / peers),
-              "eval_loss": sum(r["curve"][k]["eval_loss"] for r in results) / peers} for k in range(n)]
-    final = sum(r["final_eval_loss"] for r in results) / peers
-    curve.append({"t_s": round(max(r["train_s"] for r in results), 2),
-                  "step": round(sum(r["steps"] for r in results) / peers), "eval_loss": final})
-    return {"final_eval_loss": final, "final_eval_loss_per_peer": [r["final_eval_loss"] for r in results],
-            "initial_eval_loss": results[0]["initial_eval_loss"], "steps": [r["steps"] for r in results],
-            "averaging_rounds": max(r["local_epoch"] for r in results), "curve": curve}
+    def args(r: int) -> list[str]:
+        return ["--host", wan.addr(r), "--seconds", str(seconds), "--every-s", str(every_s),
+                "--matchmaking-s", str(matchmaking_s), "--epoch-steps", str(epoch_steps)]
+
+    def popen(r: int, cmd: list[str], log: Any) -> subprocess.Popen[bytes]:
+        return wan.popen(r, cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=_env(workdir))
+
+    res = hivemind_baseline.run(peers, 0, workdir, timeout_s=seconds + 300, rank_args=args, popen=popen)
+    res["config"] = (f"use_local_updates, matchmaking_time {matchmaking_s} s, "
+                     f"epoch = {epoch_steps} local steps per peer, fp16 state")
+    return res
 
 
 def run_peerd(wan: WanEmulator, peers: int, seconds: float, eval_every: int, overrides: list[str],
@@ -189,16 +170,14 @@ def peerd_curve(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (the final outer model, reported apart); the curve is what lies between. Seconds count from
     the peer's last point at step 0 (training starts right after it).
     """
-    evals = []
+    curves = []
     for s in summaries:
         hist = s.get("history", [])
         t0 = max([h["t_s"] for h in hist if h["step"] == 0] or [hist[0]["t_s"] if hist else 0.0])
-        points = [(h["t_s"] - t0, h["step"], h["eval_loss"]) for h in hist[:-1] if h.get("eval_loss") is not None]
-        evals.append(points[1:])
-    n = min(len(e) for e in evals)
-    k = len(evals)
-    return [{"t_s": round(sum(e[i][0] for e in evals) / k, 2), "step": round(sum(e[i][1] for e in evals) / k),
-             "eval_loss": sum(e[i][2] for e in evals) / k} for i in range(n)]
+        points = [{"t_s": h["t_s"] - t0, "step": h["step"], "eval_loss": h["eval_loss"]} for h in hist[:-1]
+                  if h.get("eval_loss") is not None]
+        curves.append(points[1:])
+    return mean_curves(curves)
 
 
 def run(profile: str, peers: int, seconds: float, every_s: float, eval_every: int, methods: list[str],
@@ -215,8 +194,6 @@ def run(profile: str, peers: int, seconds: float, every_s: float, eval_every: in
                 res = run_ddp(wan, peers, seconds, every_s, d)
             elif name == "hivemind":
                 res = run_hivemind(wan, peers, seconds, every_s, d, *hivemind)
-                res["config"] = (f"use_local_updates, matchmaking_time {hivemind[0]} s, "
-                                 f"epoch = {hivemind[1]} local steps per peer, fp16 state")
             else:
                 res = run_peerd(wan, peers, seconds, eval_every, overrides, d)
             res["wire_bytes_per_peer"] = _wire_bytes(wan, peers)

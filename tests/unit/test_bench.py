@@ -141,3 +141,16 @@ def test_paced_real_h_leaves_out_each_fragments_first_and_final_sync() -> None:
     out = paced_real.summarize(peers, 200, 100)
     assert [p["h_mean"] for p in out["peers"]] == [210.0, 210.0, 210.0, 70.0]
     assert out["median_peer_h"] == 210.0 and out["deviation"] == 0.05
+
+
+def test_peerd_race_curve_skips_the_initial_and_leaving_evals_and_averages_kth_with_kth() -> None:
+    from bench import wan_race
+
+    def peer(t0: float, losses: list[float]) -> dict[str, object]:
+        hist = [{"t_s": t0 - 1, "step": 0, "eval_loss": None}, {"t_s": t0, "step": 0, "eval_loss": 5.5}]
+        hist += [{"t_s": t0 + 10 * (k + 1), "step": 100 * (k + 1), "eval_loss": x} for k, x in enumerate(losses)]
+        hist.append({"t_s": t0 + 99, "step": 350, "eval_loss": 1.0})  # written on leaving: the outer model
+        return {"history": hist}
+
+    curve = wan_race.peerd_curve([peer(4.0, [3.0, 2.0, 1.5]), peer(8.0, [2.0, 1.0])])  # one peer evaluated less
+    assert curve == [{"t_s": 10.0, "step": 100, "eval_loss": 2.5}, {"t_s": 20.0, "step": 200, "eval_loss": 1.5}]
