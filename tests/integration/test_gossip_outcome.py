@@ -23,7 +23,7 @@ from peerd.core.fragments import FragmentLayout
 from peerd.core.metrics import Metrics
 from peerd.core.state import OuterState
 from peerd.mixing.gossip import mixing
-from peerd.mixing.gossip.doubt import OUTCOME_SHARD, Doubt
+from peerd.mixing.gossip.doubt import COMMITTED, OUTCOME_SHARD, Doubt, OutcomeSink
 from peerd.mixing.gossip.round import GossipMixer
 from peerd.net.transport import Transport
 from peerd.net.view import SwarmView
@@ -92,7 +92,7 @@ async def test_the_side_in_doubt_applies_exactly_what_its_partner_committed(
     request = peer_pb2.PullRequest(run_id=cfg.run_id, round=r, plan_id="plan", requester="asker",
                                    shard=OUTCOME_SHARD)
     t0 = time.monotonic()
-    await x.network.pull_shard(endpoint, request, x, 5.0)
+    await x.network.pull_shard(endpoint, request, OutcomeSink(x.doubts, "partner"), 5.0)
     assert time.monotonic() - t0 < 5.0
     assert (r, "partner") not in x.doubts.doubts and x.doubts.decided[(r, "partner")] is committed
     if committed:
@@ -122,3 +122,26 @@ async def test_questions_about_exchanges_never_made_are_refused_once_the_ledger_
     known = peer_pb2.PullRequest(run_id=p.cfg.run_id, round=r, plan_id="plan", requester="x7", shard=OUTCOME_SHARD)
     header, payload = await p.doubts.answer(known)  # an outcome already recorded is still answered
     assert header.codec.endswith("aborted") and payload == b""
+
+
+async def test_an_outcome_is_taken_only_as_the_answer_of_the_partner_asked() -> None:
+    from peerd.net.transport import Rejected
+
+    cfg = load_config(None, ["transport.host=127.0.0.1"])
+    x = _mixer("asker", Transport(cfg.transport, lambda d, n: None, lambda reason: None), 2)
+    r = x.rc.index() - 1
+    plan = _Plan(r, 1, ("127.0.0.1:1", "127.0.0.1:2"), ("asker", "partner"))
+    u = torch.zeros(x.z[1].numel(), dtype=torch.float64)
+    x.doubts.doubts[(r, "partner")] = Doubt(plan, "partner", u, 0.5, u, 0.25)  # type: ignore[arg-type]
+    w_before = x.w[1]
+
+    def answer(sender: str) -> peer_pb2.ShardHeader:
+        return peer_pb2.ShardHeader(run_id=cfg.run_id, round=r, sender=sender, plan_id="plan",
+                                    kind=peer_pb2.PAYLOAD_KIND_GOSSIP, shard=OUTCOME_SHARD, numel=0, codec=COMMITTED)
+
+    with pytest.raises(Rejected, match="only taken as an answer"):  # pushed to this peer's server, unasked
+        await x.admit(answer("partner"))
+    with pytest.raises(Rejected, match="not from the partner asked"):  # the answer of someone else
+        await OutcomeSink(x.doubts, "partner").admit(answer("mallory"))
+    assert (r, "partner") in x.doubts.doubts and x.w[1] == w_before  # nothing applied
+

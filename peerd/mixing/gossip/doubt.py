@@ -109,8 +109,9 @@ class DoubtLedger:
         while key in self.doubts and not mx.leaving and mx.rc.now() < give_up:
             await asyncio.sleep(RETRY_S[min(tries, len(RETRY_S) - 1)])
             tries += 1
-            try:  # the answer arrives through admit/deliver (settle), like a pulled message
-                await mx.network.pull_shard(endpoint, request, mx, mx.cfg.transport.rpc_timeout_s)
+            try:  # the answer goes through OutcomeSink (admit, then settle), like a pulled message
+                await mx.network.pull_shard(endpoint, request, OutcomeSink(self, doubt.partner),
+                                            mx.cfg.transport.rpc_timeout_s)
             except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError) as exc:
                 mx._last_error = repr(exc)[:120]  # unreachable or busy: ask again
         if self.doubts.pop(key, None) is not None:
@@ -146,7 +147,8 @@ class DoubtLedger:
 
     def admit(self, header: peer_pb2.ShardHeader) -> float:
         """Asking side: accept only an outcome for an exchange this peer is in doubt about."""
-        if header.codec not in (COMMITTED, ABORTED) or header.payload_bytes != 0 or header.numel != 0:
+        if (header.kind != peer_pb2.PAYLOAD_KIND_GOSSIP or header.shard != OUTCOME_SHARD
+                or header.codec not in (COMMITTED, ABORTED) or header.payload_bytes != 0 or header.numel != 0):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "malformed exchange outcome")
         if (int(header.round), header.sender) not in self.doubts:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "no exchange in doubt with this partner")
@@ -192,3 +194,22 @@ class DoubtLedger:
             except BridgeFull:
                 log.warning("gossip_doubt_rebase_dropped", round=key[0], fragment=p)
             log.info("gossip_doubt_committed", round=key[0], partner=key[1][-8:], weight=w_new)
+
+
+class OutcomeSink:
+    """The sink of one outcome question: the answer must come from the partner asked (a pushed outcome is refused)."""
+
+    def __init__(self, ledger: DoubtLedger, partner: str) -> None:
+        """``partner``: the peer asked."""
+        self.ledger, self.partner = ledger, partner
+
+    async def admit(self, header: peer_pb2.ShardHeader) -> float:
+        """Refuse an answer from anyone but the partner asked, then check it as an outcome."""
+        if header.sender != self.partner:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "outcome is not from the partner asked")
+        return self.ledger.admit(header)
+
+    async def deliver(self, header: peer_pb2.ShardHeader, payload: bytes) -> None:
+        """Apply or drop the exchange in doubt."""
+        await self.ledger.settle(header)
+

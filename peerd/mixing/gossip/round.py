@@ -214,7 +214,9 @@ class GossipMixer:
         if header.run_id != self.cfg.run_id:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "wrong run_id")
         if header.kind == GOSSIP and header.shard == OUTCOME_SHARD:
-            return self.doubts.admit(header)  # a partner's answer about an exchange in doubt
+            # Outcomes come only as the answer to this peer's own question (doubt.OutcomeSink),
+            # never pushed: an unsolicited "committed" would make it apply an exchange.
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "an exchange outcome is only taken as an answer")
         if header.fragment >= len(self.z) or header.numel != self.z[header.fragment].numel():
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong fragment id or shape")
         if header.anchor != self.anchor_ids[header.fragment]:
@@ -249,9 +251,6 @@ class GossipMixer:
             if not bool(torch.isfinite(theta).all()):
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "non-finite values")
             await self.absorb(header.fragment, theta, header.weight)
-            return
-        if header.shard == OUTCOME_SHARD:
-            await self.doubts.settle(header)
             return
         rs = self._rounds.get(header.round)
         if rs is None or rs.plan.plan_id != header.plan_id or not rs.open or self.rc.now() > rs.plan.deadline:
