@@ -10,8 +10,9 @@ run's final round, are left out),
 its training rate, the seconds its worker idled for pacing (``paced_idle_s``) and its rounds.
 The median peer's mean H is compared with the target.
 
-Cases: ``paced`` sets ``round.target_h``; ``clock`` is the default (every round syncs the
-fragment ``round mod 2``, so H follows the hardware). Writes ``bench/results/paced_real.json``.
+Cases: ``paced`` sets ``round.target_h``; ``clock`` sets ``round.target_h=0`` (every round syncs
+the fragment ``round mod 2``, so H follows the hardware; the default before 2026-11-30).
+Writes ``bench/results/paced_real.json``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
 
 - **equal steps over the internet**: 4 daemons train exactly ``wan_steps`` inner steps each under
   the ``lan`` profile, then again under ``intercontinental`` (200 ms RTT, 20 Mbit/s, 0.5% loss),
-  both with ``--exit-when-done`` (:func:`bench.wan_rounds.run`); once with the default clock
-  rounds and once work-paced (``round.target_h``). Reports the share of member-rounds committed
+  both with ``--exit-when-done`` (:func:`bench.wan_rounds.run`); once with clock rounds
+  (``round.target_h=0``) and once work-paced (``round.target_h``). Reports the share of member-rounds committed
   and the final eval loss of each, so the two profiles compare at equal steps.
 - **swarm size on loopback**: ``loopback_sizes`` daemons with zero added delay for
   ``loopback_s`` seconds (:func:`bench.control_plane.run`): the share of member-rounds committed
@@ -52,7 +52,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
     out: dict[str, Any] = {"command": bench_cmd, "wan": {}, "loopback": {}}
     for profile, variant in [(p, v) for v in ("", "_paced") for p in ("lan", "intercontinental")]:
         name = profile + variant
-        overrides = [f"round.target_h={PACED_H}"] if variant else []
+        overrides = [f"round.target_h={PACED_H}" if variant else "round.target_h=0"]
         print(f"bench: rounds, {name}, 4 daemons x {wan_steps} steps ...", file=sys.stderr, flush=True)
         res = wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, overrides, workdir / "wan" / name, steps=wan_steps)
         by_outcome = control_plane.outcomes_of(res["per_peer"])

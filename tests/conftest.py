@@ -19,7 +19,9 @@ import pytest
 
 # Small, fast settings for multi-process tests on a 2-core machine: short rounds, small model.
 FAST = [
-    "transport.host=127.0.0.1", "dht.host=127.0.0.1", "round.round_s=2", "round.settle_s=0.15",
+    # round.target_h=0: clock rounds, so that short test runs sync every round (the default work
+    # pacing would hold until 100 steps of a fragment); tests of pacing set it themselves.
+    "transport.host=127.0.0.1", "dht.host=127.0.0.1", "round.round_s=2", "round.settle_s=0.15", "round.target_h=0",
     "round.plan_slot_s=0.15", "round.plan_candidates=2", "train.log_every_s=2",
     "task_options.d_model=48", "task_options.n_layers=2", "task_options.seq_len=48",
     "data.max_corpus_bytes=1000000",

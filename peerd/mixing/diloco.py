@@ -394,8 +394,9 @@ class Diloco:
         plan = rs.plan
         mean = torch.cat([rs.reduced[i].values for i in range(plan.owners)])
         if sum(rs.reduced[i].weight for i in range(plan.owners)) > 0:
-            self.state.apply_outer_step(plan.fragment, mean, self.mix.outer_lr, self.mix.outer_momentum,
-                                        self.mix.nesterov, plan.revision)
+            mix = self.mix
+            self.state.apply_outer_step(plan.fragment, mean, mix.effective_outer_lr, mix.effective_outer_momentum,
+                                        mix.nesterov, plan.revision)
         else:
             self.state.bump_revision(plan.revision)
         if self.mix.error_feedback and pending_residual is not None:

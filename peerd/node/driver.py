@@ -54,7 +54,7 @@ class RoundDriver:
         self.last_round: dict[str, Any] = {}
         self._caps_said: set[int] = set()  # upload caps already reported as too slow for the round
         self.round_log = RoundLog()  # recent outcomes, for health
-        self.pacing = PaceWatch(cfg.round.target_h, cfg.mixing.num_fragments, rounds, metrics)
+        self.pacing = PaceWatch(cfg.pace_h, cfg.mixing.num_fragments, rounds, metrics)
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -137,7 +137,7 @@ class RoundDriver:
         if self.end.await_laggards(candidates, elig):
             self._count("skipped", "awaiting_sync")
             return
-        if self.cfg.round.target_h:
+        if self.cfg.pace_h:
             self.pacing.observe(r, elig)
         plan = await self._obtain_plan(r, candidates)
         if plan is None:
@@ -148,7 +148,7 @@ class RoundDriver:
         if plan.index_of(self.peer_id) < 0:
             self._count("skipped", "not_in_plan")
             return
-        if plan.paced != self.cfg.round.target_h:
+        if plan.paced != self.cfg.pace_h:
             # Published by a peer paced otherwise (round.target_h differs): its fragment choice is not ours.
             self._count("skipped", "pace_mismatch")
             return
@@ -204,7 +204,7 @@ class RoundDriver:
         """What one member pushes per exchange phase of round ``r``: its fragment, encoded, less its own shard."""
         mix, numels = self.cfg.mixing, self.view.state.layout.numels
         # Paced: the fragment is the publisher's choice, not yet known; size for the largest.
-        numel = max(numels) if self.cfg.round.target_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
+        numel = max(numels) if self.cfg.pace_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
         size = codec.encoded_size(mix.codec, numel, mix.block_size, mix.sparse_density)
         return size * max(1, members - 1) // max(1, members)
 
@@ -216,7 +216,7 @@ class RoundDriver:
         """
         mix, numels = self.cfg.mixing, self.view.state.layout.numels
         # Paced: the fragment is the publisher's choice, not yet known; size for the largest.
-        numel = max(numels) if self.cfg.round.target_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
+        numel = max(numels) if self.cfg.pace_h else numels[sch.fragment_for_round(r, mix.num_fragments)]
         return sum(codec.encoded_size(mix.codec, end - start, mix.block_size, mix.sparse_density)
                    for start, end in shard_bounds(numel, max(1, owners), mix.block_size))
 
@@ -300,7 +300,7 @@ class RoundDriver:
         members = self.view.unsuspected(candidates, keep=self.end.must_name())
         elig = sch.eligible(members, self.mixer.mode)
         fragment = None
-        if cfg.round.target_h:
+        if cfg.pace_h:
             fragment = self.pacing.choose(r, elig, sch.is_final(members, self.mixer.mode))
         uplink = self.view.slowest_uplink(c.peer_id for c in elig)
         # Owners push reduced shards (DiLoCo); gossip has no reduce phase to pace.
@@ -312,7 +312,7 @@ class RoundDriver:
                              members, rc.round_s, rc.deadline_fraction, now,
                              self.mixer.mode, cfg.mixing.topology,
                              collect_deadline=rc.collect_deadline(r, now, nbytes, uplink, owners),
-                             deadline=rc.deadline(r), paced=cfg.round.target_h, fragment=fragment)
+                             deadline=rc.deadline(r), paced=cfg.pace_h, fragment=fragment)
         if plan is None or len(plan.members) < cfg.round.min_members:
             # Everyone else is suspected: publish nothing, but a better-ranked or later
             # candidate may still publish a plan that names this peer.

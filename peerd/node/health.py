@@ -141,5 +141,5 @@ def status_fields(t: Any) -> dict[str, Any]:
     now_s = time.monotonic() - t.started_at
     return {"healthy": verdict.healthy, "health": verdict.state, "health_reasons": list(verdict.reasons),
             "rounds_without_commit": aborted + skipped, "recent_rounds": recent,
-            **({"pace": node.driver.pacing.status()} if node is not None and node.cfg.round.target_h else {}),
+            **({"pace": node.driver.pacing.status()} if node is not None and node.cfg.pace_h else {}),
             **window_rates(list(t.history), now_s, t.counters.tx_bytes, t.counters.rx_bytes)}

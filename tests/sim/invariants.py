@@ -80,7 +80,7 @@ def _servers(w: World, rows: dict[str, object]) -> int:
 
 def hold_rounds(w: World) -> int:
     """Rounds a work-paced run may hold in a row: the slowest worker's H steps, plus one (0 when unpaced)."""
-    target = w.cfg.round.target_h
+    target = w.cfg.pace_h
     if not target:
         return 0
     slowest = w.sc.step_s * max(w.sc.slow.values(), default=1.0)

@@ -72,9 +72,11 @@ def tiny_task(shard: int) -> Task:
 
 
 def sim_config(mode: str = "diloco", **overrides: Any) -> PeerdConfig:
+    # Clock rounds (target_h 0): the sweep's short runs (16-24 steps) would hold under the default
+    # H; tests/sim/pacing.py and test_paced.py cover work pacing.
     sets = ["round.round_s=2", "round.settle_s=0.15", "round.plan_slot_s=0.15", "round.plan_candidates=2",
-            f"mixing.mode={mode}", "mixing.num_fragments=2", "mixing.block_size=16", "dht.heartbeat_s=1",
-            "dht.ttl_s=4", "transport.rpc_timeout_s=2", "transport.state_timeout_s=60"]
+            "round.target_h=0", f"mixing.mode={mode}", "mixing.num_fragments=2", "mixing.block_size=16",
+            "dht.heartbeat_s=1", "dht.ttl_s=4", "transport.rpc_timeout_s=2", "transport.state_timeout_s=60"]
     if mode == "gossip":
         sets.append("mixing.topology=random")
     sets += [f"{k}={v}" for k, v in overrides.items()]

@@ -122,6 +122,32 @@ def test_target_h_excludes_the_idling_knob_and_gossip() -> None:
         load_config(None, ["round.target_h=32", "mixing.mode=gossip"])
 
 
+def test_unset_target_h_paces_diloco_by_default_and_never_invalidates_a_config() -> None:
+    from peerd.core.config import DEFAULT_TARGET_H, with_overrides
+
+    cfg = load_config(None, [])
+    assert cfg.round.target_h is None and cfg.pace_h == DEFAULT_TARGET_H > 0
+    assert load_config(None, ["round.target_h=0"]).pace_h == 0  # explicit 0: clock rounds
+    # Unset, the default steps aside where an explicit target_h is refused.
+    assert load_config(None, ["mixing.mode=gossip"]).pace_h == 0
+    assert load_config(None, ["train.max_steps_per_round=8"]).pace_h == 0
+    # A resolved default is not written back: a copy switched to gossip stays valid.
+    assert with_overrides(cfg, {"mixing.mode": "gossip"}).pace_h == 0
+
+
+def test_unset_outer_step_takes_the_modes_measured_default() -> None:
+    from peerd.core.config import DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM
+
+    mix = load_config(None, []).mixing
+    assert (mix.effective_outer_lr, mix.effective_outer_momentum) == (DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM)
+    gossip = load_config(None, ["mixing.mode=gossip"]).mixing
+    assert (gossip.effective_outer_lr, gossip.effective_outer_momentum) == (1.0, 0.0)  # plain averaging
+    mixed = load_config(None, ["mixing.outer_lr=1.0"]).mixing  # each key on its own
+    assert (mixed.effective_outer_lr, mixed.effective_outer_momentum) == (1.0, DILOCO_OUTER_MOMENTUM)
+    with pytest.raises(ConfigError, match="outer_momentum"):
+        load_config(None, ["mixing.outer_momentum=1.0"])
+
+
 def test_worker_counts_steps_since_each_fragment_sync() -> None:
     worker, bridge, layout = make_worker(max_steps=40)
     worker.start()
