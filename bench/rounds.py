@@ -8,8 +8,9 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
   (``round.target_h=0``) and once work-paced (``round.target_h``). Reports the share of member-rounds committed
   and the final eval loss of each, so the two profiles compare at equal steps.
 - **swarm size on loopback**: ``loopback_sizes`` daemons with zero added delay for
-  ``loopback_s`` seconds (:func:`bench.control_plane.run`): the share of member-rounds committed
-  and the DHT bytes each peer sends per second.
+  ``loopback_s`` seconds (:func:`bench.control_plane.run`), with clock rounds
+  (``round.target_h=0``, every round exchanges): the share of member-rounds committed and the
+  DHT bytes each peer sends per second.
 
 A member-round is one peer's part in one round. Two shares are reported: committed over
 committed + aborted, and the strict one, which also counts as lost every round a ready peer
@@ -67,7 +68,9 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
     for n in loopback_sizes:
         print(f"bench: rounds, {n} daemons on loopback for {loopback_s:g} s ...", file=sys.stderr, flush=True)
         try:
-            res = control_plane.run(n, loopback_s, [], workdir / "loopback" / str(n))
+            # Clock rounds: every round exchanges, the protocol's load test. Under the default work
+            # pacing a starved 16-peer swarm on 2 cores would hold most rounds and say little.
+            res = control_plane.run(n, loopback_s, ["round.target_h=0"], workdir / "loopback" / str(n))
         except (RuntimeError, TimeoutError) as exc:
             out["loopback"][str(n)] = {"error": repr(exc)}
             continue
