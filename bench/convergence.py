@@ -33,7 +33,9 @@ PEERD_METHODS = {
     "peerd_diloco_int8_paced": ["mixing.codec=int8", "round.round_s=2", "round.settle_s=0.15",
                                 "round.plan_slot_s=0.15", "round.plan_candidates=2", "train.max_steps_per_round=16"],
 }
-COMMON = ["train.threads=1", "train.log_every_s=1"]  # 1 s history points: train_s
+# 1 s history points: train_s. Clock rounds (round.target_h=0): these runs are a few hundred steps,
+# where the default work pacing (a fragment every 200 steps) would sync each fragment about once.
+COMMON = ["train.threads=1", "train.log_every_s=1", "round.target_h=0"]
 
 
 def peerd_command(peers: int, steps: int, extra: list[str]) -> list[str]:

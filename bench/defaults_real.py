@@ -109,8 +109,72 @@ def cached_solo(steps: int) -> float | None:
     return None
 
 
+def run(steps: int, names: list[str], workdir: Path, solo_cached: bool = True,
+        out: Path | None = None) -> dict[str, Any]:
+    """DDP, the solo reference and the named variants, one after another; ``out`` is rewritten after each."""
+    timeout_s = 120 + steps * 0.5
+    doc: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": steps, "peers": 4, "variants": {}}
+    d = ddp.run(4, steps, workdir / "ddp", timeout_s=timeout_s * 2)
+    if "error" in d:
+        return {**doc, "error": d["error"]}
+    doc["ddp"] = d
+    solo = cached_solo(steps) if solo_cached else None
+    doc["solo_source"] = f"cached: {SOLO_CACHE.relative_to(ROOT)}"
+    if solo is None:
+        s = swarm(1, steps, [], workdir / "solo", timeout_s)
+        if not s.get("peers"):
+            return {**doc, "error": f"solo run: {s.get('error')}"}
+        solo, doc["solo_source"] = s["peers"][0]["final_eval_loss"], "measured in this run"
+    doc["solo_final_eval_loss"] = solo
+    for name in names:
+        print(f"bench: defaults_real, {name} ...", file=sys.stderr, flush=True)
+        res = swarm(4, steps, VARIANTS[name], workdir / name, timeout_s)
+        doc["variants"][name] = r = {"sets": VARIANTS[name], **score(res, solo, d["final_eval_loss"],
+                                                                     d["tx_bytes_per_peer"])}
+        print(json.dumps({k: r.get(k) for k in ("final_eval_loss", "share", "bytes_vs_ddp", "h_mean",
+                                                 "rounds_committed", "error")} | {"variant": name}), flush=True)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def targets(doc: dict[str, Any], add: Any) -> None:
+    """Issue 12's equal-samples target with real daemons: the default >= 60% of DDP's gain at >= 300x."""
+    v = doc.get("variants", {}).get("default")
+    name = f"real daemons, 4 x {doc.get('steps')}: peerd default >= 60% of DDP's gain at >= 300x fewer wire bytes"
+    if not v or v.get("error") or doc.get("error"):
+        add(name, None, None, f"run failed: {(v or {}).get('error') or doc.get('error')}")
+        return
+    share, x = v["share"], v["bytes_vs_ddp"] or 0
+    add(name, share, share >= 0.6 and x >= 300, f"{share:.1%} of the gain at {x:.0f}x fewer bytes")
+    old = doc["variants"].get("clock_plain")
+    if old and not old.get("error"):
+        d = share - old["share"]
+        add("default vs the earlier defaults (clock rounds, plain averaging), same run", d, d >= 0,
+            f"{share:.1%} vs {old['share']:.1%} ({d * 100:+.1f} points)")
+
+
+def table(doc: dict[str, Any]) -> list[str]:
+    """Markdown rows of the defaults comparison."""
+    lines = ["", f"### Defaults against their alternatives (real daemons, 4 peers x {doc.get('steps')} steps)", "",
+             f"DDP {doc.get('ddp', {}).get('final_eval_loss', float('nan')):.4f}, one peer alone "
+             f"{doc.get('solo_final_eval_loss', float('nan')):.4f} ({doc.get('solo_source')}).", "",
+             "| variant | eval loss | share of DDP's gain | wire bytes vs DDP | H | rounds committed / aborted | "
+             "load 1m | overrides |", "|---|---|---|---|---|---|---|---|"]
+    for name, v in doc.get("variants", {}).items():
+        if v.get("error"):
+            lines.append(f"| {name} | error: {str(v['error'])[:160]} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {v['final_eval_loss']:.4f} | {v['share']:.1%} | {v['bytes_vs_ddp']:.0f}x | "
+                     f"{v['h_mean']} | {max(v['rounds_committed'])} / {max(v['rounds_aborted'])} | "
+                     f"{v['loadavg_1m'][0]} / {v['loadavg_1m'][1]} | {' '.join(v['sets']) or '(defaults)'} |")
+    lines.append(f"\nCommand: `{doc.get('command', '')}`.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run DDP, the solo reference (cached unless ``--solo``) and the variants; write the JSON."""
+    """CLI: run DDP, the solo reference (cached unless ``--solo``) and the variants; write the JSON."""
     ap = argparse.ArgumentParser(prog="python -m bench.defaults_real", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
@@ -119,34 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/peerd-defaults-real"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    timeout_s = 120 + a.steps * 0.5
-    doc: dict[str, Any] = {"command": " ".join(["python -m bench.defaults_real", *(argv or sys.argv[1:])]),
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": a.steps, "peers": 4}
-    d = ddp.run(4, a.steps, a.workdir / "ddp", timeout_s=timeout_s * 2)
-    if "error" in d:
-        print(d["error"], file=sys.stderr)
+    doc = run(a.steps, a.only or list(VARIANTS), a.workdir, not a.solo, a.out)
+    doc["command"] = " ".join(["python -m bench.defaults_real", *(argv if argv is not None else sys.argv[1:])])
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if doc.get("error"):
+        print(doc["error"], file=sys.stderr)
         return 1
-    doc["ddp"] = d
-    solo = None if a.solo else cached_solo(a.steps)
-    if solo is None:
-        s = swarm(1, a.steps, [], a.workdir / "solo", timeout_s)
-        if not s.get("peers"):
-            print(s.get("error"), file=sys.stderr)
-            return 1
-        solo, doc["solo_source"] = s["peers"][0]["final_eval_loss"], "measured in this run"
-    else:
-        doc["solo_source"] = f"cached: {SOLO_CACHE.relative_to(ROOT)}"
-    doc["solo_final_eval_loss"] = solo
-    doc["variants"] = {}
-    for name in a.only or list(VARIANTS):
-        print(f"bench: defaults_real, {name} ...", file=sys.stderr, flush=True)
-        run = swarm(4, a.steps, VARIANTS[name], a.workdir / name, timeout_s)
-        doc["variants"][name] = r = {"sets": VARIANTS[name], **score(run, solo, d["final_eval_loss"],
-                                                                     d["tx_bytes_per_peer"])}
-        print(json.dumps({k: r.get(k) for k in ("final_eval_loss", "share", "bytes_vs_ddp", "h_mean",
-                                                 "rounds_committed", "error")} | {"variant": name}), flush=True)
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

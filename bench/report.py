@@ -92,6 +92,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         from bench import wan_race
 
         wan_race.targets(r["race"], add)
+    if r.get("defaults", {}).get("variants"):
+        from bench import defaults_real
+
+        defaults_real.targets(r["defaults"], add)
     return out
 
 
@@ -236,6 +240,10 @@ def table(r: dict[str, Any]) -> str:
         from bench import wan_race
 
         lines += wan_race.table(r["race"])
+    if r.get("defaults", {}).get("variants"):
+        from bench import defaults_real
+
+        lines += defaults_real.table(r["defaults"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

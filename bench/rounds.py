@@ -5,8 +5,9 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
 - **equal steps over the internet**: 4 daemons train exactly ``wan_steps`` inner steps each under
   the ``lan`` profile, then again under ``intercontinental`` (200 ms RTT, 20 Mbit/s, 0.5% loss),
   both with ``--exit-when-done`` (:func:`bench.wan_rounds.run`); once with clock rounds
-  (``round.target_h=0``) and once work-paced (``round.target_h``). Reports the share of member-rounds committed
-  and the final eval loss of each, so the two profiles compare at equal steps.
+  (``round.target_h=0``) and once with the defaults (work-paced, ``round.target_h`` 200). Reports
+  the share of member-rounds committed and the final eval loss of each, so the two profiles
+  compare at equal steps.
 - **swarm size on loopback**: ``loopback_sizes`` daemons with zero added delay for
   ``loopback_s`` seconds (:func:`bench.control_plane.run`), with clock rounds
   (``round.target_h=0``, every round exchanges): the share of member-rounds committed and the
@@ -28,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import control_plane, wan_rounds
+from peerd.core.config import DEFAULT_TARGET_H
 
-# Inner steps between syncs of a fragment in the paced runs: the same H whatever the link, so the
-# two profiles' losses at equal steps compare the same algorithm (with clock rounds the number of
-# syncs per step follows each run's wall time).
-PACED_H = 100
+# Inner steps between syncs of a fragment in the paced runs (the daemon's default, round.target_h
+# unset): the same H whatever the link, so the two profiles' losses at equal steps compare the same
+# algorithm (with clock rounds the number of syncs per step follows each run's wall time).
+PACED_H = DEFAULT_TARGET_H
 LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan",
               "skipped:pace_mismatch")
 
@@ -53,7 +55,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
     out: dict[str, Any] = {"command": bench_cmd, "wan": {}, "loopback": {}}
     for profile, variant in [(p, v) for v in ("", "_paced") for p in ("lan", "intercontinental")]:
         name = profile + variant
-        overrides = [f"round.target_h={PACED_H}" if variant else "round.target_h=0"]
+        overrides = [] if variant else ["round.target_h=0"]  # paced: the defaults
         print(f"bench: rounds, {name}, 4 daemons x {wan_steps} steps ...", file=sys.stderr, flush=True)
         res = wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, overrides, workdir / "wan" / name, steps=wan_steps)
         by_outcome = control_plane.outcomes_of(res["per_peer"])
@@ -89,7 +91,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
 def targets(r: dict[str, Any], add: Any) -> None:
     """The internet-rounds issue's targets, from a ``rounds`` section (``add(name, value, ok, margin)``)."""
     wan = r.get("wan", {})
-    for variant, label in (("", "clock rounds"), ("_paced", f"paced, H={PACED_H}")):
+    for variant, label in (("", "clock rounds"), ("_paced", f"default, paced H={PACED_H}")):
         ic, lan = wan.get("intercontinental" + variant), wan.get("lan" + variant)
         if ic is None or lan is None:
             continue

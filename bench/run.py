@@ -19,17 +19,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
               "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30,
               "frontier_steps": 200, "frontier_methods": ("solo_shard0", "ddp", "int8_P2_H20", "sparse3_r3_H20"),
-              "race_s": 60},
+              "race_s": 60, "defaults_steps": 400, "defaults_variants": ("default", "clock_plain")},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
              "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
              "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60,
-             "frontier_steps": 2000, "frontier_methods": "core", "race_s": 240},
+             "frontier_steps": 2000, "frontier_methods": "core", "race_s": 240, "defaults_steps": 2000,
+             "defaults_variants": ("default", "paced_plain", "clock_plain", "clock_momentum")},
 }
 
 
@@ -149,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  list(wan_race.METHODS), [], work / "race", 1)}
         r["race"]["command"] = cmd("race")
         stamp("race", started)
+    if "defaults" in only:
+        from bench import defaults_real
+
+        started = time.monotonic()
+        r["defaults"] = defaults_real.run(plan["defaults_steps"], list(plan["defaults_variants"]), work / "defaults")
+        r["defaults"]["command"] = cmd("defaults")
+        stamp("defaults", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

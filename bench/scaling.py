@@ -24,7 +24,8 @@ from bench.launch import wait_swarm
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "seq_len": 32, "batch_size": 8}
-OVERRIDES = ["train.threads=1"] + [f"task_options.{k}={v}" for k, v in TINY.items()]
+# Clock rounds (round.target_h=0): every round exchanges, which is what bytes and latency per round measure.
+OVERRIDES = ["train.threads=1", "round.target_h=0"] + [f"task_options.{k}={v}" for k, v in TINY.items()]
 
 
 def _scrape(workdir: Path, stop: threading.Event, last: dict[int, dict[str, float]]) -> None:

@@ -21,9 +21,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-# Measured defaults (README, "Outer optimizer"; BENCHMARKS.md, "Default pacing and outer step"):
-# 4 real daemons x 2000 steps captured 67% of DDP's gain over one peer with these, against 59-61%
-# with the previous clock-paced rounds and plain averaging. Unset keys resolve to them.
+# Measured defaults (README, "Pacing and outer optimizer"; ``python -m bench.defaults_real``): 4 real
+# daemons x 2000 steps captured 65.6% of DDP's gain over one peer with these, against 61.9% with
+# clock rounds and plain averaging (the earlier defaults) in the same run. Outer momentum pays at
+# this H and hurts when every round syncs (43.6% with clock rounds). Unset keys resolve to them.
 DEFAULT_TARGET_H = 200
 DILOCO_OUTER_LR = 0.8
 DILOCO_OUTER_MOMENTUM = 0.5
@@ -79,7 +80,7 @@ class MixingConfig(_Section):
     # Outer (Nesterov) SGD on the averaged outer gradient. None: the measured default of the mode
     # (``effective_outer_lr`` / ``effective_outer_momentum``): diloco 0.8 / 0.5, which pays at a work-paced
     # H of 200; gossip 1.0 / 0.0 (plain averaging). DiLoCo's 0.7 / 0.9 measured harmful at these
-    # lengths (README, "Outer optimizer").
+    # lengths (README, "Pacing and outer optimizer").
     outer_lr: float | None = Field(None, gt=0)
     outer_momentum: float | None = Field(None, ge=0, lt=1)
     nesterov: bool = True

@@ -154,3 +154,25 @@ def test_peerd_race_curve_skips_the_initial_and_leaving_evals_and_averages_kth_w
 
     curve = wan_race.peerd_curve([peer(4.0, [3.0, 2.0, 1.5]), peer(8.0, [2.0, 1.0])])  # one peer evaluated less
     assert curve == [{"t_s": 10.0, "step": 100, "eval_loss": 2.5}, {"t_s": 20.0, "step": 200, "eval_loss": 1.5}]
+
+
+def test_defaults_real_scores_share_bytes_and_h_and_flags_a_short_default() -> None:
+    from bench import defaults_real
+
+    peer = {"final_eval_loss": 1.5, "tx_bytes": 4_000_000, "rounds_committed": 20, "rounds_aborted": 0,
+            "rounds_held": 10, "state_hash": "abcdef0123", "sync_h": [[0, 150], [1, 210], [0, 200], [1, 190],
+                                                                     [0, 0], [1, 30]]}
+    run = {"peers": [peer, {**peer, "final_eval_loss": 1.52}], "wall_s": 100.0, "loadavg_1m_start": 1.0,
+           "loadavg_1m_end": 2.0, "command": "peerd swarm --peers 4"}
+    v = defaults_real.score(run, solo=1.72, ddp_loss=1.42, ddp_bytes=4e9)
+    assert v["final_eval_loss"] == 1.51 and v["share"] == round((1.72 - 1.51) / 0.3, 4)
+    assert v["bytes_vs_ddp"] == 1000.0 and v["loss_spread"] == 0.02
+    assert v["h_mean"] == 195.0  # each fragment's first and final sync left out: 200 and 190 remain
+    doc = {"steps": 2000, "ddp": {"final_eval_loss": 1.42}, "solo_final_eval_loss": 1.72,
+           "variants": {"default": {**v, "sets": []},
+                        "clock_plain": {**v, "share": 0.75, "sets": ["round.target_h=0"]}}}
+    got: list[tuple[str, object, object, str]] = []
+    defaults_real.targets(doc, lambda *a: got.append(a))
+    assert got[0][2] is True and got[1][2] is False  # default met, but it lost to the earlier defaults
+    assert any("clock_plain" in line for line in defaults_real.table(doc))
+    assert defaults_real.score({"peers": [], "error": "boom"}, 1.7, 1.4, 1.0) == {"error": "boom"}
