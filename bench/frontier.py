@@ -100,6 +100,8 @@ def grid() -> dict[str, Method]:
     g["sparse4_r4_H20_keep_lr0.8_mu0.5"] = replace(km, density=0.04, reduced=0.04)
     g["sparse5_r5_H25_keep_lr0.8_mu0.7"] = replace(km, H=25, momentum=0.7)
     g["sparse10_r10_H50_keep_lr0.8_mu0.5"] = replace(km, density=0.1, reduced=0.1, H=50)
+    g["sparse7_r7_H30_keep_lr0.8_mu0.7"] = replace(km, density=0.07, reduced=0.07, H=30, momentum=0.7)
+    g["sparse10_r10_H50_keep_lr0.8_mu0.7"] = replace(km, density=0.1, reduced=0.1, H=50, momentum=0.7)
     g["sparse5_r10_H30_keep"] = replace(keep, density=0.05, reduced=0.1, H=30)
     # Dense-like density at the long interval that suits int4 (int4_P2_H200_lr0.8_mu0.5): 40% of a
     # block costs about what int4 does (102 x (1 + 1/4) + 4 vs 128 + 4 bytes).
