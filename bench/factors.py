@@ -62,6 +62,11 @@ class Method:
     # What is not sent (codec error, unselected entries): kept in the residual and sent later
     # (peerd) | kept in the worker's own parameters (merge theta_new - unsent; no residual)
     unsent: str = "residual"
+    # Error-feedback decay (SparseLoCo's beta): the residual is scaled by this before the next
+    # round's outer gradient is added to it; 1.0 keeps everything (peerd's rule). With
+    # unsent="worker": the share of its unsent progress a member keeps in its parameters.
+    ef_decay: float = 1.0
+    owner_ef_decay: float = 1.0  # the same for the owners' residual of the reduced mean
 
 
 def _grid() -> dict[str, Method]:
@@ -194,16 +199,20 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
             acc, kept = torch.zeros_like(outer), []
             for i, snap in enumerate(snaps):  # plan order, equal sample weights, as Diloco._reduce
                 res = residuals[i][f] if m.error_feedback and m.unsent == "residual" else None
+                if res is not None and m.ef_decay != 1.0:
+                    res = res * m.ef_decay
                 payload, unsent = codec.encode_with_feedback(outer - snap, res, m.codec, 256, m.density)
                 if m.unsent == "residual":
                     residuals[i][f] = unsent
-                kept.append(unsent if m.unsent == "worker" else 0.0)
+                # unsent="worker" with ef_decay < 1: the member keeps only that share of what it did
+                # not send and takes the outer state for the rest (pulled towards the consensus)
+                kept.append((unsent * m.ef_decay if m.ef_decay != 1.0 else unsent) if m.unsent == "worker" else 0.0)
                 acc.add_(codec.decode(payload, m.codec, outer.numel(), 256, density=m.density) * 16.0)
             acc.div_(16.0 * n)
             red, red_d = codec.reduced_spec(m.codec, m.density, n, 256, m.reduced)
             feedback = m.reduced is not None and m.codec in codec.SPARSE  # as Diloco._owner_feedback
             if feedback:
-                acc.add_(owner_res[f])
+                acc.add_(owner_res[f] * m.owner_ef_decay if m.owner_ef_decay != 1.0 else owner_res[f])
             mean = codec.decode(codec.encode(acc, red, 256, red_d), red, acc.numel(), 256, density=red_d)
             if feedback:
                 owner_res[f] = acc - mean
@@ -222,6 +231,12 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
         out["mean_of_workers"] = r.evaluate(_mean_params(r, layout), layout)
     if m.kind == "diloco":
         out["outer"] = r.evaluate([state.theta(f) for f in range(layout.num_fragments)], layout)
+        if m.unsent == "residual" and m.error_feedback and m.codec != "fp32":
+            # Diagnostic only: the outer state plus the progress still waiting in the members'
+            # residuals (what a final dense flush would add); ``final`` stays the outer state.
+            pending = [state.theta(f) - torch.stack([res[f] for res in residuals]).mean(0) - owner_res[f]
+                       for f in range(layout.num_fragments)]
+            out["outer_plus_pending"] = r.evaluate(pending, layout)
     # What peerd reports: the outer state (leave.py "finalize"); local SGD: its last average.
     out["final"] = out.get("outer", out.get("mean_of_workers", out["worker0"]))
     out["wall_s"] = time.perf_counter() - t0

@@ -17,6 +17,10 @@ fourth file of all of it; at 2000 steps the first generalises far worse. ``bytes
 one peer sends over the run (DDP: a ring all-reduce of fp32 gradients every step), and
 ``bytes_vs_ddp`` DDP's bytes divided by it.
 
+Sparse names: ``sparse{density %}_r{mean density %}`` (``union``: the exact union mean), ``_efB``
+the residual decayed by B each round (``mixing.error_feedback_decay``), ``_keep`` the unsent part
+kept in the worker's parameters instead of the residual (``mixing.unsent=worker``).
+
 ``peerd_default`` is the daemon's defaults (int8, 2 fragments, outer lr 1, no momentum) at H = 100
 inner steps between two syncs of a fragment, the interval ``peerd swarm --peers 4`` ran at over
 2000 steps with its default 5 s rounds (issue 12: about every 105 steps). The daemon has no fixed
@@ -69,6 +73,41 @@ def grid() -> dict[str, Method]:
     for dens, h in ((0.1, 20), (0.05, 20), (0.03, 20), (0.01, 10), (0.1, 50), (0.2, 100)):
         g[f"sparse{round(dens * 100)}_r{round(dens * 100)}_H{h}"] = replace(D, codec="sparse", density=dens,
                                                                            reduced=dens, H=h)
+    # study/sparse: why sparse trails dense low-bit at equal bytes (error-feedback decay, where the
+    # unsent progress waits, value bits).
+    s5 = replace(D, codec="sparse", density=0.05, reduced=0.05)
+    for beta in (0.95, 0.8, 0.5):
+        g[f"sparse5_r5_H20_ef{beta}"] = replace(s5, ef_decay=beta)
+    g["sparse5_r5_H20_noEF"] = replace(s5, error_feedback=False)  # members drop what they do not send
+    g["sparse5_r5_H20_keep"] = replace(s5, unsent="worker")
+    g["sparse5_r5_H20_keep0.5"] = replace(s5, unsent="worker", ef_decay=0.5)
+    g["sparse8_5_r5_H20"] = replace(s5, codec="sparse8")
+    # unsent="worker": a member keeps what it did not send in its own parameters (no reset of it)
+    g["sparse10_r10_H50_keep"] = replace(D, codec="sparse", density=0.1, reduced=0.1, H=50, unsent="worker")
+    g["sparse3_r12_H30_keep"] = replace(D, codec="sparse", density=0.03, reduced=0.12, H=30, unsent="worker")
+    g["sparse5_r5_H20_ef0.8_own0.8"] = replace(s5, ef_decay=0.8, owner_ef_decay=0.8)
+    g["sparse3_union_H50_ef0.8"] = replace(D, codec="sparse", density=0.03, H=50, ef_decay=0.8)
+    g["sparse3_r12_H30_ef0.8"] = replace(D, codec="sparse", density=0.03, reduced=0.12, H=30, ef_decay=0.8)
+    keep = replace(D, codec="sparse", unsent="worker")
+    g["sparse3_r6_H20_keep"] = replace(keep, density=0.03, reduced=0.06)
+    g["sparse2_union_H30_keep"] = replace(keep, density=0.02, H=30)
+    g["sparse5_r5_H20_keep_lr0.8_mu0.5"] = replace(keep, density=0.05, reduced=0.05, outer_lr=0.8, momentum=0.5)
+    g["sparse7_r7_H30_keep"] = replace(keep, density=0.07, reduced=0.07, H=30)
+    km = replace(keep, density=0.05, reduced=0.05, outer_lr=0.8, momentum=0.5)
+    g["sparse5_r5_H25_keep_lr0.8_mu0.5"] = replace(km, H=25)
+    g["sparse7_r7_H30_keep_lr0.8_mu0.5"] = replace(km, density=0.07, reduced=0.07, H=30)
+    g["sparse5_r5_H20_lr0.8_mu0.5"] = replace(km, unsent="residual")  # the same outer step without keep
+    g["sparse4_r4_H20_keep_lr0.8_mu0.5"] = replace(km, density=0.04, reduced=0.04)
+    g["sparse5_r5_H25_keep_lr0.8_mu0.7"] = replace(km, H=25, momentum=0.7)
+    g["sparse10_r10_H50_keep_lr0.8_mu0.5"] = replace(km, density=0.1, reduced=0.1, H=50)
+    g["sparse7_r7_H30_keep_lr0.8_mu0.7"] = replace(km, density=0.07, reduced=0.07, H=30, momentum=0.7)
+    g["sparse10_r10_H50_keep_lr0.8_mu0.7"] = replace(km, density=0.1, reduced=0.1, H=50, momentum=0.7)
+    g["sparse5_r10_H30_keep"] = replace(keep, density=0.05, reduced=0.1, H=30)
+    # Dense-like density at the long interval that suits int4 (int4_P2_H200_lr0.8_mu0.5): 40% of a
+    # block costs about what int4 does (102 x (1 + 1/4) + 4 vs 128 + 4 bytes).
+    s40 = replace(DEFAULT, codec="sparse", density=0.4, reduced=0.4, H=200, outer_lr=0.8, momentum=0.5)
+    g["sparse40_r40_P2_H200_lr0.8_mu0.5"] = s40
+    g["sparse40_r40_P2_H200_lr0.8_mu0.5_ef0.8"] = replace(s40, ef_decay=0.8, owner_ef_decay=0.8)
     return g
 
 

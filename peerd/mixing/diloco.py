@@ -15,6 +15,12 @@ Protocol for a round plan with members ``m_0..m_{n-1}`` (rendezvous order):
    Otherwise it aborts: outer state, residuals and worker are left exactly as they were and the
    fragment's progress is simply sent again at its next turn.
 
+The contribution residual is scaled by ``mixing.error_feedback_decay`` (default 1: nothing is
+forgotten) before the outer gradient is added to it. With ``mixing.unsent=worker`` there is no
+contribution residual: on commit the worker's merge takes the new outer state minus what the
+contribution did not carry, so that part stays in the worker and is in its next outer gradient
+(see both settings in peerd/core/config.py).
+
 Owner error feedback (sparse codec with ``mixing.reduced_density``): an owner adds its residual
 for the entries of its shard to the mean before the top-k, and on commit keeps what it did not
 send (whole entries and rounding) for the next time it owns those entries of the fragment. Every
@@ -307,7 +313,7 @@ class Diloco:
                 # Committed: from here on the worker must get the merge even if it is slow, so it
                 # is queued without waiting for it (the worker applies commands in order).
                 if snap is not None:
-                    merged = self.bridge.submit("merge", token=snap.token, theta=self.state.theta(p))
+                    merged = self.bridge.submit("merge", token=snap.token, theta=self._merge_theta(p, pending))
                     self.bridge.merging(p, snap.steps, merged)
                     self.metrics.sync_interval.observe(snap.steps)
                     snap = None
@@ -336,6 +342,8 @@ class Diloco:
                     for start, end in bounds], None
         delta = self.state.theta(p) - snap.theta
         residual = self.residuals[p] if self.mix.error_feedback else None
+        if residual is not None and self.mix.error_feedback_decay != 1.0:  # a new tensor: a round
+            residual = residual * self.mix.error_feedback_decay  # that aborts keeps the old one
         payloads, pending = [], torch.zeros_like(delta)
         for start, end in bounds:
             res = residual[start:end] if residual is not None else None
@@ -344,6 +352,17 @@ class Diloco:
             payloads.append(payload)
             pending[start:end] = new_res
         return payloads, pending
+
+    def _merge_theta(self, p: int, pending: torch.Tensor | None) -> torch.Tensor:
+        """What the worker's merge takes as fragment ``p``'s new base after a commit.
+
+        The new outer parameters; with ``mixing.unsent=worker`` less what this member's
+        contribution did not carry (``pending``), which then stays in the worker, not the residual.
+        """
+        theta = self.state.theta(p)
+        if self.mix.unsent == "worker" and pending is not None:
+            theta = theta - pending
+        return theta
 
     def _reduce(self, rs: OpenRound) -> Shard:
         start, end = rs.bounds[rs.me]
@@ -399,7 +418,7 @@ class Diloco:
                                         mix.nesterov, plan.revision)
         else:
             self.state.bump_revision(plan.revision)
-        if self.mix.error_feedback and pending_residual is not None:
+        if self.mix.error_feedback and pending_residual is not None and self.mix.unsent == "residual":
             self.residuals[plan.fragment] = pending_residual
         if rs.owner_pending is not None:
             start, end = rs.bounds[rs.me]

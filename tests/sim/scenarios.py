@@ -80,6 +80,9 @@ def random_scenario(seed: int, mode: str | None = None, latencies: tuple[float, 
         sc.config.update({"mixing.codec": srng.choice(("sparse", "sparse8")), "mixing.sparse_density": 0.25})
         if srng.random() < 0.6:
             sc.config["mixing.reduced_density"] = srng.choice((0.125, 0.25))
+        # Where the unsent part waits (mixing.unsent), from a stream of its own as well.
+        if random.Random(seed * 7919 + 5).random() < 0.5:
+            sc.config["mixing.unsent"] = "worker"
     if finite:  # long enough for the last joiner and the slowest worker to finish, then the final rounds
         last_join = max((e.at for e in sc.events if e.kind in ("join", "restart")), default=0.0)
         # Lost messages cost the last rounds a commit and a catch-up each: leave room for several.

@@ -75,3 +75,21 @@ def test_the_commented_default_yaml_is_the_defaults() -> None:
     """configs/default.yaml documents every default; a drift between it and the model is a doc bug."""
     shipped = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
     assert load_config(shipped).model_dump() == load_config(None).model_dump()
+
+
+def test_unsent_setting() -> None:
+    assert load_config(None, []).mixing.unsent == "residual"
+    assert load_config(None, ["mixing.codec=sparse", "mixing.unsent=worker"]).mixing.unsent == "worker"
+    for bad in (["mixing.unsent=elsewhere"], ["mixing.unsent=worker", "mixing.mode=gossip"],
+                ["mixing.unsent=worker", "mixing.error_feedback=false"],
+                ["mixing.unsent=worker", "mixing.error_feedback_decay=0.8"]):
+        with pytest.raises(ConfigError):
+            load_config(None, bad)
+
+
+def test_error_feedback_decay_setting() -> None:
+    assert load_config(None, []).mixing.error_feedback_decay == 1.0
+    assert load_config(None, ["mixing.error_feedback_decay=0.8"]).mixing.error_feedback_decay == 0.8
+    for bad in ("0", "-0.5", "1.5", "nan"):
+        with pytest.raises(ConfigError):
+            load_config(None, [f"mixing.error_feedback_decay={bad}"])

@@ -16,7 +16,7 @@ import torch
 from peerd.core import codec
 from peerd.core.bridge import Snapshot
 from peerd.core.config import load_config
-from peerd.core.fragments import FragmentLayout
+from peerd.core.fragments import FragmentLayout, shard_bounds
 from peerd.core.schedule import Candidate, make_plan, rendezvous_order
 from peerd.core.state import OuterState
 from peerd.mixing.diloco import Diloco
@@ -156,5 +156,61 @@ def test_aborted_round_leaves_owner_residual() -> None:
         for d, old in zip(swarm, kept, strict=True):
             assert all(torch.equal(a, b) for a, b in zip(d.owner_residuals, old, strict=True))
         assert {d.state.state_hash() for d in swarm} == hashes
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.8])
+def test_error_feedback_decay_scales_the_old_residual(decay: float) -> None:
+    """mixing.error_feedback_decay: the contribution encodes delta + decay x residual; an aborted
+    round leaves the residual as it was; state stays bit-identical on every member."""
+    swarm = _swarm("sparse", f"mixing.error_feedback_decay={decay}")
+    r0 = int(time.time() // 30)
+
+    async def main() -> None:
+        for k in range(2):  # fills the residuals of both fragments
+            await _round(swarm, r0 + k, k)
+        d = swarm[0]
+        p = _plan(swarm, r0 + 2).fragment
+        old = d.residuals[p].clone()
+        assert float(old.abs().sum()) > 0
+        drift = torch.randn(d.state.layout.numels[p], generator=torch.Generator().manual_seed(5)) * 0.01
+        snap = Snapshot(token=9, fragment=p, theta=d.state.theta(p) - drift, samples=16, step=9)
+        bounds = shard_bounds(d.state.layout.numels[p], _plan(swarm, r0 + 2).owners, d.mix.block_size)
+        delta = d.state.theta(p) - snap.theta
+        payloads, pending = d._encode_contribution(p, snap, bounds)
+        assert torch.equal(d.residuals[p], old)  # encoding alone changes nothing
+        for (lo, hi), payload in zip(bounds, payloads, strict=True):
+            want, want_res = codec.encode_with_feedback(delta[lo:hi], old[lo:hi] * decay, "sparse",
+                                                        d.mix.block_size, d.mix.sparse_density)
+            assert payload == want
+            torch.testing.assert_close(pending[lo:hi], want_res, rtol=0, atol=0)
+        hashes = {x.state.state_hash() for x in swarm}
+        await _round(swarm, r0 + 2, 2, commit=False)
+        assert torch.equal(d.residuals[p], old) and {x.state.state_hash() for x in swarm} == hashes
+        await _round(swarm, r0 + 2, 2)
+        assert len({x.state.state_hash() for x in swarm}) == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("unsent", ["residual", "worker"])
+def test_unsent_progress_stays_in_the_worker_or_the_residual(unsent: str) -> None:
+    """mixing.unsent: "worker" keeps what a contribution did not carry out of the residual and in
+    the merge's base (outer minus unsent); shared state is bit-identical either way."""
+    swarm = _swarm("sparse", f"mixing.unsent={unsent}")
+    r0 = int(time.time() // 30)
+
+    async def main() -> None:
+        for k in range(3):
+            await _round(swarm, r0 + k, k)
+            assert len({d.state.state_hash() for d in swarm}) == 1, f"round {k}: members disagree"
+        d = swarm[0]
+        kept = sum(float(r.abs().sum()) for r in d.residuals)
+        assert (kept == 0) == (unsent == "worker")
+        pending = torch.randn(d.state.layout.numels[0], generator=torch.Generator().manual_seed(3))
+        want = d.state.theta(0) - pending if unsent == "worker" else d.state.theta(0)
+        assert torch.equal(d._merge_theta(0, pending), want)
+        assert torch.equal(d._merge_theta(0, None), d.state.theta(0))  # weightless: nothing to keep
 
     asyncio.run(main())
