@@ -21,10 +21,11 @@ Sparse names: ``sparse{density %}_r{mean density %}`` (``union``: the exact unio
 the residual decayed by B each round (``mixing.error_feedback_decay``), ``_keep`` the unsent part
 kept in the worker's parameters instead of the residual (``mixing.unsent=worker``).
 
-``peerd_default`` is the daemon's defaults (int8, 2 fragments, outer lr 1, no momentum) at H = 100
-inner steps between two syncs of a fragment, the interval ``peerd swarm --peers 4`` ran at over
-2000 steps with its default 5 s rounds (issue 12: about every 105 steps). The daemon has no fixed
-H; ``mixing`` variants at other H say what a faster round would give.
+``peerd_default`` is the daemon's defaults since 2026-11-30: int8, 2 fragments, work-paced H = 200
+(``round.target_h``), outer Nesterov lr 0.8 / momentum 0.5; ``local_H200`` is plain local SGD at
+that interval. ``clock_default_H100`` is the earlier defaults (outer lr 1, no momentum) at H = 100,
+the interval ``peerd swarm --peers 4`` reached over 2000 steps with its 5 s clock rounds (issue 12:
+about every 105 steps); most variants below start from it.
 
     nice -n 10 python -m bench.frontier --steps 2000 --out bench/results/frontier.json
     python -m bench.frontier --plot-only   # redraw bench/results/frontier.png from the JSON
@@ -44,7 +45,11 @@ import torch
 from bench.factors import OPTIONS, Method, run
 
 D = Method()  # diloco, fp32, P=1, H=20, outer lr 1, no momentum
-DEFAULT = replace(D, codec="int8", P=2, H=100)  # the daemon's mixing defaults at its measured interval
+# The daemon's defaults before 2026-11-30 (int8, P = 2, plain averaging) at the interval its 5 s clock
+# rounds reached over 2000 steps; the base of most variants below.
+CLOCK = replace(D, codec="int8", P=2, H=100)
+# The daemon's defaults since: work-paced H = 200 (round.target_h) and outer Nesterov 0.8 / 0.5.
+DEFAULT = replace(CLOCK, H=200, outer_lr=0.8, momentum=0.5)
 
 
 def grid() -> dict[str, Method]:
@@ -53,20 +58,22 @@ def grid() -> dict[str, Method]:
                             "ddp": Method(kind="ddp")}
     g["local_H20"] = Method(kind="local", H=20)
     g["local_H100"] = Method(kind="local", H=100)
+    g["local_H200"] = Method(kind="local", H=200)
     g["peerd_default"] = DEFAULT
-    g["int8_P2_H20"] = replace(DEFAULT, H=20)
-    g["int8_P2_H50"] = replace(DEFAULT, H=50)
-    g["int4_P2_H50"] = replace(DEFAULT, H=50, codec="int4")
-    g["int8_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, outer_lr=0.8, momentum=0.5)
-    g["int8_P2_H50_lr0.8_mu0.5"] = replace(DEFAULT, H=50, outer_lr=0.8, momentum=0.5)
+    g["clock_default_H100"] = CLOCK
+    g["int8_P2_H20"] = replace(CLOCK, H=20)
+    g["int8_P2_H50"] = replace(CLOCK, H=50)
+    g["int4_P2_H50"] = replace(CLOCK, H=50, codec="int4")
+    g["int8_P2_H100_lr0.8_mu0.5"] = replace(CLOCK, outer_lr=0.8, momentum=0.5)
+    g["int8_P2_H50_lr0.8_mu0.5"] = replace(CLOCK, H=50, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H20"] = replace(D, codec="sparse", density=0.03)  # the mean as the exact union, int8
     g["sparse3_union_H50"] = replace(D, codec="sparse", density=0.03, H=50)
     g["sparse1_union_H20"] = replace(D, codec="sparse", density=0.01)
     # The outer step that helped int8 at H=100 (lr 0.8, momentum 0.5), on the cheaper codecs.
-    g["int4_P2_H100_lr0.8_mu0.5"] = replace(DEFAULT, codec="int4", outer_lr=0.8, momentum=0.5)
-    g["int4_P2_H200_lr0.8_mu0.5"] = replace(DEFAULT, codec="int4", H=200, outer_lr=0.8, momentum=0.5)
+    g["int4_P2_H100_lr0.8_mu0.5"] = replace(CLOCK, codec="int4", outer_lr=0.8, momentum=0.5)
+    g["int4_P2_H200_lr0.8_mu0.5"] = replace(CLOCK, codec="int4", H=200, outer_lr=0.8, momentum=0.5)
     g["sparse3_union_H50_lr0.8_mu0.5"] = replace(D, codec="sparse", density=0.03, H=50, outer_lr=0.8, momentum=0.5)
-    g["int4_P2_H100"] = replace(DEFAULT, codec="int4")
+    g["int4_P2_H100"] = replace(CLOCK, codec="int4")
     # The owners' mean at the union's size (4 members x 3%) but 2-bit: what the re-encode costs.
     g["sparse3_r12_H20"] = replace(D, codec="sparse", density=0.03, reduced=0.12)
     g["sparse3_r12_H30"] = replace(D, codec="sparse", density=0.03, reduced=0.12, H=30)
@@ -105,17 +112,18 @@ def grid() -> dict[str, Method]:
     g["sparse5_r10_H30_keep"] = replace(keep, density=0.05, reduced=0.1, H=30)
     # Dense-like density at the long interval that suits int4 (int4_P2_H200_lr0.8_mu0.5): 40% of a
     # block costs about what int4 does (102 x (1 + 1/4) + 4 vs 128 + 4 bytes).
-    s40 = replace(DEFAULT, codec="sparse", density=0.4, reduced=0.4, H=200, outer_lr=0.8, momentum=0.5)
+    s40 = replace(CLOCK, codec="sparse", density=0.4, reduced=0.4, H=200, outer_lr=0.8, momentum=0.5)
     g["sparse40_r40_P2_H200_lr0.8_mu0.5"] = s40
     g["sparse40_r40_P2_H200_lr0.8_mu0.5_ef0.8"] = replace(s40, ef_decay=0.8, owner_ef_decay=0.8)
     return g
 
 
 # ``python -m bench`` full mode: the references, the default, the best outer step and codec found
-# (bench/results/frontier.json) and one sparse point each side of 1000x; about 20 min alone on a
+# (bench/results/frontier.json) and the two best sparse points above 1000x; about 20 min alone on a
 # shared 2-core box at nice 10 (the first 10-method core took 21.8 min with other jobs beside it).
-CORE = ("solo", "solo_shard0", "ddp", "local_H20", "local_H100", "peerd_default", "int8_P2_H100_lr0.8_mu0.5",
-        "int4_P2_H100_lr0.8_mu0.5", "sparse3_union_H20", "sparse10_r10_H20", "sparse3_r12_H30")
+CORE = ("solo", "solo_shard0", "ddp", "local_H20", "local_H100", "local_H200", "peerd_default",
+        "clock_default_H100", "int4_P2_H100_lr0.8_mu0.5", "sparse3_union_H20", "sparse5_r5_H20_keep_lr0.8_mu0.5",
+        "sparse7_r7_H30_keep_lr0.8_mu0.5")
 
 
 def score(results: dict[str, Any]) -> None:
