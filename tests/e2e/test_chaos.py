@@ -23,7 +23,11 @@ While it runs, the live peers' admin ``/status`` is polled about once a second. 
 (c) at the end every survivor (joined first, bounded) leaves on SIGTERM: exit 0 within 60 s
     with a summary whose ``exit`` is ``"sigterm"``;
 (d) survivors at the top final revision share one ``state_hash``;
-(e) every survivor that committed a round ends with a lower eval loss than it started with.
+(e) every survivor that committed a round ends with an eval loss no higher than it started with,
+    within ``LOSS_NOISE`` (relative). A late joiner starts from the swarm's trained state and may
+    commit a single round before the end: one outer step (Nesterov momentum, the default) can move
+    its held-out loss by a few hundredths of a percent either way (measured: 1.43302 -> 1.43372),
+    while a corrupted or garbage-mixed state lands far above (the untrained model is at ~5.5).
 
 CI runs about two minutes of chaos. Soak by hand (any duration, any seed):
 
@@ -58,6 +62,7 @@ ROUND_S = 2.0  # round.round_s of the FAST settings in tests/conftest.py
 MAX_GAP_ROUNDS = 6
 WARMUP_S = 20.0
 MIN_LIVE, MAX_LIVE = 2, 6
+LOSS_NOISE = 0.01  # criterion (e): a survivor may end at most 1% above its starting eval loss
 P_SPAWN = 0.6
 POLL_S = 1.0
 
@@ -354,7 +359,8 @@ def test_chaos_random_joins_and_kills(swarm: Swarm) -> None:
     # (e)
     for i, s in summaries.items():
         if s["rounds_committed"] > 0 and not (
-                s["final_eval_loss"] is not None and s["final_eval_loss"] < s["initial_eval_loss"]):
+                s["final_eval_loss"] is not None
+                and s["final_eval_loss"] <= s["initial_eval_loss"] * (1 + LOSS_NOISE)):
             problems.append(f"(e) peer-{i} committed {s['rounds_committed']} rounds but its eval loss went "
                             f"{s['initial_eval_loss']} -> {s['final_eval_loss']}")
     for x in problems:
