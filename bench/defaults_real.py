@@ -10,7 +10,8 @@ and the outer step differ:
 - ``paced_plain``: the same pacing with plain averaging (outer lr 1, momentum 0);
 - ``clock_plain``: the defaults before 2026-11-30: every 5 s round syncs a fragment (H follows the
   hardware and the load), plain averaging;
-- ``clock_momentum``: clock rounds with the default outer step.
+- ``clock_momentum``: clock rounds with the paced default's outer step (Nesterov 0.8 / 0.5); it
+  measured so much worse that unset outer keys resolve to plain averaging with clock rounds.
 
 ``share`` is the part of DDP's loss gain over one peer alone that a variant captures. The solo
 reference is ``peerd swarm --peers 1`` at the same steps, deterministic, cached in
@@ -44,7 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "default": [],
     "paced_plain": PLAIN,
     "clock_plain": ["round.target_h=0", *PLAIN],
-    "clock_momentum": ["round.target_h=0"],
+    "clock_momentum": ["round.target_h=0", "mixing.outer_lr=0.8", "mixing.outer_momentum=0.5"],
 }
 
 

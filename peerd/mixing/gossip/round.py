@@ -297,8 +297,8 @@ class GossipMixer:
         p = plan.fragment
         z, w = self.z[p], self.w[p]
         theta_outer = (z / w).to(torch.float32)
-        new_theta, new_m = mixing.outer_step(theta_outer, self.m[p], theta_local, self.mix.effective_outer_lr,
-                                             self.mix.effective_outer_momentum, self.mix.nesterov)
+        new_theta, new_m = mixing.outer_step(theta_outer, self.m[p], theta_local, self.cfg.effective_outer_lr,
+                                             self.cfg.effective_outer_momentum, self.mix.nesterov)
         step = (new_theta.double() - z / w) * w  # local progress, in mass units
         z_new, zt_new = z + step, None
         acc = self._constants(plan)
