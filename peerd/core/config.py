@@ -24,7 +24,8 @@ from pydantic_settings import (
 # Measured defaults (README, "Pacing and outer optimizer"; ``python -m bench.defaults_real``): 4 real
 # daemons x 2000 steps captured 65.6% of DDP's gain over one peer with these, against 61.9% with
 # clock rounds and plain averaging (the earlier defaults) in the same run. Outer momentum pays at
-# this H and hurts when every round syncs (43.6% with clock rounds). Unset keys resolve to them.
+# this H and hurts when every round syncs (43.6% with clock rounds), so unset outer keys resolve to
+# it only when work-paced (PeerdConfig.effective_outer_lr / effective_outer_momentum).
 DEFAULT_TARGET_H = 200
 DILOCO_OUTER_LR = 0.8
 DILOCO_OUTER_MOMENTUM = 0.5
