@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ddp
+from bench.launch import stop_all
 from bench.paced_real import intervals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,17 +61,12 @@ def swarm(peers: int, steps: int, sets: list[str], workdir: Path, timeout_s: flo
         cmd += ["--set", s]
     load0, t0 = os.getloadavg()[0], time.monotonic()
     with open(workdir / "swarm.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc: int | None = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            # SIGTERM first: peerd swarm then stops its daemons (a SIGKILL would orphan them).
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            # SIGTERM first (peerd swarm then stops its daemons; a SIGKILL would orphan them).
+            stop_all([proc], grace_s=60)
             rc = None
     out: dict[str, Any] = {"command": " ".join(["peerd swarm", *cmd[4:-4], *[f"--set {s}" for s in sets]]),
                            "rc": rc, "wall_s": round(time.monotonic() - t0, 1), "loadavg_1m_start": round(load0, 2),
