@@ -36,6 +36,9 @@ class NoMembership:
     async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
         return 0
 
+    async def connect(self, maddrs: list[str]) -> list[str]:
+        return []
+
     def p2pd_alive(self) -> bool:
         return True
 

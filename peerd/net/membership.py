@@ -115,6 +115,9 @@ class Membership:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
             kwargs["announce_maddrs"] = [f"/ip4/{self.cfg.announce_host}/tcp/{self.cfg.port}"]
+        # No cache pushes or cache refreshes: every key here is rewritten each heartbeat or round
+        # and lives seconds, so hivemind's caching only sent each read's whole result (every
+        # peer's record) to one more node and scheduled one more read after it.
         # Records are signed with the p2pd identity key, so this process must hold it: without a
         # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
         tmp = None
@@ -130,7 +133,7 @@ class Membership:
             # gives up, which a loaded bootstrap peer fails easily (a joiner then exits for nothing).
             # _bootstrap below dials and pings them until one answers or startup_timeout_s runs out.
             self.node = await asyncio.wait_for(
-                DHTNode.create(initial_peers=None, client_mode=False,
+                DHTNode.create(initial_peers=None, client_mode=False, cache_nearest=0, cache_refresh_before_expiry=0,
                                record_validator=SealValidator(self.mac_key, self._count_invalid), **kwargs),
                 self.cfg.startup_timeout_s,
             )
@@ -173,8 +176,21 @@ class Membership:
         remembers them). Pinging known peer ids (p2pd keeps their addresses) and the bootstrap
         addresses puts responders back in both routing tables. Each ping is bounded.
         """
+        return len(await self._ping_all(self._targets(peer_ids, maddrs)))
+
+    async def connect(self, maddrs: list[str]) -> list[str]:
+        """Dial the DHT nodes at ``maddrs`` (each ending in ``/p2p/<peer id>``) and ping them.
+
+        Returns the peer ids that answered. A direct connection is what keeps DHT traffic off
+        the bootstrap peer: p2pd learns other peers' addresses only through libp2p's own
+        discovery, which drops addresses outside public and private ranges (the test ranges the
+        WAN emulator uses, for one) and then reaches every peer through a relay: the bootstrap.
+        """
+        return await self._ping_all(self._targets([], maddrs))
+
+    def _targets(self, peer_ids: list[str], maddrs: list[str]) -> dict[str, list[Multiaddr]]:
+        """Peer id -> addresses to dial first (none: p2pd's own), less this node and unparsable addresses."""
         assert self.node is not None
-        node = self.node
         targets: dict[str, list[Multiaddr]] = {pid: [] for pid in peer_ids}
         for text in maddrs:
             try:
@@ -182,7 +198,13 @@ class Membership:
                 targets.setdefault(maddr["p2p"], []).append(maddr.decapsulate(f"/p2p/{maddr['p2p']}"))
             except Exception:  # noqa: BLE001 - a bad address was reported at startup already
                 continue
-        targets.pop(node.peer_id.to_base58(), None)
+        targets.pop(self.node.peer_id.to_base58(), None)
+        return targets
+
+    async def _ping_all(self, targets: dict[str, list[Multiaddr]]) -> list[str]:
+        """Dial (when addresses are given) and ping each target concurrently, each bounded."""
+        assert self.node is not None
+        node = self.node
 
         async def one(pid: str, addrs: list[Multiaddr]) -> bool:
             peer = PeerID.from_base58(pid)
@@ -199,7 +221,7 @@ class Membership:
             return True
 
         results = await asyncio.gather(*(self._bounded("ping", one(pid, addrs)) for pid, addrs in targets.items()))
-        return sum(1 for r in results if r is True)
+        return [pid for pid, ok in zip(targets, results, strict=True) if ok is True]
 
     async def _bootstrap(self, initial_peers: list[str], deadline: float) -> None:
         """Join through ``initial_peers``: dial and ping them until one answers.

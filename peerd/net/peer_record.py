@@ -29,6 +29,9 @@ MAX_STEPS_PER_S = 1e6  # announced throughput above this is malformed (no inner 
 MAX_STEPS_SINCE = 1 << 40
 MAX_RECORD_FIELD_CHARS = 512
 MAX_UPLINK_BPS = 1 << 40  # far above any link; bounds what a hostile record can claim
+# Any version may carry ``dht``: the author's DHT multiaddrs, so peers dial each other's DHT nodes
+# directly (see SwarmView.knit). Readers older than this field drop such records.
+MAX_DHT_MADDRS = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class PeerRecord:
     steps_per_s: float = 0.0
     steps_since: tuple[int, ...] | None = None
     uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
+    dht_maddrs: tuple[str, ...] = ()  # the author's DHT multiaddrs (each ending in /p2p/<peer_id>)
 
     def to_value(self) -> dict[str, Any]:
         """msgpack-able dict: v1 (reachable, uncapped), v2 (``reachable``, ``uplink_bps``), v3 when paced."""
@@ -67,6 +71,8 @@ class PeerRecord:
             value |= {"v": RECORD_VERSION_CLIENT, "reachable": self.reachable}
         if self.uplink_bps:
             value["uplink_bps"] = self.uplink_bps
+        if self.dht_maddrs:
+            value["dht"] = list(self.dht_maddrs)
         return value
 
     @classmethod
@@ -89,6 +95,8 @@ class PeerRecord:
             want |= {"steps_per_s": (int, float), "steps_since": list}
         if value["v"] in (RECORD_VERSION_CLIENT, RECORD_VERSION_PACED) and "uplink_bps" in value:
             want["uplink_bps"] = int
+        if "dht" in value:
+            want["dht"] = list
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -96,8 +104,9 @@ class PeerRecord:
                 raise ValueError(f"record field {key} has wrong type")
         if value["peer_id"] != subkey:
             raise ValueError("record stored under another peer's subkey")
-        strings = [value["peer_id"], value["endpoint"], value["state_hash"], *value["fragment_hashes"]]
-        if len(value["fragment_hashes"]) > 4096 or not all(
+        strings = [value["peer_id"], value["endpoint"], value["state_hash"], *value["fragment_hashes"],
+                   *value.get("dht", [])]
+        if len(value["fragment_hashes"]) > 4096 or len(value.get("dht", [])) > MAX_DHT_MADDRS or not all(
             isinstance(s, str) and len(s) <= MAX_RECORD_FIELD_CHARS for s in strings
         ):
             raise ValueError("record oversized")
@@ -105,9 +114,14 @@ class PeerRecord:
             raise ValueError("record has negative counters")
         if isinstance(value.get("uplink_bps"), bool) or not 0 <= value.get("uplink_bps", 0) <= MAX_UPLINK_BPS:
             raise ValueError("record uplink_bps out of range")
-        fields = {k: value[k] for k in want}
+        if not all(a.startswith(("/ip4/", "/ip6/", "/dns")) and a.endswith(f"/p2p/{value['peer_id']}")
+                   for a in value.get("dht", [])):
+            raise ValueError("record dht address malformed (a multiaddr ending in the author's /p2p/ id)")
+        fields = {k: value[k] for k in want if k != "dht"}
         fields["fragment_hashes"] = tuple(value["fragment_hashes"])
         fields["samples_per_s"] = float(value["samples_per_s"])
+        if "dht" in value:
+            fields["dht_maddrs"] = tuple(value["dht"])
         if "steps_since" in want:
             since, rate = value["steps_since"], value["steps_per_s"]
             if len(since) != len(value["fragment_hashes"]) or not all(

@@ -42,6 +42,9 @@ class MembershipPort(Protocol):
     async def reping(self, peer_ids: list[str], maddrs: list[str]) -> int:
         """Ping peers that may have dropped out of the routing table."""
 
+    async def connect(self, maddrs: list[str]) -> list[str]:
+        """Dial and ping the DHT nodes at ``maddrs``; returns the peer ids that answered."""
+
     def p2pd_alive(self) -> bool:
         """False once the DHT is unusable."""
 

@@ -23,6 +23,17 @@ log = get_logger("peerd.view")
 REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
 
 
+def maddrs_on_host(maddrs: Iterable[str], endpoint: str) -> tuple[str, ...]:
+    """Those of ``maddrs`` on the host of the gRPC ``endpoint`` (host:port), the only ones dialled."""
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    return tuple(a for a in maddrs if a.split("/")[2:3] == [host])
+
+
+def dialable_maddrs(rec: PeerRecord) -> tuple[str, ...]:
+    """The record's DHT addresses that :meth:`SwarmView.knit` dials."""
+    return maddrs_on_host(rec.dht_maddrs, rec.endpoint)
+
+
 class SwarmView:
     """Heartbeats, the live view, suspects and keeping the DHT knitted."""
 
@@ -30,8 +41,13 @@ class SwarmView:
                  network: NetworkPort, state: OuterState, stats: Callable[[], WorkerStats], clock: Clock,
                  heartbeat_s: float, suspect_s: float, bootstrap: list[str],
                  on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None],
-                 announce_pace: bool = False) -> None:
+                 announce_pace: bool = False, refresh_s: float | None = None) -> None:
         """``suspect_s``: how long a member that failed a round stays out of the plans this peer publishes.
+
+        ``refresh_s`` (default ``heartbeat_s``): the heartbeat loop reads the view only when no read
+        happened for that long. The round driver reads it at every round's settle point, so a peer
+        passes the round length: a read returns every peer's record from every replica, and reading
+        it each heartbeat as well made view reads most of a peer's DHT bytes.
 
         ``on_lost_ready()`` runs when a ready peer leaves the view (a failure, for recovery time);
         ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics). ``announce_pace``:
@@ -40,16 +56,20 @@ class SwarmView:
         self.peer_id, self.endpoint, self.incarnation = peer_id, endpoint, incarnation
         self.membership, self.network, self.state, self.stats, self.clock = membership, network, state, stats, clock
         self.heartbeat_s, self.suspect_s, self.bootstrap = heartbeat_s, suspect_s, bootstrap
+        self.refresh_s = heartbeat_s if refresh_s is None else refresh_s
         self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
         self.announce_pace = announce_pace
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
         self.uplink_bps = 0  # this peer's upload cap in bytes/s, announced so rounds allow for it (0: none)
+        self.dht_maddrs: tuple[str, ...] = ()  # this peer's DHT addresses, announced so others dial them (knit)
+        self._dialed: dict[str, tuple[tuple[str, ...], bool, float]] = {}  # peer id -> (addresses, answered, when)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._was_alone = False
+        self._refreshed_at = -1e9
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
         """This peer's heartbeat record now."""
@@ -61,7 +81,7 @@ class SwarmView:
             ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
             steps_per_s=stats.steps_per_s if self.announce_pace else 0.0,
             steps_since=self._steps_since(stats.steps_since) if self.announce_pace else None,
-            uplink_bps=self.uplink_bps,
+            uplink_bps=self.uplink_bps, dht_maddrs=self.dht_maddrs,
         )
 
     def _steps_since(self, since: tuple[int, ...]) -> tuple[int, ...]:
@@ -81,6 +101,7 @@ class SwarmView:
 
     async def refresh(self) -> dict[str, PeerRecord]:
         """Read the live records (a failed lookup keeps the previous view)."""
+        self._refreshed_at = self.clock.monotonic()
         records = await self.membership.live_records()
         if records is not None:
             records.pop(self.peer_id, None)
@@ -137,12 +158,42 @@ class SwarmView:
 
     # ---- loops ----
 
+    async def knit(self) -> int:
+        """Dial the DHT node of every live peer this peer has no direct connection to yet; returns how many.
+
+        Without it, p2pd reaches peers whose addresses libp2p's discovery dropped through a relay,
+        which is the bootstrap peer: at 16 daemons in the WAN emulator it carried every DHT call
+        and sent 11x the bytes of any other peer. Only addresses on the host of the record's own
+        endpoint are dialled, so a record cannot aim the swarm's dials at a third party. A dial
+        that failed is tried again after ``REPING_EVERY_S``; one that worked is not repeated while
+        the peer stays in the view with the same addresses.
+        """
+        now = self.clock.monotonic()
+        for pid in [p for p in self._dialed if p not in self.records]:
+            del self._dialed[pid]
+        due: dict[str, tuple[str, ...]] = {}
+        for pid, rec in self.records.items():
+            addrs = dialable_maddrs(rec)
+            seen = self._dialed.get(pid)
+            if not addrs or not rec.reachable:
+                continue
+            if seen is None or seen[0] != addrs or (not seen[1] and now - seen[2] >= REPING_EVERY_S):
+                due[pid] = addrs
+        if not due:
+            return 0
+        answered = set(await self.membership.connect([a for addrs in due.values() for a in addrs]))
+        for pid, addrs in due.items():
+            self._dialed[pid] = (addrs, pid in answered, now)
+        return len(due)
+
     async def heartbeat_loop(self, check: Callable[[], None]) -> None:
-        """Heartbeat and refresh every ``heartbeat_s``; ``check()`` raises to stop the peer."""
+        """Heartbeat every ``heartbeat_s``, refresh when due (``refresh_s``) and knit; ``check()`` raises to stop."""
         while True:
             check()
             await self.heartbeat()
-            await self.refresh()
+            if self.clock.monotonic() - self._refreshed_at >= self.refresh_s:
+                await self.refresh()
+            await self.knit()
             await asyncio.sleep(self.heartbeat_s)
 
     async def reping_loop(self) -> None:

@@ -32,7 +32,9 @@ from peerd.core.state import OuterState
 from peerd.net import auth
 from peerd.net.hostile import Hostile
 from peerd.net.membership import DhtError, Membership
+from peerd.net.peer_record import MAX_DHT_MADDRS
 from peerd.net.transport import Transport
+from peerd.net.view import maddrs_on_host
 from peerd.node import joincheck
 from peerd.node.admin import AdminServer
 from peerd.node.checkpointer import Checkpointer
@@ -177,7 +179,10 @@ class Daemon:
         if rpc_key is None:  # no secret: a swarm that has one would refuse every call; say so now
             await joincheck.require_secret_if_swarm_has_one(membership, self.bootstrap)
         params = dict(task.model.named_parameters())
-        node.reach.dht_port = dht_port_of(await membership.visible_maddrs())  # probed by the dial-back too
+        maddrs = await membership.visible_maddrs()
+        node.reach.dht_port = dht_port_of(maddrs)  # probed by the dial-back too
+        # Announced, so that peers dial each other's DHT nodes directly (SwarmView.knit).
+        node.view.dht_maddrs = maddrs_on_host(maddrs, node.view.endpoint)[:MAX_DHT_MADDRS]
         await node.detect_reachability()  # before the sync: a joiner's heartbeats then say what it is
         await node.join(lambda frags: [layout.unflatten_into(params, f, t) for f, t in frags.items()])
         await self._check_joined_a_run(membership, node)
