@@ -420,6 +420,8 @@ class Diloco:
             self.state.bump_revision(plan.revision)
         if self.mix.error_feedback and pending_residual is not None and self.mix.unsent == "residual":
             self.residuals[plan.fragment] = pending_residual
+        elif pending_residual is not None and self.mix.unsent == "worker":  # a residual restored from a
+            self.residuals[plan.fragment].zero_()  # checkpoint of unsent=residual: carried once, not every round
         if rs.owner_pending is not None:
             start, end = rs.bounds[rs.me]
             self.owner_residuals[plan.fragment][start:end] = rs.owner_pending

@@ -214,3 +214,21 @@ def test_unsent_progress_stays_in_the_worker_or_the_residual(unsent: str) -> Non
         assert torch.equal(d._merge_theta(0, None), d.state.theta(0))  # weightless: nothing to keep
 
     asyncio.run(main())
+
+
+def test_a_restored_residual_is_carried_once_under_unsent_worker() -> None:
+    """A checkpoint written under unsent=residual holds a residual; resumed under unsent=worker it
+    goes out with the next contribution of its fragment and is then cleared, not re-added each round."""
+    swarm = _swarm("sparse", "mixing.unsent=worker")
+    for d in swarm:
+        d.restore({"residuals": [torch.full((n,), 0.01) for n in d.state.layout.numels]})
+    r0 = int(time.time() // 30)
+
+    async def main() -> None:
+        for k in range(2):  # one round per fragment (plans take fragments round-robin)
+            await _round(swarm, r0 + k, k)
+            assert len({d.state.state_hash() for d in swarm}) == 1
+        for d in swarm:
+            assert all(float(r.abs().sum()) == 0 for r in d.residuals)
+
+    asyncio.run(main())
