@@ -37,6 +37,10 @@ from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_
 from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
+# Nodes that store each key. Every key is rewritten each heartbeat or round, so three copies
+# outlive any crash that matters, and each read or store (whose lookup returns every copy it
+# passes) moves three copies of the run's records instead of hivemind's default five.
+NUM_REPLICAS = 3
 log = get_logger("peerd.dht")
 FAIL_LOG_EVERY_S = 30.0  # a failing kind of DHT operation is logged at most this often (with a count of the rest)
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
@@ -115,9 +119,11 @@ class Membership:
             if self.cfg.port == 0:
                 raise DhtError("dht.announce_host needs a fixed dht.port (p2pd rejects port 0 announces)")
             kwargs["announce_maddrs"] = [f"/ip4/{self.cfg.announce_host}/tcp/{self.cfg.port}"]
-        # No cache pushes or cache refreshes: every key here is rewritten each heartbeat or round
-        # and lives seconds, so hivemind's caching only sent each read's whole result (every
-        # peer's record) to one more node and scheduled one more read after it.
+        # No caching: every key here is rewritten each heartbeat or round and lives seconds. With
+        # hivemind's caches every node that had read the peers key answered each later lookup with
+        # its merged copy (N lookups x N nodes x N records), pushed each read's result to one more
+        # node and scheduled one more read: 16 daemons with direct connections aborted 17 of 24
+        # rounds with it, on DHT calls that took seconds (bench.control_plane, 2026-11-30).
         # Records are signed with the p2pd identity key, so this process must hold it: without a
         # checkpoint dir the key lives in a private temporary file only until p2pd has read it.
         tmp = None
@@ -133,7 +139,8 @@ class Membership:
             # gives up, which a loaded bootstrap peer fails easily (a joiner then exits for nothing).
             # _bootstrap below dials and pings them until one answers or startup_timeout_s runs out.
             self.node = await asyncio.wait_for(
-                DHTNode.create(initial_peers=None, client_mode=False, cache_nearest=0, cache_refresh_before_expiry=0,
+                DHTNode.create(initial_peers=None, client_mode=False, num_replicas=NUM_REPLICAS, cache_locally=False,
+                               cache_nearest=0, cache_refresh_before_expiry=0,
                                record_validator=SealValidator(self.mac_key, self._count_invalid), **kwargs),
                 self.cfg.startup_timeout_s,
             )
