@@ -67,6 +67,9 @@ class Method:
     # unsent="worker": the share of its unsent progress a member keeps in its parameters.
     ef_decay: float = 1.0
     owner_ef_decay: float = 1.0  # the same for the owners' residual of the reduced mean
+    # Entries the owners' re-encoded mean leaves out: in the owner's residual (peerd) | "workers": each
+    # contributor keeps its sent value of them in its worker, the owner the rest of its residual
+    owner_drop: str = "owner"
 
 
 def _grid() -> dict[str, Method]:
@@ -196,7 +199,7 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
             f = (step // every) % layout.num_fragments
             snaps = [layout.flatten(p, f) for p in r.params]
             outer = state.theta(f)
-            acc, kept = torch.zeros_like(outer), []
+            acc, kept, sent_vals = torch.zeros_like(outer), [], []
             for i, snap in enumerate(snaps):  # plan order, equal sample weights, as Diloco._reduce
                 res = residuals[i][f] if m.error_feedback and m.unsent == "residual" else None
                 if res is not None and m.ef_decay != 1.0:
@@ -207,14 +210,20 @@ def run(m: Method, steps: int, n: int) -> dict[str, Any]:
                 # unsent="worker" with ef_decay < 1: the member keeps only that share of what it did
                 # not send and takes the outer state for the rest (pulled towards the consensus)
                 kept.append((unsent * m.ef_decay if m.ef_decay != 1.0 else unsent) if m.unsent == "worker" else 0.0)
-                acc.add_(codec.decode(payload, m.codec, outer.numel(), 256, density=m.density) * 16.0)
+                sent_vals.append(codec.decode(payload, m.codec, outer.numel(), 256, density=m.density))
+                acc.add_(sent_vals[-1] * 16.0)
             acc.div_(16.0 * n)
             red, red_d = codec.reduced_spec(m.codec, m.density, n, 256, m.reduced)
             feedback = m.reduced is not None and m.codec in codec.SPARSE  # as Diloco._owner_feedback
+            old = owner_res[f] * m.owner_ef_decay if m.owner_ef_decay != 1.0 else owner_res[f]
             if feedback:
-                acc.add_(owner_res[f] * m.owner_ef_decay if m.owner_ef_decay != 1.0 else owner_res[f])
+                acc.add_(old)
             mean = codec.decode(codec.encode(acc, red, 256, red_d), red, acc.numel(), 256, density=red_d)
-            if feedback:
+            if feedback and m.owner_drop == "workers":  # what the mean does not carry goes back
+                dropped = mean == 0
+                owner_res[f] = torch.where(dropped, old, acc - mean)
+                kept = [k + c * dropped for k, c in zip(kept, sent_vals, strict=True)]
+            elif feedback:
                 owner_res[f] = acc - mean
             theta = state.apply_outer_step(f, mean, m.outer_lr, m.momentum, m.nesterov, state.revision)
             inflight.append((step + m.delay, f, snaps, theta, kept))

@@ -110,6 +110,13 @@ def grid() -> dict[str, Method]:
     g["sparse7_r7_H30_keep_lr0.8_mu0.7"] = replace(km, density=0.07, reduced=0.07, H=30, momentum=0.7)
     g["sparse10_r10_H50_keep_lr0.8_mu0.7"] = replace(km, density=0.1, reduced=0.1, H=50, momentum=0.7)
     g["sparse5_r10_H30_keep"] = replace(keep, density=0.05, reduced=0.1, H=30)
+    # study/ownerfb: what the owners' re-encode leaves out, at the best point above 1000x: the
+    # owner's residual (peerd), dropped (no owner error feedback), not left out (the exact union
+    # mean, int8) or kept by the contributors in their workers (owner_drop="workers").
+    g["sparse5_r5_H20_keep_lr0.8_mu0.5_own0"] = replace(km, owner_ef_decay=0.0)
+    g["sparse5_r5_H20_keep_lr0.8_mu0.5_own0.8"] = replace(km, owner_ef_decay=0.8)  # decayed, not dropped
+    g["sparse5_union_H20_keep_lr0.8_mu0.5"] = replace(km, reduced=None)
+    g["sparse5_r5_H20_keep_lr0.8_mu0.5_dropw"] = replace(km, owner_drop="workers")
     # Dense-like density at the long interval that suits int4 (int4_P2_H200_lr0.8_mu0.5): 40% of a
     # block costs about what int4 does (102 x (1 + 1/4) + 4 vs 128 + 4 bytes).
     s40 = replace(CLOCK, codec="sparse", density=0.4, reduced=0.4, H=200, outer_lr=0.8, momentum=0.5)
