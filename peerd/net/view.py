@@ -41,13 +41,8 @@ class SwarmView:
                  network: NetworkPort, state: OuterState, stats: Callable[[], WorkerStats], clock: Clock,
                  heartbeat_s: float, suspect_s: float, bootstrap: list[str],
                  on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None],
-                 announce_pace: bool = False, refresh_s: float | None = None) -> None:
+                 announce_pace: bool = False) -> None:
         """``suspect_s``: how long a member that failed a round stays out of the plans this peer publishes.
-
-        ``refresh_s`` (default ``heartbeat_s``): the heartbeat loop reads the view only when no read
-        happened for that long. The round driver reads it at every round's settle point, so a peer
-        passes the round length: a read returns every peer's record from every replica, and reading
-        it each heartbeat as well made view reads most of a peer's DHT bytes.
 
         ``on_lost_ready()`` runs when a ready peer leaves the view (a failure, for recovery time);
         ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics). ``announce_pace``:
@@ -56,7 +51,6 @@ class SwarmView:
         self.peer_id, self.endpoint, self.incarnation = peer_id, endpoint, incarnation
         self.membership, self.network, self.state, self.stats, self.clock = membership, network, state, stats, clock
         self.heartbeat_s, self.suspect_s, self.bootstrap = heartbeat_s, suspect_s, bootstrap
-        self.refresh_s = heartbeat_s if refresh_s is None else refresh_s
         self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
         self.announce_pace = announce_pace
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
@@ -69,7 +63,6 @@ class SwarmView:
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._was_alone = False
-        self._refreshed_at = -1e9
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
         """This peer's heartbeat record now."""
@@ -101,7 +94,6 @@ class SwarmView:
 
     async def refresh(self) -> dict[str, PeerRecord]:
         """Read the live records (a failed lookup keeps the previous view)."""
-        self._refreshed_at = self.clock.monotonic()
         records = await self.membership.live_records()
         if records is not None:
             records.pop(self.peer_id, None)
@@ -187,12 +179,14 @@ class SwarmView:
         return len(due)
 
     async def heartbeat_loop(self, check: Callable[[], None]) -> None:
-        """Heartbeat every ``heartbeat_s``, refresh when due (``refresh_s``) and knit; ``check()`` raises to stop."""
+        """Heartbeat, refresh and knit every ``heartbeat_s``; ``check()`` raises to stop the peer."""
         while True:
             check()
             await self.heartbeat()
-            if self.clock.monotonic() - self._refreshed_at >= self.refresh_s:
-                await self.refresh()
+            # Every heartbeat, not once per round: a joiner picks its donors, and a lone client the
+            # joiner it hands the state to, from this view between rounds (reading it once per
+            # round left a restarted joiner retrying a dead donor: sim seed 423).
+            await self.refresh()
             await self.knit()
             await asyncio.sleep(self.heartbeat_s)
 

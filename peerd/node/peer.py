@@ -51,7 +51,7 @@ class PeerNode:
         self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, bridge.announced_stats,
                               clock, cfg.dht.heartbeat_s, cfg.dht.ttl_s + cfg.round.round_s, bootstrap,
                               on_lost_ready=self._lost_ready, on_refresh=self._refreshed,
-                              announce_pace=cfg.pace_h > 0, refresh_s=cfg.round.round_s)
+                              announce_pace=cfg.pace_h > 0)
         self.view.uplink_bps = int(cfg.transport.max_upload_mbit * 1e6 / 8)  # the pacer's cap, announced
         self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
                                  faults)
