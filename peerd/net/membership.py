@@ -190,8 +190,8 @@ class Membership:
 
         Returns the peer ids that answered. A direct connection is what keeps DHT traffic off
         the bootstrap peer: p2pd learns other peers' addresses only through libp2p's own
-        discovery, which drops addresses outside public and private ranges (the test ranges the
-        WAN emulator uses, for one) and then reaches every peer through a relay: the bootstrap.
+        discovery, which (most likely) drops the reserved test ranges the WAN emulator uses, and
+        p2pd then reached every peer through a relay on the bootstrap.
         """
         return await self._ping_all(self._targets([], maddrs))
 

@@ -179,7 +179,7 @@ class SwarmView:
         return len(due)
 
     async def heartbeat_loop(self, check: Callable[[], None]) -> None:
-        """Heartbeat, refresh and knit every ``heartbeat_s``; ``check()`` raises to stop the peer."""
+        """Heartbeat and refresh every ``heartbeat_s``; ``check()`` raises to stop the peer."""
         while True:
             check()
             await self.heartbeat()
@@ -187,11 +187,10 @@ class SwarmView:
             # joiner it hands the state to, from this view between rounds (reading it once per
             # round left a restarted joiner retrying a dead donor: sim seed 423).
             await self.refresh()
-            await self.knit()
             await asyncio.sleep(self.heartbeat_s)
 
     async def reping_loop(self) -> None:
-        """Keep the DHT knitted: ping peers that left the view lately and the bootstrap peers.
+        """Keep the DHT knitted: dial new peers (:meth:`knit`), ping peers that left lately and the bootstrap peers.
 
         A peer that vanished because *we* (or it) froze is alive again in a moment, but hivemind
         dropped it from the routing table; without a ping neither side would find the other.
@@ -205,6 +204,9 @@ class SwarmView:
             for pid, at in list(self.lost.items()):
                 if now - at > REPING_FOR_S:
                     del self.lost[pid]
+            # Here, not in the heartbeat loop: a dial to an address that never answers takes the
+            # DHT's whole operation timeout, longer than a record lives between heartbeats.
+            await self.knit()
             recent = sorted(self.lost, key=self.lost.__getitem__, reverse=True)[:16]
             answered = await self.membership.reping(recent, self.bootstrap)
             if alone != self._was_alone:  # once per change: an operator sees when and why a peer sat alone
