@@ -270,6 +270,12 @@ def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
     scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
     if not np.isfinite(scale).all() or (scale < 0).any():
         raise CodecError(f"{codec}: non-finite or negative block scale")
+    # A finite scale can still overflow: the largest code times it must stay finite, as it does
+    # for every scale an encoder writes (absmax / largest code). Found by the decoder fuzz test.
+    with np.errstate(over="ignore"):
+        overflows = not np.isfinite(scale * np.float32(127 if codec == "int8" else 7)).all()
+    if overflows:
+        raise CodecError(f"{codec}: block scale overflows float32 when decoded")
     body = np.frombuffer(m, dtype=np.uint8, offset=4 * nblocks)
     if codec == "int8":
         codes = body.view(np.int8)

@@ -138,6 +138,10 @@ def decode(m: memoryview, codec: str, numel: int, bs: int, density: float, out: 
     scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
     if not np.isfinite(scale).all() or (scale < 0).any():
         raise CodecError(f"{codec}: non-finite or negative block scale")
+    with np.errstate(over="ignore"):  # the largest code times the scale must stay finite
+        overflows = not np.isfinite(scale * np.float32(2 if codec == "sparse" else 127)).all()
+    if overflows:
+        raise CodecError(f"{codec}: block scale overflows float32 when decoded")
     itype = np.dtype(_index_dtype(bs))
     idx = np.frombuffer(m, dtype=itype, count=total, offset=4 * nblocks).astype(np.int64)
     body = np.frombuffer(m, dtype=np.uint8, offset=4 * nblocks + total * itype.itemsize)

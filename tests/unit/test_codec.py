@@ -424,3 +424,17 @@ def test_quantization_step_values():
     assert torch.allclose(quantization_step(x, "int4", 8)[:8], torch.full((8,), 3.0 / 7))
     sb = quantization_step(torch.tensor([1.0, 1.5, 0.75, -2.0]), "bf16")
     assert sb.tolist() == [2.0**-7, 2.0**-7, 2.0**-8, 2.0**-6]
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4", "sparse", "sparse8"])
+def test_a_finite_scale_that_overflows_when_decoded_is_refused(codec: str) -> None:
+    """A block scale near float32's maximum is finite, but times the largest code it is inf: no
+    encoder writes one (scales are absmax / largest code), so the decoder refuses it (found by
+    the decoder fuzz test: a reduced int8 shard decoded to inf)."""
+    numel, bs, density = 64, 64, 0.25
+    payload = bytearray(encode(torch.linspace(-1, 1, numel), codec, bs, density=density))
+    payload[0:4] = struct.pack("<f", 3.0e38)
+    with pytest.raises(CodecError, match="overflows"):
+        decode(bytes(payload), codec, numel, bs, density=density)
+    payload[0:4] = struct.pack("<f", 1.0e30)  # large but safe: decodes to finite values
+    assert bool(torch.isfinite(decode(bytes(payload), codec, numel, bs, density=density)).all())
