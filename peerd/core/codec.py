@@ -222,6 +222,24 @@ def _output(numel: int, out: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
+def block_scales(m: memoryview, nblocks: int, codec: str, largest_code: int) -> np.ndarray:
+    """The ``nblocks`` float32 block scales a payload starts with, checked.
+
+    Raises:
+        CodecError: a scale is non-finite or negative, or overflows float32 times ``largest_code``
+            (finite, but no encoder writes it: scales are absmax / largest code; a decoder would
+            return inf; found by the decoder fuzz test).
+    """
+    scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
+    if not np.isfinite(scale).all() or (scale < 0).any():
+        raise CodecError(f"{codec}: non-finite or negative block scale")
+    with np.errstate(over="ignore"):
+        overflows = not np.isfinite(scale * np.float32(largest_code)).all()
+    if overflows:
+        raise CodecError(f"{codec}: block scale overflows float32 when decoded")
+    return scale
+
+
 def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
            block_size: int = DEFAULT_BLOCK_SIZE, out: torch.Tensor | None = None,
            density: float = DEFAULT_DENSITY) -> torch.Tensor:
@@ -267,15 +285,7 @@ def decode(payload: bytes | bytearray | memoryview, codec: str, numel: int,
         np.left_shift(np.frombuffer(m, dtype="<u2"), np.int32(16), out=out.numpy().view(np.int32), dtype=np.int32)
         return out
     nblocks = -(-numel // block_size)
-    scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
-    if not np.isfinite(scale).all() or (scale < 0).any():
-        raise CodecError(f"{codec}: non-finite or negative block scale")
-    # A finite scale can still overflow: the largest code times it must stay finite, as it does
-    # for every scale an encoder writes (absmax / largest code). Found by the decoder fuzz test.
-    with np.errstate(over="ignore"):
-        overflows = not np.isfinite(scale * np.float32(127 if codec == "int8" else 7)).all()
-    if overflows:
-        raise CodecError(f"{codec}: block scale overflows float32 when decoded")
+    scale = block_scales(m, nblocks, codec, 127 if codec == "int8" else 7)
     body = np.frombuffer(m, dtype=np.uint8, offset=4 * nblocks)
     if codec == "int8":
         codes = body.view(np.int8)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peerd.core.codec import CodecError
+from peerd.core.codec import CodecError, block_scales
 
 SPARSE_CODECS: tuple[str, ...] = ("sparse", "sparse8")
 DEFAULT_DENSITY = 0.03
@@ -135,13 +135,7 @@ def decode(m: memoryview, codec: str, numel: int, bs: int, density: float, out: 
     """Fills ``out`` from a payload whose size ``peerd.core.codec.decode`` has checked."""
     nfull, k, kt = _counts(numel, bs, density)
     nblocks, total = -(-numel // bs), nfull * k + kt
-    scale = np.frombuffer(m, dtype="<f4", count=nblocks).astype(np.float32)
-    if not np.isfinite(scale).all() or (scale < 0).any():
-        raise CodecError(f"{codec}: non-finite or negative block scale")
-    with np.errstate(over="ignore"):  # the largest code times the scale must stay finite
-        overflows = not np.isfinite(scale * np.float32(2 if codec == "sparse" else 127)).all()
-    if overflows:
-        raise CodecError(f"{codec}: block scale overflows float32 when decoded")
+    scale = block_scales(m, nblocks, codec, 2 if codec == "sparse" else 127)  # 2-bit codes decode to 1 or 2
     itype = np.dtype(_index_dtype(bs))
     idx = np.frombuffer(m, dtype=itype, count=total, offset=4 * nblocks).astype(np.int64)
     body = np.frombuffer(m, dtype=np.uint8, offset=4 * nblocks + total * itype.itemsize)
