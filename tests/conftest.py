@@ -153,6 +153,27 @@ class Swarm:
                 p.proc.wait(10)
 
 
+def train_alone(swarm: Swarm, peers: int, settings: list[str], steps: int) -> list[float]:
+    """Final eval loss of each of a ``peerd swarm --peers N`` run's shards trained alone, same steps.
+
+    The fair baseline for what mixing adds: ``peers`` unconnected daemons, daemon i on shard i of
+    ``peers``, as the swarm launcher assigns them. The 1-peer swarm run is another baseline: it
+    trains on the whole corpus, whose capped read (``data.max_corpus_bytes``) is its first files by
+    path, and every shard of 4 or 8 trained alone measured below it, so beating it says little about
+    mixing. ``settings`` should leave out pacing: with nobody to mix with, the steps and their
+    batches are the same either way, and unpaced they finish sooner.
+    """
+    assert not swarm.peers, "train_alone numbers the shards from 0: give it a fresh swarm"
+    for _ in range(peers):
+        swarm.start([*settings, f"data.num_shards={peers}", f"train.max_steps={steps}"], bootstrap=[],
+                    flags=["--exit-when-done"])
+    wait_for(lambda: all(p.proc.poll() is not None for p in swarm.peers), 120 + 2.0 * steps,
+             "the peers training alone to finish")
+    for p in swarm.peers:
+        assert p.proc.returncode == 0, p.log_file.read_text()[-3000:]
+    return [float(p.summary()["final_eval_loss"]) for p in swarm.peers]  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Swarm]:
     s = Swarm(tmp_path)
