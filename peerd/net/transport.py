@@ -37,7 +37,15 @@ from peerd.net.hostile import NOT_HOSTILE, Hostile
 from peerd.net.limits import PeerLimits
 from peerd.net.pacing import Pacer
 from peerd.net.serving import SERVICE, Servicer, add_servicer
-from peerd.net.wire import MAX_CHUNK_BYTES, Rejected, checksum, endpoint_host, read_payload, split_chunks
+from peerd.net.wire import (
+    MAX_CHUNK_BYTES,
+    Rejected,
+    checksum,
+    endpoint_host,
+    read_payload,
+    split_chunks,
+    survives_channel_close,
+)
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 __all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",
@@ -283,6 +291,7 @@ class Transport:
             if channel is not None:
                 await channel.close(grace=None)
 
+    @survives_channel_close
     async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
         """Stream one shard to a peer.
 
@@ -309,6 +318,7 @@ class Transport:
         self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
 
+    @survives_channel_close
     async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
         """Hand a plan to one member; True when it verified there.
 
@@ -320,6 +330,7 @@ class Transport:
         self.on_bytes("tx", offer.ByteSize())
         return bool(reply.accepted)
 
+    @survives_channel_close
     async def fetch_state(
         self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
     ) -> tuple[peer_pb2.StateHeader, bytes]:
@@ -353,6 +364,7 @@ class Transport:
         self.on_transfer("state", time.monotonic() - t0)
         return header, bytes(buf)
 
+    @survives_channel_close
     async def pull_shard(self, endpoint: str, request: peer_pb2.PullRequest, sink: ShardSink, timeout_s: float) -> None:
         """Pull an owner's reduced shard (client mode) and hand it to ``sink`` like a push.
 
@@ -379,6 +391,7 @@ class Transport:
         self.on_transfer("pull", time.monotonic() - t0)
         self.on_bytes("rx", len(payload))
 
+    @survives_channel_close
     async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
                          timeout_s: float) -> tuple[bool, str]:
         """Stream this peer's state to a reachable joiner that cannot fetch it (client mode); (installed, detail).
@@ -402,6 +415,7 @@ class Transport:
         self.on_bytes("tx", len(payload))
         return reply.installed, reply.detail
 
+    @survives_channel_close
     async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
         """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back (and this host's ``dht_port``, when set).
 
