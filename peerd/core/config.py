@@ -61,6 +61,10 @@ class TrainConfig(_Section):
     # Legacy: it idles the worker. ``round.target_h`` bounds H without idling; the two exclude each other.
     max_steps_per_round: int = Field(0, ge=0)
     log_every_s: float = Field(10.0, gt=0)
+    # Scheduling niceness added to the worker thread alone (Linux; elsewhere ignored). The event
+    # loop keeps the process's: on a box short of CPU its round deadlines then win over training,
+    # which only loses the time the loop actually uses. 0: the worker competes with the loop.
+    worker_nice: int = Field(10, ge=0, le=19)
 
 
 class MixingConfig(_Section):

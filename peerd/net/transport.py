@@ -37,7 +37,15 @@ from peerd.net.hostile import NOT_HOSTILE, Hostile
 from peerd.net.limits import PeerLimits
 from peerd.net.pacing import Pacer
 from peerd.net.serving import SERVICE, Servicer, add_servicer
-from peerd.net.wire import MAX_CHUNK_BYTES, Rejected, checksum, endpoint_host, read_payload, split_chunks
+from peerd.net.wire import (
+    MAX_CHUNK_BYTES,
+    Rejected,
+    checksum,
+    endpoint_host,
+    read_payload,
+    split_chunks,
+    survives_channel_close,
+)
 from peerd.proto.v1 import peer_pb2, peer_pb2_grpc
 
 __all__ = ["FETCH_METHOD", "MAX_CHUNK_BYTES", "MAX_MESSAGE_BYTES", "PUSH_METHOD", "Rejected", "ShardSink",
@@ -215,6 +223,8 @@ class Transport:
         self.on_transfer = on_transfer
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Channels forget() took out of use, each closing once its calls end (the task waits for that).
+        self._retired: dict[grpc.aio.Channel, asyncio.Future[None]] = {}
         self.port = 0
         self.up, self.down = Pacer(cfg.max_upload_mbit), Pacer(cfg.max_download_mbit)
         self._dial_backs: dict[str, float] = {}  # caller address/id -> monotonic time of its last dial-back
@@ -277,12 +287,20 @@ class Transport:
         return None if self.key is None else auth.credential(self.key, self.peer_id, method)
 
     async def forget(self, endpoints: Sequence[str]) -> None:
-        """Close channels to peers that left."""
+        """Retire the channels to peers that left the view: new calls open a fresh channel.
+
+        Calls already on a retired channel run on to their own deadlines (the channel closes when
+        they end, or after ``state_timeout_s``): a view read that missed a record on a loaded DHT
+        must not cut a reduced shard or a state transfer to a peer that is still there.
+        """
         for ep in endpoints:
             channel = self._channels.pop(ep, None)
             if channel is not None:
-                await channel.close(grace=None)
+                closing = asyncio.ensure_future(channel.close(grace=self.cfg.state_timeout_s))
+                self._retired[channel] = closing
+                closing.add_done_callback(lambda _, ch=channel: self._retired.pop(ch, None))
 
+    @survives_channel_close
     async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
         """Stream one shard to a peer.
 
@@ -309,6 +327,7 @@ class Transport:
         self.on_transfer("push", time.monotonic() - t0)
         self.on_bytes("tx", len(payload))
 
+    @survives_channel_close
     async def offer_plan(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> bool:
         """Hand a plan to one member; True when it verified there.
 
@@ -320,6 +339,7 @@ class Transport:
         self.on_bytes("tx", offer.ByteSize())
         return bool(reply.accepted)
 
+    @survives_channel_close
     async def fetch_state(
         self, endpoint: str, request: peer_pb2.FetchStateRequest, max_bytes: int
     ) -> tuple[peer_pb2.StateHeader, bytes]:
@@ -353,6 +373,7 @@ class Transport:
         self.on_transfer("state", time.monotonic() - t0)
         return header, bytes(buf)
 
+    @survives_channel_close
     async def pull_shard(self, endpoint: str, request: peer_pb2.PullRequest, sink: ShardSink, timeout_s: float) -> None:
         """Pull an owner's reduced shard (client mode) and hand it to ``sink`` like a push.
 
@@ -379,6 +400,7 @@ class Transport:
         self.on_transfer("pull", time.monotonic() - t0)
         self.on_bytes("rx", len(payload))
 
+    @survives_channel_close
     async def hand_state(self, endpoint: str, header: peer_pb2.HandStateHeader, payload: bytes,
                          timeout_s: float) -> tuple[bool, str]:
         """Stream this peer's state to a reachable joiner that cannot fetch it (client mode); (installed, detail).
@@ -402,6 +424,7 @@ class Transport:
         self.on_bytes("tx", len(payload))
         return reply.installed, reply.detail
 
+    @survives_channel_close
     async def dial_back(self, endpoint: str, my_endpoint: str, run_id: str, dht_port: int = 0) -> DialBackResult:
         """Ask the peer at ``endpoint`` to dial ``my_endpoint`` back (and this host's ``dht_port``, when set).
 
@@ -472,7 +495,13 @@ class Transport:
         return True, f"dialled back {endpoint}"
 
     async def stop(self, grace_s: float) -> None:
-        """Stop serving (in-flight calls get ``grace_s``) and close every channel."""
-        await self.forget(list(self._channels))
+        """Stop serving (in-flight calls get ``grace_s``) and close every channel, retired ones too, now."""
+        channels = [*self._channels.values(), *self._retired]
+        self._channels.clear()
+        for closing in self._retired.values():
+            closing.cancel()
+        self._retired.clear()
+        for channel in channels:
+            await channel.close(grace=None)
         if self._server is not None:
             await self._server.stop(grace_s)

@@ -9,10 +9,11 @@ memory or a slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 # transport.chunk_bytes (peers may configure different chunk sizes).
 MAX_CHUNK_BYTES = 3 << 20
 _M = TypeVar("_M", bound=Message)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Rejected(Exception):
@@ -36,6 +39,33 @@ class Rejected(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+class ChannelClosed(ConnectionError):
+    """A call ended because its channel was closed under it (the view forgot the peer mid-call)."""
+
+
+def survives_channel_close(call: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Turn the ``CancelledError`` of a call whose channel closed into :class:`ChannelClosed`.
+
+    ``grpc.aio`` cancels a channel's calls when it is closed, and they raise
+    ``asyncio.CancelledError``, which callers rightly take for their own task being cancelled:
+    a view refresh that missed a record (a loaded DHT) closed the channel of a dial-back in flight,
+    the reachability loop ended "cancelled", and the daemon exited 1. Only a task that is itself
+    being cancelled (``Task.cancelling()``) still sees ``CancelledError``.
+    """
+
+    @functools.wraps(call)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await call(*args, **kwargs)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            raise ChannelClosed(f"{call.__name__}: the channel was closed during the call") from None
+
+    return wrapper
 
 
 def _hasher() -> hashlib._Hash:

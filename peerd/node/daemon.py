@@ -166,7 +166,7 @@ class Daemon:
                         self.request_stop)
         worker = Worker(task, layout, self.bridge, cfg.train.max_steps, cfg.train.threads, self.telemetry.on_step,
                         cfg.train.eval_every_steps, self.telemetry.on_eval,
-                        pace=(cfg.train.max_steps_per_round, cfg.round.round_s))
+                        pace=(cfg.train.max_steps_per_round, cfg.round.round_s), nice=cfg.train.worker_nice)
         checkpointer = Checkpointer(ckpt_dir, cfg.run_id, peer_id, state, node.mixer, self.counters, worker,
                                     self.bridge) if ckpt_dir is not None else None
         self.node, self.worker, self.checkpointer = node, worker, checkpointer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,12 +42,14 @@ class Worker:
         on_eval: Callable[[float], None] | None = None,
         pace: tuple[int, float] = (0, 1.0),
         clock: Clock = SYSTEM,
+        nice: int = 0,
     ) -> None:
         """``on_step(duration_s, loss, samples)`` after every step; ``on_eval(loss)`` after periodic evals.
 
         ``pace = (steps, round_s)``: at most ``steps`` inner steps per wall-clock round (0: no limit);
         the legacy ``train.max_steps_per_round``, which idles the worker. Work-paced rounds
         (``round.target_h``) never idle it: they read :attr:`steps_since` from the stats instead.
+        ``nice``: niceness added to this thread alone (``train.worker_nice``).
         """
         self.task = task
         self.layout = layout
@@ -58,6 +61,7 @@ class Worker:
         self.on_eval = on_eval
         self.pace_steps, self.pace_round_s = pace
         self.clock = clock
+        self.nice = nice
         self._pace_round, self._pace_steps = -1, 0
         self._t_rate, self._samples_at_rate, self._steps_at_rate = clock.monotonic(), 0, 0
         self.params = dict(task.model.named_parameters())
@@ -90,6 +94,7 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            lower_thread_priority(self.nice)
             torch.set_num_threads(self.threads)
             self.initial_eval_loss = self.task.evaluate(self.task.model)
             self.started.set()
@@ -266,6 +271,22 @@ class Worker:
                 return
             if cmd.future.set_running_or_notify_cancel():
                 cmd.future.set_exception(RuntimeError(f"worker died: {exc!r}"))
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Add ``nice`` to the calling thread's niceness (Linux: per thread); False where it cannot.
+
+    Threads this one starts later (torch's intra-op pool) inherit it. A failure is harmless: the
+    worker then competes with the event loop as an unniced thread does.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        return False
+    return True
 
 
 def _to_cpu(obj: Any) -> Any:

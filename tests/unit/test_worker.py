@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from peerd.core.bridge import Bridge
 from peerd.core.fragments import FragmentLayout
 from peerd.train.tasks.base import Task
-from peerd.train.worker import Worker
+from peerd.train.worker import Worker, lower_thread_priority
 
 
 class Batches:
@@ -141,3 +143,27 @@ def test_rebase_moves_the_worker_onto_new_outer_parameters_and_keeps_unsent_samp
     worker.serve_commands(block=False)
     assert torch.allclose(layout.flatten(params, 0), new + (now - old))
     assert worker.samples_since == samples  # nothing of it was sent: it goes out next time
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is a Linux feature")
+def test_worker_nice_lowers_the_worker_thread_alone() -> None:
+    """``train.worker_nice``: the worker thread yields to the event loop, the rest of the process does not."""
+    seen: dict[str, int] = {}
+    worker, bridge, _ = make_worker(max_steps=3)
+    worker.nice = 7
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    original = worker.train_step
+
+    def step() -> None:
+        seen.setdefault("worker", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        original()
+
+    worker.train_step = step  # type: ignore[method-assign]
+    worker.start()
+    try:
+        wait_steps(bridge, 3)
+    finally:
+        assert worker.stop(10)
+    assert seen["worker"] == min(19, own + 7)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # this (the loop's) thread
+    assert not lower_thread_priority(0)  # 0 leaves the thread as it is
