@@ -7,7 +7,7 @@ delay, clock rounds so every round exchanges) once per niceness value, alternati
 after rep so that the box's load drifts over all of them alike. Reports per run the member-rounds
 committed and aborted, the strict share (:func:`bench.rounds._strict`: skipped rounds a ready peer
 could have taken count as lost) and the mean inner steps per peer (what the workers gave up), then
-the mean of each value. Results go to ``bench/results/worker_nice.json``.
+the mean of each value. Results go to ``bench/results/worker_nice.json`` (``--out`` to change).
 
 Why it matters: 16 daemons on 2 cores run 16 event loops, 16 workers and 16 p2pd processes. A
 round's deadlines are the loops'; with the workers at the same priority a loop that must verify a
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--nice", type=int, nargs="+", default=[0, 10])
     ap.add_argument("--workdir", default="/tmp/peerd-worker-nice")
+    ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
     runs: list[dict[str, Any]] = []
     for rep in range(a.reps):
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         means[str(nice)] = {k: round(statistics.fmean(r[k] for r in rows if r[k] is not None), 4)
                             for k in ("committed", "aborted", "strict", "steps_per_peer")}
     cmd = (f"python -m bench.worker_nice --peers {a.peers} --seconds {a.seconds:g} --reps {a.reps} --nice "
-           + " ".join(map(str, a.nice)))
-    RESULTS.write_text(json.dumps({"command": cmd, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
+           + " ".join(map(str, a.nice)) + ("" if Path(a.out) == RESULTS else f" --out {a.out}"))
+    Path(a.out).write_text(json.dumps({"command": cmd, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
                                    "means": means}, indent=2) + "\n")
     print(json.dumps(means), flush=True)
     return 0
