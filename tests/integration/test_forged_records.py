@@ -75,7 +75,8 @@ async def test_forged_replayed_and_outsider_records_are_refused() -> None:
         # A hostile node also serves whatever it likes from its own storage, replica or not (the
         # stores above land on the key's nearest nodes only, which need not include it).
         ser = insider.node.protocol.serializer
-        insider.node.protocol.storage.store_subkey(DHTID.generate(source=PEERS), ser.dumps(idb), ser.dumps(value), far)
+        # Subkeys are held deserialized (as hivemind's rpc_store keeps them), values serialized.
+        insider.node.protocol.storage.store_subkey(DHTID.generate(source=PEERS), idb, ser.dumps(value), far)
         # The attack is real: the hostile node holds a forged b record that outlives b's own.
         held = insider.node.protocol.storage.get(DHTID.generate(source=PEERS))
         assert held is not None and held.value.get(idb).expiration_time == far
