@@ -223,8 +223,6 @@ class Transport:
         self.on_transfer = on_transfer
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
-        # Channels forget() took out of use, each closing once its calls end (the task waits for that).
-        self._retired: dict[grpc.aio.Channel, asyncio.Future[None]] = {}
         self.port = 0
         self.up, self.down = Pacer(cfg.max_upload_mbit), Pacer(cfg.max_download_mbit)
         self._dial_backs: dict[str, float] = {}  # caller address/id -> monotonic time of its last dial-back
@@ -287,18 +285,11 @@ class Transport:
         return None if self.key is None else auth.credential(self.key, self.peer_id, method)
 
     async def forget(self, endpoints: Sequence[str]) -> None:
-        """Retire the channels to peers that left the view: new calls open a fresh channel.
-
-        Calls already on a retired channel run on to their own deadlines (the channel closes when
-        they end, or after ``state_timeout_s``): a view read that missed a record on a loaded DHT
-        must not cut a reduced shard or a state transfer to a peer that is still there.
-        """
+        """Close channels to peers that left."""
         for ep in endpoints:
             channel = self._channels.pop(ep, None)
             if channel is not None:
-                closing = asyncio.ensure_future(channel.close(grace=self.cfg.state_timeout_s))
-                self._retired[channel] = closing
-                closing.add_done_callback(lambda _, ch=channel: self._retired.pop(ch, None))
+                await channel.close(grace=None)
 
     @survives_channel_close
     async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
@@ -495,13 +486,7 @@ class Transport:
         return True, f"dialled back {endpoint}"
 
     async def stop(self, grace_s: float) -> None:
-        """Stop serving (in-flight calls get ``grace_s``) and close every channel, retired ones too, now."""
-        channels = [*self._channels.values(), *self._retired]
-        self._channels.clear()
-        for closing in self._retired.values():
-            closing.cancel()
-        self._retired.clear()
-        for channel in channels:
-            await channel.close(grace=None)
+        """Stop serving (in-flight calls get ``grace_s``) and close every channel."""
+        await self.forget(list(self._channels))
         if self._server is not None:
             await self._server.stop(grace_s)
