@@ -76,4 +76,4 @@ class NetworkPort(Protocol):
         """Ask a peer to dial this one back (and probe this host's ``dht_port``). Raises when the helper fails."""
 
     async def forget(self, endpoints: Sequence[str]) -> None:
-        """Stop using connections to peers that left the view (calls already on them run to their deadlines)."""
+        """Close connections to peers that left the view (a call still on one fails with ChannelClosed)."""
