@@ -87,11 +87,16 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
     committed = sum(s.get("rounds_committed") or 0 for s in summaries)
     aborted = sum(s.get("rounds_aborted") or 0 for s in summaries)
     dht_rates = [r["dht"] for r in rates]
+    lags = [s.get("loop_lag_s") or {} for s in summaries]
+    p99 = sorted(x["p99"] for x in lags if "p99" in x)
     return {"peers": peers, "window_s": round(dt, 1), "tx_bytes_per_s": rates,
             "dht_tx_bytes_per_peer_per_s_mean": round(sum(dht_rates) / peers),
             "dht_tx_bytes_per_peer_per_s_max": max(dht_rates), "rounds_committed": committed,
             "rounds_aborted": aborted, "rounds_by_outcome": by_outcome, "overrides": overrides,
             "loadavg_1m_end": os.getloadavg()[0],
+            # How late each daemon's event loop woke (peerd/core/looplag.py): a starved box, not the network
+            "loop_lag_p99_s": {"median_peer": p99[len(p99) // 2] if p99 else None, "worst_peer": p99[-1] if p99 else None,
+                               "max": max((x.get("max", 0.0) for x in lags), default=None)},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -102,17 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra peerd config override")
     ap.add_argument("--workdir", default="/tmp/peerd-control-plane")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results file (merged by peer count)")
     a = ap.parse_args(argv)
-    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out: Path = a.out
+    doc = json.loads(out.read_text()) if out.exists() else {}
     for n in a.peers:
         res = run(n, a.seconds, a.overrides, Path(a.workdir) / str(n))
         res["command"] = f"python -m bench.control_plane --peers {n} --seconds {a.seconds:g}" + "".join(
             f" --set {o}" for o in a.overrides)
         doc.setdefault("runs", {})[str(n)] = res
-        RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+        out.write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps({k: res[k] for k in ("peers", "dht_tx_bytes_per_peer_per_s_mean",
                                               "dht_tx_bytes_per_peer_per_s_max", "rounds_committed",
-                                              "rounds_aborted")}), flush=True)
+                                              "rounds_aborted", "rounds_by_outcome", "loop_lag_p99_s")}), flush=True)
     return 0
 
 

@@ -78,6 +78,9 @@ class Metrics:
                               "round.target_h for the median member (0: on target).", registry=r)
         self.pace_behind = Gauge("peerd_pace_behind", "Work pacing: 1 while the swarm cannot sync as often as "
                                  "round.target_h asks (it then syncs every round).", registry=r)
+        self.loop_lag = Histogram("peerd_event_loop_lag_seconds", "How late the daemon's event loop woke for a "
+                                  "timer (a starved box slips every round phase by this much).",
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
         self.utilization = Gauge("peerd_worker_utilization_ratio", "Time spent training / wall time.", registry=r)
         self.build = Info("peerd_build", "Build information.", registry=r)
         self.build.info({"version": __version__})

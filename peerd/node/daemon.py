@@ -100,6 +100,10 @@ class Daemon:
         """Ask for a graceful leave (signal handlers call this)."""
         self.leaver.request_stop(reason)
 
+    def stopping(self) -> bool:
+        """Whether a leave was asked for (the log filters of peerd/ops/quiet.py demote noise from then on)."""
+        return self.leaver.stop_event.is_set()
+
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         try:
@@ -287,6 +291,7 @@ class Daemon:
     async def _serve(self) -> None:
         coros = self.node.loops(self._check)
         coros["status"] = self.telemetry.status_loop()
+        coros["loop_lag"] = self.telemetry.lag.loop()
         if self.checkpointer is not None:
             coros["checkpoints"] = self.checkpointer.loop(self.cfg.checkpoint.every_s)
         tasks = [asyncio.create_task(c, name=name) for name, c in coros.items()]

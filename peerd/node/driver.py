@@ -55,6 +55,7 @@ class RoundDriver:
         self._caps_said: set[int] = set()  # upload caps already reported as too slow for the round
         self.round_log = RoundLog()  # recent outcomes, for health
         self.pacing = PaceWatch(cfg.pace_h, cfg.mixing.num_fragments, rounds, metrics)
+        self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -87,6 +88,10 @@ class RoundDriver:
         elif outcome == "skipped" and reason != "too_few_peers":  # a lone peer would log every round
             log.info("round_skipped", reason=reason, peers=len(self.view.records) + 1)
         self.last_round = {"outcome": outcome, "reason": reason, "at": self.rc.now()}
+        if self.timing.get("round") is not None:  # this round's phases, for the log (debug level)
+            log.debug("round_timing", outcome=f"{outcome}:{reason}", ended=round(self.rc.now() -
+                      self.rc.start(self.timing["round"]), 3), **self.timing)
+            self.timing = {}
         self.round_log.observe(outcome, reason)
 
     async def round(self, r: int) -> None:
@@ -98,7 +103,9 @@ class RoundDriver:
         # Bounded: a slow DHT store must not eat the round (the heartbeat loop retries anyway).
         await asyncio.wait([beat], timeout=max(0.0, rc.settle_at(r) - rc.now()))
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
+        self.timing = {"round": r, "settled": round(rc.now() - rc.start(r), 3)}
         await self._timed(view.refresh())
+        self.timing["refreshed"] = round(rc.now() - rc.start(r), 3)
         me = view.my_record().candidate()
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
@@ -140,6 +147,10 @@ class RoundDriver:
         if self.cfg.pace_h:
             self.pacing.observe(r, elig)
         plan = await self._obtain_plan(r, candidates)
+        self.timing.update(planned=round(rc.now() - rc.start(r), 3), members=len(elig))
+        if plan is not None:
+            self.timing.update(publisher_rank=plan.publisher_rank, plan_members=len(plan.members),
+                               collect=round(plan.collect_deadline - rc.start(r), 3))
         if plan is None:
             # Between the two looks of a finishing run nobody that looked settled publishes: that
             # round is the end-of-run check, not a lost round, and is counted apart.
@@ -270,11 +281,13 @@ class RoundDriver:
                 await asyncio.sleep(0.05)
 
         reader = asyncio.ensure_future(read_dht())
-        tried, mine = False, None
+        tried, mine, published_at = False, None, None
         try:
             while rc.now() < give_up:
                 chosen = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
                 if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
+                    self.timing.update(source="mine" if chosen is mine else "dht" if chosen in found else "offer",
+                                       reads=reads, rank=rank, published_at=published_at)
                     return chosen
                 # A candidate publishes only within its own slot (the last one: any time). One
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
@@ -283,6 +296,7 @@ class RoundDriver:
                 may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
                     tried = True
+                    published_at = round(rc.now() - rc.start(r), 3)
                     mine = self._publish(r, rank, candidates, nbytes)
                     continue
                 await self.inbox.wait(r, min(0.05, give_up - rc.now()))

@@ -19,6 +19,7 @@ from peerd.core.config import PeerdConfig
 from peerd.core.errors import EXIT_OK, Counters
 from peerd.core.fragments import state_hash
 from peerd.core.log import get_logger
+from peerd.core.looplag import LoopLag
 from peerd.core.metrics import Metrics
 from peerd.net.membership import Membership
 from peerd.node import health
@@ -45,6 +46,7 @@ class Telemetry:
         self.worker: Worker | None = None
         self.membership: Membership | None = None
         self.endpoint = ""
+        self.lag = LoopLag(metrics.loop_lag)  # its loop runs with the daemon's (see Daemon._serve)
 
     def attach(self, node: PeerNode, worker: Worker, membership: Membership, endpoint: str) -> None:
         """Parts whose state ``status()`` reports."""
@@ -142,6 +144,7 @@ class Telemetry:
             "rounds_held": self.counters.rounds_held,
             "sync_h": [list(x) for x in self.worker.synced_h] if self.worker else [],
             "paced_idle_s": round(self.worker.paced_idle_s, 3) if self.worker else 0.0,
+            "loop_lag_s": self.lag.quantiles(),
             "history": self.history,
         }
 

@@ -84,7 +84,7 @@ def join(
     daemon_ref: list[Daemon] = []
 
     def stopping() -> bool:
-        return bool(daemon_ref) and daemon_ref[0].stop_event.is_set()
+        return bool(daemon_ref) and daemon_ref[0].stopping()
 
     quiet.install(stopping)
 
