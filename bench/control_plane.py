@@ -95,7 +95,8 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
             "rounds_aborted": aborted, "rounds_by_outcome": by_outcome, "overrides": overrides,
             "loadavg_1m_end": os.getloadavg()[0],
             # How late each daemon's event loop woke (peerd/core/looplag.py): a starved box, not the network
-            "loop_lag_p99_s": {"median_peer": p99[len(p99) // 2] if p99 else None, "worst_peer": p99[-1] if p99 else None,
+            "loop_lag_p99_s": {"median_peer": p99[len(p99) // 2] if p99 else None,
+                               "worst_peer": p99[-1] if p99 else None,
                                "max": max((x.get("max", 0.0) for x in lags), default=None)},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

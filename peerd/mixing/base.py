@@ -49,8 +49,12 @@ class Mixer(Protocol):
     async def hand_over(self, r: int) -> None:
         """Round ``r`` has no reachable member: hand the state to a reachable joiner waiting for it."""
 
-    async def run(self, plan: RoundPlan) -> RoundOutcome:
-        """Take part in one round as a member; returns by the plan's deadline."""
+    async def run(self, plan: RoundPlan, in_sync: bool = True) -> RoundOutcome:
+        """Take part in one round as a member; returns by the plan's deadline.
+
+        ``in_sync=False`` (shared state only): named by the plan but behind its revision; do the
+        member's part that needs no state of its own and do not commit.
+        """
 
     async def join(self, write_model: ModelWriter) -> None:
         """Adopt the swarm's state before training starts (never mix a fresh init into it)."""

@@ -64,6 +64,7 @@ from peerd.core.schedule import RoundPlan
 from peerd.core.state import OuterState
 from peerd.mixing.base import ModelWriter, RoundOutcome
 from peerd.mixing.inbox import CONTRIB, REDUCED, FromOwner, OpenRound, Shard, ShardInbox, wait_until
+from peerd.mixing.pushes import push_until
 from peerd.mixing.resync import StateSync
 from peerd.mixing.sync import serve_state
 from peerd.net.limits import NormGate, rms
@@ -212,47 +213,32 @@ class Diloco:
 
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:
-        async def one(idx: int, header: peer_pb2.ShardHeader, payload: bytes) -> bool:
-            t0 = self.rc.clock.monotonic()
-            try:
-                await self.network.push_shard(plan.endpoints[idx], header, payload, deadline - self.rc.now())
-                self.rc.net.push(len(payload), self.rc.clock.monotonic() - t0)  # feeds the round clock
-                return True
-            except (grpc.aio.AioRpcError, OSError):
-                return False
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                # The channel was closed under the call (the peer left the view): a failed push.
-                return False
-
-        results = await asyncio.gather(*(one(*it) for it in items))
+        """Push each item to its member, each repeated until it lands or ``deadline`` (peerd/mixing/pushes.py)."""
+        results = await asyncio.gather(*(push_until(self.network, self.rc, plan.endpoints[idx], header, payload,
+                                                    deadline) for idx, header, payload in items))
         return sum(results)
 
-    async def run(self, plan: RoundPlan) -> RoundOutcome:
-        """Take part in a round as a member; returns after commit or abort (by ``rc.late_until``)."""
+    async def run(self, plan: RoundPlan, in_sync: bool = True) -> RoundOutcome:
+        """Take part in a round as a member; returns after commit or abort (by ``rc.late_until``).
+
+        ``in_sync=False``: this member is behind the plan's revision (it missed a commit that the
+        plan's publisher counted it in). It cannot contribute or commit, but its part of the round
+        does not need its state: it sends weightless contributions (a client's proof that it follows
+        the plan) and, as an owner, reduces and sends its shard from the others' contributions. The
+        round then commits for everyone else instead of aborting on its missing shard; this member
+        returns ``not_in_sync`` once its sends are done and resyncs.
+        """
         rs = self.inbox.open_round(plan)
         me, bounds, n, p = rs.me, rs.bounds, len(plan.members), plan.fragment
         late = self.rc.late_until(plan.round, plan.deadline)  # reduced shards may arrive until then
         owners = plan.owners
         snap: Snapshot | None = None
         try:
-            if self.state.revision != plan.revision:
+            if in_sync and self.state.revision != plan.revision:
                 return RoundOutcome(False, "revision_moved")
             old_theta = self.state.theta(p)
-            try:
-                # Leave the contribution time to travel: a snapshot that comes later is useless.
-                # (at least its time through this peer's own upload cap, measured or not)
-                push, cap = self._push_bytes(plan), self.view.uplink_bps
-                travel = self.rc.phase_s(push, cap) if self.rc.net.rtt_s is not None else self.rc.capped_s(push, cap)
-                snap = await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
-                                              fragment=p)
-            except (TimeoutError, BridgeFull):
-                # A busy worker (a long step, a loaded box) must not abort the round for everyone:
-                # this member still owns its shard, so it takes part with a weightless zero
-                # contribution and, on commit, rebases its worker onto the new outer state.
-                snap = None
+            if in_sync:  # behind: its worker's delta is against another outer state, worth nothing here
+                snap = await self._snapshot(plan)
             weight = float(snap.samples) if snap is not None else 0.0
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             if me >= 0:
@@ -268,6 +254,9 @@ class Diloco:
                      for i in range(owners) if i != me]
             send_task = asyncio.create_task(self._push_all(plan, sends, plan.collect_deadline))
             contributors = 0
+            if not in_sync and me < 0:  # behind, client: its weightless contributions were its whole part
+                await send_task
+                return RoundOutcome(False, "not_in_sync")
             if me < 0:  # client mode: no shard to reduce; pull every owner's reduced shard
                 await self._pull_all(plan, rs)
                 await send_task
@@ -275,7 +264,7 @@ class Diloco:
             else:
                 await wait_until(self.rc, rs.all_contributed, plan.collect_deadline)
                 rs.collecting = False
-                reduced = await asyncio.to_thread(self._reduce, rs)
+                reduced = await asyncio.to_thread(self._reduce, rs, in_sync)
                 rs.reduced[me] = reduced
                 rs.my_reduced.set()
                 if len(rs.reduced) == owners:
@@ -286,6 +275,8 @@ class Diloco:
                 await self._push_all(plan, out, late)
                 await send_task
                 contributors = len(reduced.contributors)
+                if not in_sync:
+                    return RoundOutcome(False, "not_in_sync", contributors)
             self.faults.hit("after_send")
             await wait_until(self.rc, rs.all_reduced, late)
             rs.open = False
@@ -327,6 +318,21 @@ class Diloco:
                     self.bridge.submit("discard", token=snap.token)
             self.inbox.prune(plan.round)
 
+    async def _snapshot(self, plan: RoundPlan) -> Snapshot | None:
+        """The worker's fragment for this round's contribution, or None when it does not come in time."""
+        try:
+            # Leave the contribution time to travel: a snapshot that comes later is useless.
+            # (at least its time through this peer's own upload cap, measured or not)
+            push, cap = self._push_bytes(plan), self.view.uplink_bps
+            travel = self.rc.phase_s(push, cap) if self.rc.net.rtt_s is not None else self.rc.capped_s(push, cap)
+            return await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
+                                          fragment=plan.fragment)
+        except (TimeoutError, BridgeFull):
+            # A busy worker (a long step, a loaded box) must not abort the round for everyone:
+            # this member still owns its shard, so it takes part with a weightless zero
+            # contribution and, on commit, rebases its worker onto the new outer state.
+            return None
+
     def _push_bytes(self, plan: RoundPlan) -> int:
         """Bytes this member pushes as contributions in ``plan`` (its fragment less its own shard)."""
         n = len(plan.members)
@@ -364,8 +370,14 @@ class Diloco:
             theta = theta - pending
         return theta
 
-    def _reduce(self, rs: OpenRound) -> Shard:
+    def _reduce(self, rs: OpenRound, in_sync: bool = True) -> Shard:
+        """The weighted mean of the plausible contributions to this owner's shard, encoded and decoded.
+
+        Owner error feedback (the residual added to the mean, kept on commit) only while in sync:
+        a behind owner does not commit, so what it added would be sent again later.
+        """
         start, end = rs.bounds[rs.me]
+        feedback = in_sync and self._owner_feedback()
         acc = torch.zeros(end - start, dtype=torch.float32)
         total = 0.0
         names = self._plausible(rs)
@@ -377,11 +389,11 @@ class Diloco:
         spec, density = self.inbox.spec(REDUCED, rs.plan)
         if total > 0:
             acc.div_(total)
-            if self._owner_feedback():
+            if feedback:
                 acc.add_(self.owner_residuals[rs.plan.fragment][start:end])
         payload = codec.encode(acc, spec, self.mix.block_size, density)
         values = codec.decode(payload, spec, end - start, self.mix.block_size, density=density)
-        if total > 0 and self._owner_feedback():
+        if total > 0 and feedback:
             rs.owner_pending = acc - values
         return Shard(total, values, payload, names)
 

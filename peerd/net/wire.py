@@ -45,6 +45,32 @@ class ChannelClosed(ConnectionError):
     """A call ended because its channel was closed under it (the view forgot the peer mid-call)."""
 
 
+# Statuses after which the same call may work a moment later: the peer was busy, the connection
+# broke, or the call ran out of its own time. A refusal that names the call itself (another plan,
+# a duplicate, a bad header, no permission) fails the same way again, so it is not retried.
+RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
+                       grpc.StatusCode.UNKNOWN})
+
+
+def call_status(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status a failed call ended with (``exc.status`` for a transport without gRPC), if any."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, grpc.StatusCode) else None
+
+
+def may_retry(exc: BaseException) -> bool:
+    """Whether a failed call is worth repeating (see ``RETRIABLE``); a closed channel is not: the peer left the view."""
+    if isinstance(exc, ChannelClosed):
+        return False
+    status = call_status(exc)
+    if status is None:
+        return isinstance(exc, OSError)  # a broken connection without a status
+    return status in RETRIABLE
+
+
 def survives_channel_close(call: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """Turn the ``CancelledError`` of a call whose channel closed into :class:`ChannelClosed`.
 

@@ -33,6 +33,9 @@ from peerd.node.offers import PlanInbox, PlanOfferer
 from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
+# Rounds after a commit during which its co-members are taken to have committed too, whatever
+# their records say (their new records may not have landed yet; later they would have).
+COMMIT_ASSUMED_ROUNDS = 2
 T = TypeVar("T")
 
 
@@ -55,6 +58,7 @@ class RoundDriver:
         self._caps_said: set[int] = set()  # upload caps already reported as too slow for the round
         self.round_log = RoundLog()  # recent outcomes, for health
         self.pacing = PaceWatch(cfg.pace_h, cfg.mixing.num_fragments, rounds, metrics)
+        self.last_commit: sch.RoundPlan | None = None  # the plan of this peer's latest commit
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
 
     async def loop(self) -> None:
@@ -111,7 +115,12 @@ class RoundDriver:
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
         # a reader that skipped rounds over its own suspicions went out of phase with a peer
         # suspecting it back, and two finished peers aborted every round for 20 minutes.
+        # Co-members of this peer's last commit whose new records have not landed yet count as
+        # committed (schedule.assume_committed), so that every committer sees the same members.
         candidates = view.candidates()
+        if self.last_commit is not None and self.last_commit.round >= r - COMMIT_ASSUMED_ROUNDS:
+            state = view.state
+            candidates = sch.assume_committed(candidates, self.last_commit, state.revision, state.state_hash())
         elig = sch.eligible(candidates, self.mixer.mode)
         ending = self.end.look(r, me, candidates)
         if ending == "done":
@@ -121,8 +130,14 @@ class RoundDriver:
             self._count("skipped", "finishing")
             return
         if me not in elig:
-            # Behind, or off the majority hash: no plan of this round names us. Fetch what the
-            # others commit in it once its deadline has passed, and be a member next round.
+            # Behind, or off the majority hash: fetch what the others commit in this round once
+            # its deadline has passed, and be a member next round. A plan may still name this peer
+            # (its publisher took it to have committed with it): it does its part without a
+            # contribution first, or that round would abort for every member.
+            if self.mixer.shared_state:
+                plan = await self._named_plan(r)
+                if plan is not None and plan.revision > view.state.revision:
+                    await self.mixer.run(plan, in_sync=False)
             self._count("skipped", "not_in_sync")
             await self.mixer.catch_up(not_before=rc.catch_up_at(r))
             await view.heartbeat()
@@ -169,6 +184,12 @@ class RoundDriver:
             return
         state = self.view.state
         if self.mixer.shared_state and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
+            if plan.revision > state.revision:  # named but behind: its part without a contribution, then resync
+                await self.mixer.run(plan, in_sync=False)
+                self._count("skipped", "not_in_sync")
+                await self.mixer.catch_up(not_before=rc.catch_up_at(r))
+                await view.heartbeat()
+                return
             self._count("skipped", "not_in_sync")
             return
         t0 = rc.clock.monotonic()
@@ -177,6 +198,7 @@ class RoundDriver:
         self.metrics.revision.set(state.revision)
         self._account(r, plan, outcome)
         if outcome.committed:
+            self.last_commit = plan
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
@@ -306,6 +328,17 @@ class RoundDriver:
         if best is None:
             log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(rc.now() - give_up, 3))
         return best
+
+    async def _named_plan(self, r: int) -> sch.RoundPlan | None:
+        """A plan for round ``r`` that names this peer, offered to it (a behind peer publishes and polls nothing)."""
+        rc, give_up = self.rc, self.rc.plan_give_up(r)
+        while True:
+            chosen = sch.choose_plan(p for p in self.inbox.offered(r) if p.index_of(self.peer_id) >= 0)
+            if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
+                return chosen
+            if rc.now() >= give_up:
+                return chosen
+            await self.inbox.wait(r, min(0.05, give_up - rc.now()))
 
     def _publish(self, r: int, rank: int, candidates: list[sch.Candidate], nbytes: int) -> sch.RoundPlan | None:
         """Build this peer's plan for round ``r``, offer it to the members and store it (both in the background)."""

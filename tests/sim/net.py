@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 import msgpack
 
 from peerd.core.schedule import RoundPlan, plan_from_record
@@ -25,7 +26,11 @@ from peerd.proto.v1 import peer_pb2
 
 
 class SimRpcError(ConnectionError):
-    """A simulated call failed (unreachable, lost, refused or timed out)."""
+    """A simulated call failed (unreachable, lost, refused, timed out), with the status a real call would carry."""
+
+    def __init__(self, message: str, status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.status = status  # read by peerd.net.wire.call_status (retry decisions)
 
 
 @dataclass(frozen=True)
@@ -118,9 +123,9 @@ class SimTransport:
         try:
             return await asyncio.wait_for(body, max(timeout_s, 0.001))  # type: ignore[arg-type]
         except TimeoutError:
-            raise SimRpcError(f"{endpoint}: deadline exceeded") from None
+            raise SimRpcError(f"{endpoint}: deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED) from None
         except Rejected as rej:
-            raise SimRpcError(f"{endpoint}: {rej.code.name}: {rej.detail}") from None
+            raise SimRpcError(f"{endpoint}: {rej.code.name}: {rej.detail}", rej.code) from None
 
     async def push_shard(self, endpoint: str, header: peer_pb2.ShardHeader, payload: bytes, timeout_s: float) -> None:
         header.payload_bytes = len(payload)
@@ -153,7 +158,7 @@ class SimTransport:
             await self.net.hop(self.peer_id, dst, len(offer.sealed) + 64)
             await self.net.gate(dst)
             if sink is None:
-                raise SimRpcError(f"{endpoint}: UNIMPLEMENTED")
+                raise SimRpcError(f"{endpoint}: UNIMPLEMENTED", grpc.StatusCode.UNIMPLEMENTED)
             accepted = await sink.offer_plan(sent)
             await self.net.hop(dst, self.peer_id, 16)
             return accepted

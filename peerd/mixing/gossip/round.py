@@ -325,8 +325,11 @@ class GossipMixer:
         self.outer.install(self.outer.revision + 1, {p: theta}, {p: self.m[p]})
         return theta
 
-    async def run(self, plan: RoundPlan) -> RoundOutcome:
-        """Take part in a gossip round; returns after commit or skip (by ``plan.deadline``)."""
+    async def run(self, plan: RoundPlan, in_sync: bool = True) -> RoundOutcome:
+        """Take part in a gossip round; returns after commit or skip (by ``plan.deadline``).
+
+        ``in_sync`` is always True here: gossip has no shared state for a peer to be behind on.
+        """
         partner = topology.pairs_for(plan.topology, self.cfg.run_id, plan.round, plan.members,
                                      plan.members[plan.owners:]).get(self.peer_id)
         rs = _Pair(plan, partner)
