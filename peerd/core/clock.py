@@ -95,6 +95,17 @@ class RoundClock:
         cap = max(self.settle_s, MAX_SETTLE_FRACTION * self.window())
         return min(cap, max(self.settle_s, MARGIN * (self.net.dht_s or 0.0)))
 
+    def read_s(self) -> float:
+        """Seconds the view read at the settle point takes (one DHT get): no candidate can publish before.
+
+        Measured (``net.dht_s``, stretched by ``MARGIN``), at most ``MAX_SETTLE_FRACTION`` of the
+        exchange window; 0 before anything is measured. Without it the plan slots began at the
+        settle point itself: on a loaded box (a 1 s read) the leader and the next candidate were
+        past their slots by the time they had read the view, never published, and every plan came
+        from the last candidate, or from none when that one was behind.
+        """
+        return min(MAX_SETTLE_FRACTION * self.window(), MARGIN * (self.net.dht_s or 0.0))
+
     def plan_slot(self) -> float:
         """Seconds between plan candidates' turns: the better one's DHT read plus its offer's one-way hop.
 
@@ -103,7 +114,7 @@ class RoundClock:
         candidates end by half of the exchange window, whatever was measured.
         """
         measured = MARGIN * ((self.net.dht_s or 0.0) + 0.5 * (self.net.rtt_s or 0.0))
-        cap = (0.5 * self.window() - self.settle()) / (self.plan_candidates + 1)
+        cap = (0.5 * self.window() - self.settle() - self.read_s()) / (self.plan_candidates + 1)
         return max(self.plan_slot_s, min(cap, measured))
 
     def window(self) -> float:
@@ -115,7 +126,7 @@ class RoundClock:
 
         Work pacing (peerd/core/pace.py) projects the announced step counts over this lead.
         """
-        return self.settle() + self.plan_slot()
+        return self.settle() + self.read_s() + self.plan_slot()
 
     def now(self) -> float:
         """Current Unix time of this peer."""
@@ -177,7 +188,7 @@ class RoundClock:
         """The shortest ``round_s`` whose window holds the capped phases (for the log line's fix)."""
         need = self.capped_s(nbytes, uplink_bps) + self.capped_s(nbytes, self._reduce_cap(uplink_bps,
                                                                                            reduce_uplink_bps))
-        need += self.settle() + (self.plan_candidates + 1) * self.plan_slot()
+        need += self.settle() + self.read_s() + (self.plan_candidates + 1) * self.plan_slot()
         return math.ceil(10 * need / self.deadline_fraction) / 10
 
     @staticmethod
@@ -220,8 +231,14 @@ class RoundClock:
         return begin + min(max(base - begin, cap_in), window - reduce_min)
 
     def publish_at(self, r: int, rank: int) -> float:
-        """Earliest time candidate ``rank`` may publish a plan for round ``r``."""
-        return self.settle_at(r) + rank * self.plan_slot()
+        """Earliest time candidate ``rank`` may publish a plan for round ``r``.
+
+        The leader publishes as soon as it has read the view; candidate ``k`` after the read's
+        measured time and ``k`` slots, so a leader whose read took that long is still in its slot.
+        """
+        if rank == 0:
+            return self.settle_at(r)
+        return self.settle_at(r) + self.read_s() + rank * self.plan_slot()
 
     def plan_settled_at(self, r: int, rank: int) -> float:
         """When a plan of publisher rank ``rank`` is final: no better-ranked plan can still reach a reader.
@@ -238,7 +255,7 @@ class RoundClock:
         still cross its link after it reads the plan, so it stops looking that much earlier
         (never before the last candidate's slot: a plan found then is still worth a try).
         """
-        last_slot = self.settle_at(r) + self.plan_slot() * (self.plan_candidates + 1)
+        last_slot = self.publish_at(r, self.plan_candidates + 1)
         loopback = self.start(r) + PLAN_READ_FRACTION * self.deadline_fraction * self.round_s
         if self.net.rtt_s is None:
             give_up = max(last_slot, loopback)

@@ -101,3 +101,22 @@ def test_cap_fix_names_a_round_length_that_fits() -> None:
     longer = rc.round_s_for_cap(nbytes, cap)
     assert longer > 6.0
     assert RoundClock(longer, 0.25, 0.25, 3, 0.9, Fixed(0.0), _Measured()).cap_fits(nbytes, cap)  # type: ignore[arg-type]
+
+
+class _SlowDht(_Measured):
+    dht_s = 0.8  # a view read on a loaded box: 16 daemons on 2 cores measured 0.7-1.2 s
+
+
+def test_candidate_slots_start_after_the_view_read_and_the_leader_keeps_its_own() -> None:
+    fast, slow = _measured(), RoundClock(5.0, 0.25, 0.25, 3, 0.9, Fixed(0.0), _SlowDht())  # type: ignore[arg-type]
+    r = 20
+    for rc in (fast, slow):
+        read = rc.read_s()
+        assert 0 < read <= 0.2 * rc.window()
+        # The leader may publish once it has read the view; candidate k waits for the read and k slots.
+        assert rc.publish_at(r, 0) == rc.settle_at(r)
+        assert rc.publish_at(r, 1) == rc.settle_at(r) + read + rc.plan_slot()
+        # A leader whose read took the measured time is still inside its slot.
+        assert rc.settle_at(r) + read < rc.publish_at(r, 1)
+        assert rc.publish_at(r, rc.plan_candidates) < rc.plan_give_up(r) < rc.deadline(r)
+    assert slow.read_s() == 0.2 * slow.window()  # capped: 0.9 s of a 4.5 s window, not 1.25 x 0.8 s
