@@ -40,6 +40,19 @@ def _tx_by_kind(stats: dict[str, Any], dht: dict[int, int], grpc: dict[int, int]
     return out
 
 
+# Skips that count as lost member-rounds in the strict share: a ready peer could have committed
+# (see bench/rounds.py's docstring for what is left out and why).
+LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan",
+              "skipped:pace_mismatch")
+
+
+def strict_share(by_outcome: dict[str, int]) -> float | None:
+    """Committed member-rounds over committed + aborted + lost skips (``LOST_SKIPS``); None when there were none."""
+    committed = by_outcome.get("committed:ok", 0)
+    lost = sum(v for k, v in by_outcome.items() if k.startswith("aborted:") or k in LOST_SKIPS)
+    return round(committed / (committed + lost), 4) if committed + lost else None
+
+
 def outcomes_of(summaries: list[dict[str, Any]]) -> dict[str, int]:
     """Rounds by ``outcome:reason`` summed over peers' summary entries (``rounds_by_outcome``)."""
     out: dict[str, int] = {}
@@ -93,6 +106,7 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
             "dht_tx_bytes_per_peer_per_s_mean": round(sum(dht_rates) / peers),
             "dht_tx_bytes_per_peer_per_s_max": max(dht_rates), "rounds_committed": committed,
             "rounds_aborted": aborted, "rounds_by_outcome": by_outcome, "overrides": overrides,
+            "strict_committed_fraction": strict_share(by_outcome),
             "loadavg_1m_end": os.getloadavg()[0],
             # How late each daemon's event loop woke (peerd/core/looplag.py): a starved box, not the network
             "loop_lag_p99_s": {"median_peer": p99[len(p99) // 2] if p99 else None,
@@ -120,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps({k: res[k] for k in ("peers", "dht_tx_bytes_per_peer_per_s_mean",
                                               "dht_tx_bytes_per_peer_per_s_max", "rounds_committed",
-                                              "rounds_aborted", "rounds_by_outcome", "loop_lag_p99_s")}), flush=True)
+                                              "rounds_aborted", "strict_committed_fraction", "rounds_by_outcome",
+                                              "loop_lag_p99_s")}), flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
 A member-round is one peer's part in one round. Two shares are reported: committed over
 committed + aborted, and the strict one, which also counts as lost every round a ready peer
 skipped because it was out of sync, had no plan, was left out of the plan, followed another
-pacing target or waited for a laggard (``LOST_SKIPS``). Rounds skipped alone
+pacing target or waited for a laggard (``bench.control_plane.LOST_SKIPS``). Rounds skipped alone
 (``too_few_peers``), with no reachable peer, held by work pacing (nothing due) or spent on a
 finite run's end-of-run check (``finishing``) are not rounds anyone could have committed and are
 left out of both.
@@ -29,24 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import control_plane, wan_rounds
+from bench.control_plane import strict_share
 from peerd.core.config import DEFAULT_TARGET_H
 
 # Inner steps between syncs of a fragment in the paced runs (the daemon's default, round.target_h
 # unset): the same H whatever the link, so the two profiles' losses at equal steps compare the same
 # algorithm (with clock rounds the number of syncs per step follows each run's wall time).
 PACED_H = DEFAULT_TARGET_H
-LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan", "skipped:not_in_plan",
-              "skipped:pace_mismatch")
-
-
 def _share(committed: int, aborted: int) -> float | None:
     return round(committed / (committed + aborted), 4) if committed + aborted else None
-
-
-def _strict(by_outcome: dict[str, int]) -> float | None:
-    committed = by_outcome.get("committed:ok", 0)
-    lost = sum(v for k, v in by_outcome.items() if k.startswith("aborted:") or k in LOST_SKIPS)
-    return _share(committed, lost)
 
 
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
@@ -62,7 +53,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
         out["wan"][name] = {
             "overrides": overrides,
             "committed": res["committed"], "aborted": res["aborted"],
-            "committed_fraction": res["committed_fraction"], "strict_committed_fraction": _strict(by_outcome),
+            "committed_fraction": res["committed_fraction"], "strict_committed_fraction": strict_share(by_outcome),
             "rounds_by_outcome": by_outcome, "abort_reasons": res["abort_reasons"],
             "final_eval_loss": res["mean_final_eval_loss"], "steps": [p["steps"] for p in res["per_peer"]],
             "wall_s": res["wall_s"], "error": res["error"], "loadavg_1m_end": res["loadavg_1m_end"],
@@ -79,7 +70,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
         out["loopback"][str(n)] = {
             "committed": res["rounds_committed"], "aborted": res["rounds_aborted"],
             "committed_fraction": _share(res["rounds_committed"], res["rounds_aborted"]),
-            "strict_committed_fraction": _strict(res["rounds_by_outcome"]),
+            "strict_committed_fraction": strict_share(res["rounds_by_outcome"]),
             "rounds_by_outcome": res["rounds_by_outcome"],
             "dht_tx_bytes_per_peer_per_s_mean": res["dht_tx_bytes_per_peer_per_s_mean"],
             "dht_tx_bytes_per_peer_per_s_max": res["dht_tx_bytes_per_peer_per_s_max"],

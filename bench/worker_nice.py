@@ -5,7 +5,7 @@
 Runs :func:`bench.control_plane.run` (``peers`` daemons, each in its own namespace, zero added
 delay, clock rounds so every round exchanges) once per niceness value, alternating the values rep
 after rep so that the box's load drifts over all of them alike. Reports per run the member-rounds
-committed and aborted, the strict share (:func:`bench.rounds._strict`: skipped rounds a ready peer
+committed and aborted, the strict share (:func:`bench.control_plane.strict_share`: skipped rounds a ready peer
 could have taken count as lost) and the mean inner steps per peer (what the workers gave up), then
 the mean of each value. Results go to ``bench/results/worker_nice.json`` (``--out`` to change).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import control_plane
-from bench.rounds import _strict
+from bench.control_plane import strict_share
 
 RESULTS = control_plane.ROOT / "bench" / "results" / "worker_nice.json"
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             wd = Path(a.workdir) / f"{nice}-{rep}"
             res = control_plane.run(a.peers, a.seconds, ["round.target_h=0", f"train.worker_nice={nice}"], wd)
             row = {"nice": nice, "rep": rep, "committed": res["rounds_committed"], "aborted": res["rounds_aborted"],
-                   "strict": _strict(res["rounds_by_outcome"]), "steps_per_peer": steps_per_peer(wd, a.peers),
+                   "strict": strict_share(res["rounds_by_outcome"]), "steps_per_peer": steps_per_peer(wd, a.peers),
                    "rounds_by_outcome": res["rounds_by_outcome"], "loadavg_1m_end": res["loadavg_1m_end"],
                    "time": res["time"]}
             runs.append(row)

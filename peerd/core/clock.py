@@ -149,15 +149,16 @@ class RoundClock:
         return self.start(r) + self.deadline_fraction * self.round_s
 
     def late_until(self, r: int, deadline: float) -> float:
-        """Until when round ``r``'s reduced shards may still arrive and commit it: the next round's start.
+        """Until when round ``r``'s reduced shards may still arrive and commit it: the next round's settle point.
 
         A reduced shard still in flight at the plan's ``deadline`` (a slow link, a loaded owner) is
-        late, not lost: members keep the round open until the next round starts, so the exchange
-        runs on while the workers train, and a member that receives every shard commits like the
-        others. Not later: the next round's heartbeats go out then, and its plan must see the
-        commit (a member committing after them is out of sync for that round).
+        late, not lost: members keep the round open (and pull what was not pushed to them), so the
+        exchange runs on while the workers train, and a member that receives every shard commits
+        like the others. Until the next round's views are read, not later: a member that commits
+        by then is named in the next plan by the peers it committed with (their views take it to
+        have committed: ``schedule.assume_committed``) and is in sync for it.
         """
-        return max(deadline, self.start(r + 1))
+        return max(deadline, self.settle_at(r + 1))
 
     def phase_s(self, nbytes: int, uplink_bps: float = 0.0) -> float:
         """Time one exchange phase needs when every member pushes ``nbytes`` in all through its uplink.

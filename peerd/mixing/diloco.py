@@ -189,8 +189,8 @@ class Diloco:
 
     # ---- sending side ----
 
-    async def _pull_all(self, plan: RoundPlan, rs: OpenRound) -> int:
-        """Client mode: pull every owner's reduced shard (retried while the round lasts)."""
+    async def _pull_all(self, plan: RoundPlan, rs: OpenRound, shards: list[int] | None = None) -> int:
+        """Pull owners' reduced shards (default: every one, as a client does), retried while the round lasts."""
         async def one(idx: int) -> bool:
             request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
                                            requester=self.peer_id, shard=idx)
@@ -202,14 +202,9 @@ class Diloco:
                 except (grpc.aio.AioRpcError, OSError, Rejected, TimeoutError):
                     # The owner may not have read the plan yet, or a connection broke: try again shortly.
                     await asyncio.sleep(min(0.25, max(0.0, until - self.rc.now())))
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    return False
             return idx in rs.reduced
 
-        return sum(await asyncio.gather(*(one(i) for i in range(plan.owners))))
+        return sum(await asyncio.gather(*(one(i) for i in (range(plan.owners) if shards is None else shards))))
 
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:
@@ -278,6 +273,11 @@ class Diloco:
                 if not in_sync:
                     return RoundOutcome(False, "not_in_sync", contributors)
             self.faults.hit("after_send")
+            await wait_until(self.rc, rs.all_reduced, plan.deadline)
+            if len(rs.reduced) < owners:
+                # Pushes that have not landed by the deadline (a busy owner, a lost stream) are
+                # fetched by this member from their owners, while the pushes still may land.
+                await self._pull_all(plan, rs, [i for i in range(owners) if i not in rs.reduced])
             await wait_until(self.rc, rs.all_reduced, late)
             rs.open = False
             if len(rs.reduced) < owners:

@@ -165,15 +165,18 @@ class ShardInbox:
                 rs.all_reduced.set()
 
     async def reduced_for(self, request: peer_pb2.PullRequest) -> tuple[peer_pb2.ShardHeader, bytes]:
-        """A client-mode member pulls this owner's reduced shard: wait for the reduce, bounded by the plan.
+        """A member pulls this owner's reduced shard: wait for the reduce, bounded by the plan.
+
+        Client-mode members always pull; others pull what was not pushed to them by the plan's
+        deadline. Either way they get the very bytes every member is pushed.
 
         Raises:
-            Rejected: wrong run or plan, not a client member, not this owner's shard, or no reduce in time.
+            Rejected: wrong run or plan, not a member, not this owner's shard, or no reduce in time.
         """
         rs = await self._planned(request.run_id, request.round, request.plan_id, "requester")
         plan = rs.plan
-        if plan.index_of(request.requester) < 0 or not plan.is_client(request.requester):
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not a client member of this round")
+        if plan.index_of(request.requester) < 0 or request.requester == self.peer_id:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "requester is not a member of this round")
         if rs.me < 0 or request.shard != rs.me:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "this peer does not own that shard")
         await wait_until(self.rc, rs.my_reduced, plan.deadline)

@@ -1,48 +1,77 @@
-"""A partial commit must not cost the next round: the member that missed it is named and does its part.
+"""A round that commits for some members must not cost the next one.
 
 On a loaded box (16 daemons on 2 cores) a round often committed for most members while one
 missed a reduced shard. The next round's plans were then built from views in which the
 committers' new records had not landed yet, so each committer saw a different few members at
-the new revision: small plans, several self-declared leaders, a cascade of split rounds. The
-publisher now counts the co-members of its last commit as committed until their records say
-otherwise (``schedule.assume_committed``); the one that in fact missed the commit is named while
-behind, sends a weightless contribution, reduces its shard from the others' contributions, and
-resyncs after (``Diloco.run(in_sync=False)``). Here the DHT is slow (0.3 s per operation) and
-every call from peer 2 to peer 0 is lost for 1.2 s around one round's reduce phase.
+the new revision: small plans, several self-declared leaders, a cascade of split rounds. Now:
+
+- a member pulls the reduced shards not pushed to it by the deadline, and the round stays open
+  until the next round reads its view (``RoundClock.late_until``), so a shard that is late
+  rather than lost still commits the round;
+- the publisher counts the co-members of its last commit as committed until their records say
+  otherwise (``schedule.assume_committed``); one that in fact missed the commit is named while
+  behind, sends a weightless contribution, reduces its shard from the others' contributions and
+  resyncs after (``Diloco.run(in_sync=False)``), so the round commits for the others.
+
+The DHT is slow here (0.3 s per operation) and every call from peer 2 to peer 0 is lost for a
+while around one round's reduce phase.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from peerd.node.driver import RoundDriver
 from tests.sim import invariants
-from tests.sim.world import Event, Scenario, World
+from tests.sim.world import EPOCH, Event, Scenario, World
 
 
-def test_a_member_named_while_behind_serves_its_shard_and_the_round_commits_for_the_others() -> None:
+def run(loss_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int, dict[str, tuple[str, Any]]]]:
+    """The scenario, with each peer's outcome of each round and the members of the plan it committed."""
+    seen: dict[int, dict[str, tuple[str, Any]]] = {}
+    original = RoundDriver.round
+
+    async def round_(self: RoundDriver, r: int) -> None:
+        await original(self, r)
+        plan = self.last_commit if self.last_commit is not None and self.last_commit.round == r else None
+        seen.setdefault(r, {})[self.peer_id] = (self.last_round.get("reason", ""), plan and plan.members)
+
+    monkeypatch.setattr(RoundDriver, "round", round_)
     sc = Scenario(seed=1, peers=4, duration_s=24.0, step_s=0.5, dht_delay_s=0.3,
-                  events=[Event(12.9, "lose", 2, 1.2, other=0)])
+                  events=[Event(12.9, "lose", 2, loss_s, other=0)])
     w = World(sc)
     w.checks.append(invariants.safety)
-    plans: dict[int, dict[str, tuple[str, ...]]] = {}  # round -> committer -> members of the plan it committed
-
-    def record(world: World, r: int) -> None:
-        plans[r] = {p.peer_id: p.node.driver.last_commit.members for p in world.live()
-                    if p.node.driver.last_commit is not None and p.node.driver.last_commit.round == r}
-
-    w.checks.append(record)
     w.run()
     invariants.liveness(w)
+    return w, seen
+
+
+def test_a_reduced_shard_lost_until_past_the_deadline_is_pulled_and_the_round_commits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w, seen = run(1.2, monkeypatch)
+    # From the first round all four peers committed (they join one by one) to the end, every
+    # member of every round commits, the one round the loss hit included.
+    first = min(r for r in seen if len(seen[r]) == 4 and all(o == "ok" for o, _ in seen[r].values()))
+    round_s = w.cfg.round.round_s
+    assert first * round_s - EPOCH < 12.0 and max(seen) * round_s - EPOCH > 16.0  # the loss fell inside
+    assert all(o == "ok" for r in seen if r >= first for o, _ in seen[r].values()), seen
+
+
+def test_a_member_named_while_behind_does_its_part_and_the_round_commits_for_the_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w, seen = run(1.8, monkeypatch)
     victim = w.peer_id(0)
-    outcome = {x.r: {pid: row[2] for pid, row in x.rows.items()} for x in w.log}
-    missed = [r for r, o in outcome.items() if o[victim] == "missing_reduced_shards"]
-    assert missed, f"the loss did not make peer 0 miss a commit: {outcome}"
+    missed = [r for r in sorted(seen) if seen[r].get(victim, ("",))[0] == "missing_reduced_shards"]
+    assert missed, f"the loss did not make peer 0 miss a commit: {seen}"
     r = missed[0]
-    others = [pid for pid in outcome[r] if pid != victim]
-    assert all(outcome[r][pid] == "ok" for pid in others), outcome[r]  # a partial commit
-    after = outcome[r + 1]
-    assert after[victim] == "not_in_sync" and all(after[pid] == "ok" for pid in others), after
-    # The next round's plan named the behind member (the publisher took it to have committed),
-    # and it still committed for everyone else: the behind member did its part without its state.
-    named = {plans[r + 1][pid] for pid in others}
-    assert len(named) == 1 and victim in named.pop(), plans[r + 1]
-    # It resyncs and is a member again.
-    assert any(o[victim] == "ok" for rr, o in outcome.items() if rr > r + 1), outcome
+    others = [pid for pid in seen[r] if pid != victim]
+    assert all(seen[r][pid][0] == "ok" for pid in others), seen[r]  # a partial commit
+    after = seen[r + 1]
+    assert after[victim][0] == "not_in_sync" and all(after[pid][0] == "ok" for pid in others), after
+    # The next round's plan named the behind member (its publisher took it to have committed),
+    # and still committed for everyone else: the behind member did its part without its state.
+    named = {after[pid][1] for pid in others}
+    assert len(named) == 1 and victim in named.pop(), after
+    assert any(seen[rr][victim][0] == "ok" for rr in seen if rr > r + 1), seen  # resynced, a member again

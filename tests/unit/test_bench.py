@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import codecs, report, rounds
+from bench import codecs, control_plane, report
 
 
 def test_codec_bench_small_tensor_gives_positive_numbers() -> None:
@@ -54,14 +54,14 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
             "wan": {"lan": {"committed": 40, "aborted": 0, "committed_fraction": 1.0,
                             "strict_committed_fraction": 1.0, "final_eval_loss": 2.0, "steps": [300] * 4},
                     "intercontinental": {"committed": 90, "aborted": 2, "committed_fraction": 0.978,
-                                         "strict_committed_fraction": rounds._strict(outcomes),
+                                         "strict_committed_fraction": control_plane.strict_share(outcomes),
                                          "final_eval_loss": 2.03, "steps": [300] * 4}},
             "loopback": {"8": {"committed_fraction": 0.99, "strict_committed_fraction": 0.96,
                                "dht_tx_bytes_per_peer_per_s_mean": 1, "dht_tx_bytes_per_peer_per_s_max": 2},
                          "16": {"error": "RuntimeError('a peer exited early')"}},
         },
     }
-    assert rounds._strict(outcomes) == 0.9  # too_few_peers is no round anyone could commit
+    assert control_plane.strict_share(outcomes) == 0.9  # too_few_peers is no round anyone could commit
     path = tmp_path / "latest.json"
     path.write_text(json.dumps(results))
     md = tmp_path / "BENCHMARKS.md"

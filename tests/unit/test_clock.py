@@ -32,8 +32,9 @@ def test_phases_are_ordered_inside_their_round(t: float, round_s: float) -> None
     assert rc.start(r) < rc.settle_at(r) <= rc.publish_at(r, 0) < rc.publish_at(r, 1) <= rc.plan_give_up(r)
     assert rc.plan_give_up(r) < rc.deadline(r) < rc.catch_up_at(r) < rc.start(r + 1)
     assert rc.settle_at(r) <= rc.collect_deadline(r, rc.settle_at(r)) < rc.deadline(r)
-    # Late reduced shards are taken until the next round starts, never into its plan.
-    assert rc.deadline(r) < rc.late_until(r, rc.deadline(r)) == rc.start(r + 1) < rc.settle_at(r + 1)
+    # Late reduced shards are taken until the next round reads its view, never into its plan.
+    assert rc.deadline(r) < rc.start(r + 1) < rc.late_until(r, rc.deadline(r)) == rc.settle_at(r + 1)
+    assert rc.late_until(r, rc.deadline(r)) < rc.publish_at(r + 1, 1)
 
 
 def test_plan_reading_stops_at_the_read_fraction_of_the_exchange_window() -> None:

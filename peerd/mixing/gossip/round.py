@@ -423,11 +423,6 @@ class GossipMixer:
                 # The partner may not have read the plan yet, or a connection broke: try again shortly.
                 self._last_error = repr(exc)[:120]
                 await asyncio.sleep(min(0.25, max(0.0, plan.deadline - self.rc.now())))
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                return
 
     async def _push(self, plan: RoundPlan, partner: str, pend: _Pending) -> bool:
         header = self._header(plan, GOSSIP, plan.fragment, pend.w, self.mix.codec)
@@ -440,14 +435,9 @@ class GossipMixer:
         except grpc.aio.AioRpcError as exc:
             self._last_error = f"{exc.code().name}: {exc.details()}"[:120]
             return False
-        except OSError as exc:
+        except OSError as exc:  # includes ChannelClosed: the partner left the view mid-call (peerd/net/wire.py)
             self._last_error = repr(exc)[:120]
             return False
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            return False  # the channel was closed under the call (the partner left the view)
 
     # ---- churn ----
 
