@@ -56,6 +56,9 @@ class Mixer(Protocol):
         member's part that needs no state of its own and do not commit.
         """
 
+    async def replay(self, plan: RoundPlan, until: float) -> bool:
+        """Catch up on a missed round from its reduced shards (shared state only; False: not caught up)."""
+
     async def join(self, write_model: ModelWriter) -> None:
         """Adopt the swarm's state before training starts (never mix a fresh init into it)."""
 

@@ -105,6 +105,7 @@ class Diloco:
         self.included: dict[str, int] = {}
         self.commits = 0
         self.late_commits = 0  # commits whose last reduced shard came after the plan's deadline
+        self.replays = 0  # missed rounds caught up on by replaying their reduced shards (replay)
         # Held from an outer-state commit until its worker merge is queued, so a checkpoint never
         # pairs a new outer state with a worker that has not merged it yet.
         self.commit_lock = asyncio.Lock()
@@ -168,7 +169,7 @@ class Diloco:
 
     def status(self) -> dict[str, Any]:
         """Committed rounds and, per member, how many of them included its contribution everywhere."""
-        return {"contributions": {"commits": self.commits, "late_commits": self.late_commits,
+        return {"contributions": {"commits": self.commits, "late_commits": self.late_commits, "replays": self.replays,
                                   "included": dict(self.included)}}
 
     # ---- receiving side (gRPC handlers) ----
@@ -189,13 +190,16 @@ class Diloco:
 
     # ---- sending side ----
 
-    async def _pull_all(self, plan: RoundPlan, rs: OpenRound, shards: list[int] | None = None) -> int:
+    async def _pull_all(self, plan: RoundPlan, rs: OpenRound, shards: list[int] | None = None,
+                        until: float | None = None) -> int:
         """Pull owners' reduced shards (default: every one, as a client does), retried while the round lasts."""
+        if until is None:
+            until = self.rc.late_until(plan.round, plan.deadline)
+
         async def one(idx: int) -> bool:
             request = peer_pb2.PullRequest(run_id=self.cfg.run_id, round=plan.round, plan_id=plan.plan_id,
                                            requester=self.peer_id, shard=idx)
             sink = FromOwner(self.inbox, plan.members[idx])
-            until = self.rc.late_until(plan.round, plan.deadline)
             while idx not in rs.reduced and self.rc.now() < until:
                 try:
                     await self.network.pull_shard(plan.endpoints[idx], request, sink, until - self.rc.now())
@@ -205,6 +209,44 @@ class Diloco:
             return idx in rs.reduced
 
         return sum(await asyncio.gather(*(one(i) for i in (range(plan.owners) if shards is None else shards))))
+
+    async def replay(self, plan: RoundPlan, until: float) -> bool:
+        """Catch up on one round this peer missed by applying its reduced shards, as its committers did.
+
+        ``plan`` must start from this peer's state (its revision and hash): then the same decoded
+        bytes through the same outer step give the committers' state bit for bit, for one small
+        shard per owner instead of a state download (which took 1-4 s on a loaded box, long enough
+        to miss the next round as well, and the one after). Shards this peer already holds (it
+        was a member that missed some) are kept; the others are pulled from their owners until
+        ``until`` (round clock time). False, state untouched, when a shard is not had by then.
+
+        Whether the swarm committed ``plan`` is the caller's to know (its view shows the members
+        one revision ahead); if another plan of that round was committed, this peer's hash is off
+        the majority afterwards and it resyncs as any forked peer does. A contribution of its own
+        that is in those shards stays in its worker too (the worker is rebased, not merged): the
+        bounded excess of a round that aborts here but commits elsewhere, as the module says.
+        """
+        state, p = self.state, plan.fragment
+        if plan.mode != self.mode or state.revision != plan.revision or state.state_hash() != plan.state_hash:
+            return False
+        rs = self.inbox.get(plan.round)
+        if rs is None or rs.plan.plan_id != plan.plan_id:
+            rs = self.inbox.open_round(plan)
+        rs.collecting, rs.open = False, True
+        try:
+            missing = [i for i in range(plan.owners) if i not in rs.reduced]
+            if missing:
+                await self._pull_all(plan, rs, missing, until)
+        finally:
+            rs.open = False
+        if len(rs.reduced) < plan.owners or state.revision != plan.revision:
+            return False
+        old_theta = state.theta(p)
+        async with self.commit_lock:
+            await asyncio.to_thread(self._commit, rs, None)
+            self.bridge.submit("rebase", fragment=p, old=old_theta, new=state.theta(p))
+        self.replays += 1
+        return True
 
     async def _push_all(self, plan: RoundPlan, items: list[tuple[int, peer_pb2.ShardHeader, bytes]],
                         deadline: float) -> int:

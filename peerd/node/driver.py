@@ -59,6 +59,7 @@ class RoundDriver:
         self.round_log = RoundLog()  # recent outcomes, for health
         self.pacing = PaceWatch(cfg.pace_h, cfg.mixing.num_fragments, rounds, metrics)
         self.last_commit: sch.RoundPlan | None = None  # the plan of this peer's latest commit
+        self.last_plan: sch.RoundPlan | None = None  # the latest plan it took part in (committed or not)
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
 
     async def loop(self) -> None:
@@ -110,17 +111,15 @@ class RoundDriver:
         self.timing = {"round": r, "settled": round(rc.now() - rc.start(r), 3)}
         await self._timed(view.refresh())
         self.timing["refreshed"] = round(rc.now() - rc.start(r), 3)
-        me = view.my_record().candidate()
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
         # a reader that skipped rounds over its own suspicions went out of phase with a peer
         # suspecting it back, and two finished peers aborted every round for 20 minutes.
-        # Co-members of this peer's last commit whose new records have not landed yet count as
-        # committed (schedule.assume_committed), so that every committer sees the same members.
-        candidates = view.candidates()
-        if self.last_commit is not None and self.last_commit.round >= r - COMMIT_ASSUMED_ROUNDS:
-            state = view.state
-            candidates = sch.assume_committed(candidates, self.last_commit, state.revision, state.state_hash())
+        candidates = self._candidates(r)
+        if self.mixer.shared_state and await self._replay_missed(r, candidates):
+            self._keep(self._timed(view.heartbeat()))  # announce the revision it caught up to
+            candidates = self._candidates(r)
+        me = view.my_record().candidate()
         elig = sch.eligible(candidates, self.mixer.mode)
         ending = self.end.look(r, me, candidates)
         if ending == "done":
@@ -193,6 +192,7 @@ class RoundDriver:
             self._count("skipped", "not_in_sync")
             return
         t0 = rc.clock.monotonic()
+        self.last_plan = plan
         outcome = await self.mixer.run(plan)
         self.metrics.transfer_duration.observe(rc.clock.monotonic() - t0)
         self.metrics.revision.set(state.revision)
@@ -202,6 +202,53 @@ class RoundDriver:
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
+
+    def _candidates(self, r: int) -> list[sch.Candidate]:
+        """Every live peer as a schedule candidate, with the view's lag after this peer's last commit taken out.
+
+        A peer whose record still shows where this peer's last committed plan started is taken to
+        have moved with it (``schedule.assume_committed``): its new record may not have landed
+        yet, and each committer saw a different few of them move (small, split plans). One that did
+        not move is named while behind: it replays the round it missed or does its part without
+        a contribution (see :meth:`round`). Not in a finite run's last rounds, whose end checks
+        must see where every peer really is.
+        """
+        candidates = self.view.candidates()
+        last = self.last_commit
+        if last is None or last.round < r - COMMIT_ASSUMED_ROUNDS or any(c.done for c in candidates):
+            return candidates
+        state = self.view.state
+        return sch.assume_committed(candidates, last, state.revision, state.state_hash())
+
+    async def _replay_missed(self, r: int, candidates: list[sch.Candidate]) -> bool:
+        """Behind the view by one commit: apply the missed round's reduced shards (``Mixer.replay``).
+
+        The missed plan is one offered to this peer or that it ran in round ``r - 1``, else read
+        from the DHT, and must start from this peer's state. Bounded by the time a member stops
+        looking for this round's plan: past that, a resync after the round is as good.
+        """
+        state = self.view.state
+        elig = sch.eligible(candidates, self.mixer.mode)
+        if not elig or elig[0].revision != state.revision + 1:
+            return False
+        known = self.inbox.offered(r - 1) + ([self.last_plan] if self.last_plan is not None else [])
+        mine = state.revision, state.state_hash()
+
+        def starts_here(plans: list[sch.RoundPlan]) -> list[sch.RoundPlan]:
+            return [p for p in plans if p.round == r - 1 and (p.revision, p.state_hash) == mine]
+
+        plans = starts_here(known)
+        if not plans:
+            plans = starts_here(await self._timed(self.membership.read_plans(r - 1, self.cfg.mixing.num_fragments)))
+        plan = sch.choose_plan(plans)
+        if plan is None:
+            return False
+        done = await self.mixer.replay(plan, self.rc.plan_give_up(r))
+        self.timing["replayed"] = done
+        if done:
+            self.metrics.revision.set(self.view.state.revision)
+            log.info("round_replayed", round=plan.round, revision=self.view.state.revision)
+        return done
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:

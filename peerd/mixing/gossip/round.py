@@ -325,6 +325,10 @@ class GossipMixer:
         self.outer.install(self.outer.revision + 1, {p: theta}, {p: self.m[p]})
         return theta
 
+    async def replay(self, plan: RoundPlan, until: float) -> bool:
+        """Nothing to replay: gossip has no shared state to fall behind on."""
+        return False
+
     async def run(self, plan: RoundPlan, in_sync: bool = True) -> RoundOutcome:
         """Take part in a gossip round; returns after commit or skip (by ``plan.deadline``).
 
