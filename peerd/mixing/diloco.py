@@ -74,6 +74,7 @@ from peerd.net.view import SwarmView
 from peerd.proto.v1 import peer_pb2
 
 MAX_TRACKED = 256
+LATE_COLLECT_SHARE = 0.25  # of the time left to the deadline, for contributions to a plan taken late
 
 
 class Diloco:
@@ -299,7 +300,12 @@ class Diloco:
                 await send_task
                 contributors = min((len(s.contributors) for s in rs.reduced.values()), default=0)
             else:
-                await wait_until(self.rc, rs.all_contributed, plan.collect_deadline)
+                # A plan taken late (its offer came after the collection closed): contributions
+                # waiting here for it are admitted now, so give them part of what is left.
+                now = self.rc.now()
+                collect_until = plan.collect_deadline if now < plan.collect_deadline else (
+                    now + LATE_COLLECT_SHARE * max(0.0, plan.deadline - now))
+                await wait_until(self.rc, rs.all_contributed, collect_until)
                 rs.collecting = False
                 reduced = await asyncio.to_thread(self._reduce, rs, in_sync)
                 rs.reduced[me] = reduced

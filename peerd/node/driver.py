@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from peerd.core import codec
 from peerd.core import schedule as sch
-from peerd.core.clock import RoundClock
+from peerd.core.clock import PHASE_SLACK_S, RoundClock
 from peerd.core.config import PeerdConfig
 from peerd.core.errors import Counters, FatalError
 from peerd.core.faults import FaultInjector
@@ -372,9 +372,29 @@ class RoundDriver:
         finally:
             reader.cancel()
         best = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
+        if best is None and self.end.finishing is None:
+            best = await self._late_offer(r)
         if best is None:
             log.info("no_plan", round=r, rank=rank, reads=reads, late_s=round(rc.now() - give_up, 3))
         return best
+
+    async def _late_offer(self, r: int) -> sch.RoundPlan | None:
+        """A plan naming this peer offered after it stopped looking, until the round's deadline.
+
+        Its publisher counts on this peer's shard: without it the round aborts for every member.
+        On a loaded box the offer may come after the reader's ``plan_give_up``; the pushes for it
+        wait at this peer for its plan (peerd/mixing/inbox.py), so taking part late still
+        commits the round, with what reached this peer as an owner by then.
+        """
+        rc = self.rc
+        until = rc.deadline(r) - PHASE_SLACK_S
+        while rc.now() < until:
+            await self.inbox.wait(r, min(0.05, until - rc.now()))
+            late = [p for p in self.inbox.offered(r) if p.index_of(self.peer_id) >= 0]
+            if late:
+                self.timing["late_offer"] = round(rc.now() - rc.start(r), 3)
+                return sch.choose_plan(late)
+        return None
 
     async def _named_plan(self, r: int) -> sch.RoundPlan | None:
         """A plan for round ``r`` that names this peer, offered to it (a behind peer publishes and polls nothing)."""
@@ -384,7 +404,7 @@ class RoundDriver:
             if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
                 return chosen
             if rc.now() >= give_up:
-                return chosen
+                return chosen or await self._late_offer(r)
             await self.inbox.wait(r, min(0.05, give_up - rc.now()))
 
     def _publish(self, r: int, rank: int, candidates: list[sch.Candidate], nbytes: int) -> sch.RoundPlan | None:
