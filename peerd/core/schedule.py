@@ -98,25 +98,27 @@ def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Cand
 
 def assume_committed(candidates: Iterable[Candidate], plan: RoundPlan | None, revision: int,
                      state_hash: str) -> list[Candidate]:
-    """``candidates`` as seen after this peer committed ``plan``: those still at its starting point moved too.
+    """``candidates`` as seen after this peer committed ``plan``: its co-members moved with it.
 
     After a commit every member announces its new revision, but on a loaded box or a slow DHT
     that store lands a second or more later. A view read before then shows the members at the
     plan's revision: behind this peer, so not eligible, and each peer that committed saw a
     different few of them move. Their plans came out small and different, several peers each
-    thought itself the leader, and one partial commit grew into rounds of splits. A candidate
-    whose record shows exactly the plan's starting point (its revision and hash) is taken to be
-    where this peer is now (``revision``, ``state_hash``: one commit past the plan). One that is
-    not (it missed the commit, or was not a member) is then named while behind: it catches up by
-    replaying the round from its reduced shards, or takes part without a contribution and resyncs
-    after (peerd/node/driver.py), so the round survives. Any other candidate is left as its
-    record says.
+    thought itself the leader, and one partial commit grew into rounds of splits. A member of
+    ``plan`` whose record shows exactly its starting point (revision and hash) is taken to be
+    where this peer is now (``revision``, ``state_hash``: one commit past the plan). One that in
+    fact missed the commit is then named while behind: it catches up by replaying the round from
+    its reduced shards, or takes part without a contribution and resyncs after
+    (peerd/node/driver.py), so the round survives. Peers that were not members are left as their
+    records say: a peer that missed the plan altogether is the likeliest to miss the next one, and
+    a named member that does not show up aborts the round for everyone.
     """
     candidates = list(candidates)
     if plan is None or plan.mode == "gossip" or revision != plan.revision + 1:
         return candidates
+    members = set(plan.members)
     return [replace(c, revision=revision, state_hash=state_hash)
-            if c.revision == plan.revision and c.state_hash == plan.state_hash else c
+            if c.peer_id in members and c.revision == plan.revision and c.state_hash == plan.state_hash else c
             for c in candidates]
 
 

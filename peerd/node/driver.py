@@ -206,12 +206,12 @@ class RoundDriver:
     def _candidates(self, r: int) -> list[sch.Candidate]:
         """Every live peer as a schedule candidate, with the view's lag after this peer's last commit taken out.
 
-        A peer whose record still shows where this peer's last committed plan started is taken to
-        have moved with it (``schedule.assume_committed``): its new record may not have landed
-        yet, and each committer saw a different few of them move (small, split plans). One that did
-        not move is named while behind: it replays the round it missed or does its part without
-        a contribution (see :meth:`round`). Not in a finite run's last rounds, whose end checks
-        must see where every peer really is.
+        A member of this peer's last committed plan whose record still shows where that plan
+        started is taken to have moved with it (``schedule.assume_committed``): its new record may
+        not have landed yet, and each committer saw a different few of them move (small, split
+        plans). One that did not move is named while behind: it replays the round it missed or
+        does its part without a contribution (see :meth:`round`). Not in a finite run's last
+        rounds, whose end checks must see where every peer really is.
         """
         candidates = self.view.candidates()
         last = self.last_commit

@@ -151,7 +151,7 @@ def test_plan_decoder_fuzz_never_crashes(record: object) -> None:
     assert sch.plan_from_record(plan.to_record(), RUN, P) == plan
 
 
-def test_peers_at_the_last_commits_start_count_as_committed_until_their_records_land() -> None:
+def test_co_members_of_the_last_commit_count_as_committed_until_their_records_land() -> None:
     # 5 peers at revision 3; a plan of peers 0-3 committed; this peer (peer0) is now at 4/"h4".
     # Its view: peer1 already announced 4/"h4", peers 2-3 still show 3/"h" (their stores are late),
     # peer4 (not a member) shows 3/"h". Without the assumption only peer0 and peer1 are eligible.
@@ -162,12 +162,12 @@ def test_peers_at_the_last_commits_start_count_as_committed_until_their_records_
             *before[2:]]
     assert [c.peer_id for c in sch.eligible(view)] == ["peer0", "peer1"]
     seen = sch.assume_committed(view, plan, 4, "h4")
-    # peer4 too: not a member, but at the plan's start it can replay the round (or resync) when named
-    assert [c.peer_id for c in sch.eligible(seen)] == ["peer0", "peer1", "peer2", "peer3", "peer4"]
+    assert [c.peer_id for c in sch.eligible(seen)] == ["peer0", "peer1", "peer2", "peer3"]  # not peer4
+    assert seen[4] == before[4]
     # A co-member whose record moved elsewhere (another hash, or a resync to another revision) is
     # left as it says; so is everyone once this peer's own state moved past the plan's outcome.
     other = [*view[:2], sch.Candidate("peer2", "e2", 3, "x", True, False), *view[3:]]
     moved = sch.eligible(sch.assume_committed(other, plan, 4, "h4"))
-    assert [c.peer_id for c in moved] == ["peer0", "peer1", "peer3", "peer4"]
+    assert [c.peer_id for c in moved] == ["peer0", "peer1", "peer3"]
     assert sch.assume_committed(view, plan, 5, "h5") == view
     assert sch.assume_committed(view, None, 4, "h4") == view
