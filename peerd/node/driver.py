@@ -4,9 +4,13 @@ For each round: publish this peer's record, read the view at the settle point, d
 this peer is in sync, obtain the round's plan (offered by its publisher, read from the DHT, or
 published by this peer when its slot comes), run it through the mixer, count the outcome. In a
 work-paced run (``round.target_h``) a publisher's plan syncs the fragment that is due or holds
-(peerd/core/pace.py); a held round exchanges nothing and is counted as ``held``, not as a miss. Time
-comes from the injected :class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this
-very code on virtual time; the DHT operations timed here feed its estimates.
+(peerd/core/pace.py); a held round exchanges nothing and is counted as ``held``, not as a miss.
+After a partial commit the view is read as the committers see it (:meth:`RoundDriver._candidates`),
+and a peer one commit behind catches up by replaying the missed round before it looks for a plan
+(:meth:`RoundDriver._replay_missed`); named while still behind, it does its part without its
+state, so the round commits for the others. Time comes from the injected
+:class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this very code on virtual
+time; the DHT operations timed here feed its estimates.
 """
 
 from __future__ import annotations
