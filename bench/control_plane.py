@@ -46,11 +46,15 @@ LOST_SKIPS = ("skipped:not_in_sync", "skipped:awaiting_sync", "skipped:no_plan",
               "skipped:pace_mismatch")
 
 
+def share(committed: int, lost: int) -> float | None:
+    """``committed / (committed + lost)`` to 4 places; None when both are 0."""
+    return round(committed / (committed + lost), 4) if committed + lost else None
+
+
 def strict_share(by_outcome: dict[str, int]) -> float | None:
     """Committed member-rounds over committed + aborted + lost skips (``LOST_SKIPS``); None when there were none."""
-    committed = by_outcome.get("committed:ok", 0)
     lost = sum(v for k, v in by_outcome.items() if k.startswith("aborted:") or k in LOST_SKIPS)
-    return round(committed / (committed + lost), 4) if committed + lost else None
+    return share(by_outcome.get("committed:ok", 0), lost)
 
 
 def outcomes_of(summaries: list[dict[str, Any]]) -> dict[str, int]:

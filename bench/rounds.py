@@ -29,17 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import control_plane, wan_rounds
-from bench.control_plane import strict_share
+from bench.control_plane import share, strict_share
 from peerd.core.config import DEFAULT_TARGET_H
 
 # Inner steps between syncs of a fragment in the paced runs (the daemon's default, round.target_h
 # unset): the same H whatever the link, so the two profiles' losses at equal steps compare the same
 # algorithm (with clock rounds the number of syncs per step follows each run's wall time).
 PACED_H = DEFAULT_TARGET_H
-def _share(committed: int, aborted: int) -> float | None:
-    return round(committed / (committed + aborted), 4) if committed + aborted else None
-
-
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
         bench_cmd: str) -> dict[str, Any]:
     """Measure every part; a part that fails is recorded with its error and the others still run."""
@@ -69,7 +65,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
             continue
         out["loopback"][str(n)] = {
             "committed": res["rounds_committed"], "aborted": res["rounds_aborted"],
-            "committed_fraction": _share(res["rounds_committed"], res["rounds_aborted"]),
+            "committed_fraction": share(res["rounds_committed"], res["rounds_aborted"]),
             "strict_committed_fraction": strict_share(res["rounds_by_outcome"]),
             "rounds_by_outcome": res["rounds_by_outcome"],
             "dht_tx_bytes_per_peer_per_s_mean": res["dht_tx_bytes_per_peer_per_s_mean"],

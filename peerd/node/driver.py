@@ -133,17 +133,9 @@ class RoundDriver:
             self._count("skipped", "finishing")
             return
         if me not in elig:
-            # Behind, or off the majority hash: fetch what the others commit in this round once
-            # its deadline has passed, and be a member next round. A plan may still name this peer
-            # (its publisher took it to have committed with it): it does its part without a
-            # contribution first, or that round would abort for every member.
-            if self.mixer.shared_state:
-                plan = await self._named_plan(r)
-                if plan is not None and plan.revision > view.state.revision:
-                    await self.mixer.run(plan, in_sync=False)
-            self._count("skipped", "not_in_sync")
-            await self.mixer.catch_up(not_before=rc.catch_up_at(r))
-            await view.heartbeat()
+            # Behind, or off the majority hash. A plan may still name this peer (its publisher
+            # took it to have committed with it).
+            await self._sit_out(r, await self._named_plan(r) if self.mixer.shared_state else None)
             return
         if len(elig) < self.cfg.round.min_members:
             self._count("skipped", "too_few_peers")
@@ -187,11 +179,8 @@ class RoundDriver:
             return
         state = self.view.state
         if self.mixer.shared_state and (plan.revision != state.revision or plan.state_hash != state.state_hash()):
-            if plan.revision > state.revision:  # named but behind: its part without a contribution, then resync
-                await self.mixer.run(plan, in_sync=False)
-                self._count("skipped", "not_in_sync")
-                await self.mixer.catch_up(not_before=rc.catch_up_at(r))
-                await view.heartbeat()
+            if plan.revision > state.revision:  # named but behind
+                await self._sit_out(r, plan)
                 return
             self._count("skipped", "not_in_sync")
             return
@@ -206,6 +195,19 @@ class RoundDriver:
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
+
+    async def _sit_out(self, r: int, plan: sch.RoundPlan | None) -> None:
+        """Round ``r`` for a peer behind the swarm: its part of ``plan`` if it is named, then resync.
+
+        Named while behind, it does its part without a contribution (``Mixer.run(in_sync=False)``),
+        or the round would abort for every member. Then it fetches what the others commit in this
+        round once its deadline has passed, and is a member next round.
+        """
+        if plan is not None and plan.revision > self.view.state.revision and plan.index_of(self.peer_id) >= 0:
+            await self.mixer.run(plan, in_sync=False)
+        self._count("skipped", "not_in_sync")
+        await self.mixer.catch_up(not_before=self.rc.catch_up_at(r))
+        await self.view.heartbeat()
 
     def _candidates(self, r: int) -> list[sch.Candidate]:
         """Every live peer as a schedule candidate, with the view's lag after this peer's last commit taken out.
