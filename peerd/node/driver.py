@@ -135,7 +135,7 @@ class RoundDriver:
         if me not in elig:
             # Behind, or off the majority hash. A plan may still name this peer (its publisher
             # took it to have committed with it).
-            await self._sit_out(r, await self._named_plan(r) if self.mixer.shared_state else None)
+            await self._sit_out(r, await self._offered_plan(r) if self.mixer.shared_state else None)
             return
         if len(elig) < self.cfg.round.min_members:
             self._count("skipped", "too_few_peers")
@@ -167,7 +167,10 @@ class RoundDriver:
             self._count("skipped", "finishing" if self.end.finishing is not None else "no_plan")
             return
         if plan.index_of(self.peer_id) < 0:
+            observed = await self._observe(r, plan)  # in sync with the members afterwards, no download
             self._count("skipped", "not_in_plan")
+            if observed:
+                self._keep(self._timed(view.heartbeat()))
             return
         if plan.paced != self.cfg.pace_h:
             # Published by a peer paced otherwise (round.target_h differs): its fragment choice is not ours.
@@ -197,17 +200,53 @@ class RoundDriver:
             self._keep(self._timed(view.heartbeat()))
 
     async def _sit_out(self, r: int, plan: sch.RoundPlan | None) -> None:
-        """Round ``r`` for a peer behind the swarm: its part of ``plan`` if it is named, then resync.
+        """Round ``r`` for a peer behind the swarm: its part of ``plan`` if it is named, then catch up.
 
         Named while behind, it does its part without a contribution (``Mixer.run(in_sync=False)``),
-        or the round would abort for every member. Then it fetches what the others commit in this
-        round once its deadline has passed, and is a member next round.
+        or the round would abort for every member; then it fetches what the others commit in this
+        round once its deadline has passed. Not named, it fetches the state the plan starts from
+        at once and applies what the members commit (:meth:`_observe`): a fetch after the
+        deadline took 0.5-4.5 s on a loaded box, ended after the next round's view was read, and
+        the peer was left out and behind again, round after round. Either way it is a member next
+        round; where the early catch-up fails, the late fetch still runs.
         """
-        if plan is not None and plan.revision > self.view.state.revision and plan.index_of(self.peer_id) >= 0:
+        state, named = self.view.state, plan is not None and plan.index_of(self.peer_id) >= 0
+        if plan is not None and named and plan.revision > state.revision:
             await self.mixer.run(plan, in_sync=False)
+        if plan is not None and not named and plan.syncs and plan.revision >= state.revision:
+            if plan.revision > state.revision:
+                self.timing["fetched"] = await self.mixer.catch_up(not_before=self.rc.now())
+            if await self._observe(r, plan):
+                self._count("skipped", "not_in_sync")
+                await self.view.heartbeat()
+                return
         self._count("skipped", "not_in_sync")
         await self.mixer.catch_up(not_before=self.rc.catch_up_at(r))
         await self.view.heartbeat()
+
+    async def _observe(self, r: int, plan: sch.RoundPlan) -> bool:
+        """Apply round ``r``'s ``plan`` without being its member: its reduced shards, once reduced.
+
+        For a peer at the plan's starting point (revision and hash) that the plan leaves out: the
+        same bytes through the same outer step give the members' new state bit for bit
+        (``Mixer.replay``), and the worker keeps its progress (rebased, its samples unsent). The
+        pulls start at the collection deadline (owners answer once they have reduced) and end
+        when the members' own late pulls do (``RoundClock.late_until``). A round its members
+        abort is not applied (a shard is missing); if it commits here and not there, this peer's
+        hash is off the majority and it resyncs, as any forked peer does. False when nothing
+        was applied (another mode, a hold plan, another starting point, shards missing).
+        """
+        state = self.view.state
+        if (not self.mixer.shared_state or plan.mode != self.mixer.mode or not plan.syncs
+                or (plan.revision, plan.state_hash) != (state.revision, state.state_hash())):
+            return False
+        await asyncio.sleep(max(0.0, plan.collect_deadline - self.rc.now()))
+        done = await self.mixer.replay(plan, self.rc.late_until(r, plan.deadline))
+        self.timing["observed"] = round(self.rc.now() - self.rc.start(r), 3) if done else False
+        if done:
+            self.metrics.revision.set(state.revision)
+            log.info("round_observed", round=r, revision=state.revision)
+        return done
 
     def _candidates(self, r: int) -> list[sch.Candidate]:
         """Every live peer as a schedule candidate, with the view's lag after this peer's last commit taken out.
@@ -402,11 +441,15 @@ class RoundDriver:
                 return sch.choose_plan(late)
         return None
 
-    async def _named_plan(self, r: int) -> sch.RoundPlan | None:
-        """A plan for round ``r`` that names this peer, offered to it (a behind peer publishes and polls nothing)."""
+    async def _offered_plan(self, r: int) -> sch.RoundPlan | None:
+        """The plan offered for round ``r`` that its members follow (a behind peer publishes and polls nothing).
+
+        Settled like a reader's (:meth:`_obtain_plan`); past the give-up, a late offer that names
+        this peer (its shard is counted on).
+        """
         rc, give_up = self.rc, self.rc.plan_give_up(r)
         while True:
-            chosen = sch.choose_plan(p for p in self.inbox.offered(r) if p.index_of(self.peer_id) >= 0)
+            chosen = sch.choose_plan(self.inbox.offered(r))
             if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
                 return chosen
             if rc.now() >= give_up:
@@ -440,6 +483,8 @@ class RoundDriver:
         if rank == 0:
             self.faults.hit("leader_before_publish")
         ttl_s = 4 * rc.round_s
-        self.offerer.offer(plan, self.membership.plan_offer(plan, ttl_s))
+        # Peers left out get it too: with it they stay in sync without a download (_observe).
+        observers = [c.endpoint for c in candidates if c.peer_id != self.peer_id and plan.index_of(c.peer_id) < 0]
+        self.offerer.offer(plan, self.membership.plan_offer(plan, ttl_s), observers)
         self._keep(self._timed(self.membership.publish_plan(plan, ttl_s=ttl_s)))
         return plan

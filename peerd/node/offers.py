@@ -1,4 +1,4 @@
-"""Plan offers: a publisher hands its round plan to every member directly, next to the DHT copy.
+"""Plan offers: a publisher hands its round plan to every live peer directly, next to the DHT copy.
 
 Over the internet a DHT read takes several round trips and a reader that polls for the round's
 plan finds it late, after the plan slots of lower-ranked candidates have passed, which then
@@ -7,13 +7,18 @@ publish plans of their own: two plans, a split round. An offer is one hop. The r
 record, checked by the membership's ``open_plan_offer``), keeps it only for rounds near the
 current one, one plan per publisher, and wakes the round driver. The transport admits the call
 first (with a swarm secret: only the plan's publisher may offer it).
+
+Peers the plan leaves out (behind, or missing from the publisher's view) get the offer too: with
+it they apply what the members commit (``Diloco.replay``) instead of downloading the state after
+the round, which on a loaded box ended after the next round's view was read and left them out
+again, round after round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from peerd.core.clock import RoundClock
 from peerd.core.log import RemoteLog, get_logger
@@ -80,21 +85,21 @@ class PlanInbox:
 
 
 class PlanOfferer:
-    """Hands a published plan to every other member in the background; lost offers are harmless."""
+    """Hands a published plan to every other member, and to observers, in the background; lost offers are harmless."""
 
     def __init__(self, network: NetworkPort, rounds: RoundClock, peer_id: str, rpc_timeout_s: float) -> None:
         """Round trips of the offers feed ``rounds.net`` (the round clock's RTT estimate)."""
         self.network, self.rc, self.peer_id, self.rpc_timeout_s = network, rounds, peer_id, rpc_timeout_s
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def offer(self, plan: RoundPlan, offer: peer_pb2.PlanOffer) -> None:
-        """Start one bounded call per other member (members that miss it still read the DHT)."""
+    def offer(self, plan: RoundPlan, offer: peer_pb2.PlanOffer, observers: Iterable[str] = ()) -> None:
+        """One bounded call per other member and observer endpoint (members that miss it still read the DHT)."""
         timeout = max(0.05, min(self.rpc_timeout_s, plan.collect_deadline - self.rc.now()))
-        for pid, endpoint in zip(plan.members, plan.endpoints, strict=True):
-            if pid != self.peer_id:
-                task = asyncio.ensure_future(self._one(endpoint, offer, timeout))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        to = [e for pid, e in zip(plan.members, plan.endpoints, strict=True) if pid != self.peer_id]
+        for endpoint in dict.fromkeys([*to, *observers]):
+            task = asyncio.ensure_future(self._one(endpoint, offer, timeout))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _one(self, endpoint: str, offer: peer_pb2.PlanOffer, timeout_s: float) -> None:
         t0 = self.rc.clock.monotonic()
