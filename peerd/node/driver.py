@@ -8,7 +8,9 @@ work-paced run (``round.target_h``) a publisher's plan syncs the fragment that i
 After a partial commit the view is read as the committers see it (:meth:`RoundDriver._candidates`),
 and a peer one commit behind catches up by replaying the missed round before it looks for a plan
 (:meth:`RoundDriver._replay_missed`); named while still behind, it does its part without its
-state, so the round commits for the others. Time comes from the injected
+state, so the round commits for the others. A peer the plan leaves out applies what its members
+commit (:meth:`RoundDriver._observe`), fetching the plan's starting state first if it is behind
+it, so it is in sync for the next round without a download after this one. Time comes from the injected
 :class:`~peerd.core.clock.RoundClock`, so the simulation tier runs this very code on virtual
 time; the DHT operations timed here feed its estimates.
 """
