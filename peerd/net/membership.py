@@ -20,6 +20,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import msgpack
@@ -349,7 +350,7 @@ class Membership:
             except ValueError:  # RecordError (forged, replayed, malformed) or a schema violation
                 self.invalid_records += 1
                 continue
-            out[rec.peer_id] = rec
+            out[rec.peer_id] = replace(rec, expires=float(item.expiration_time))
         return out
 
     def _bounded_items(self, value: dict[Any, Any], limit: int) -> list[tuple[Any, Any]]:

@@ -8,7 +8,8 @@ never reaches the round schedule).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from peerd.core.schedule import Candidate
@@ -54,6 +55,9 @@ class PeerRecord:
     steps_since: tuple[int, ...] | None = None
     uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
     dht_maddrs: tuple[str, ...] = ()  # the author's DHT multiaddrs (each ending in /p2p/<peer_id>)
+    # When the DHT copy this was read from expires (Unix time; not part of the record's value): a
+    # view keeps a record that one read missed until then (peerd/net/view.py). inf: not known.
+    expires: float = field(default=math.inf, compare=False)
 
     def to_value(self) -> dict[str, Any]:
         """msgpack-able dict: v1 (reachable, uncapped), v2 (``reachable``, ``uplink_bps``), v3 when paced."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import msgpack
@@ -236,8 +236,9 @@ class SimTransport:
 class SimDht:
     """One global DHT: key -> subkey -> (value, expiry on virtual time)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, epoch: float = 0.0) -> None:
+        """``epoch``: the Unix time of loop time 0 (records are read with their expiry in Unix time)."""
+        self.loop, self.epoch = loop, epoch
         self.data: dict[str, dict[str, tuple[object, float]]] = {}
 
     def store(self, key: str, subkey: str, value: object, ttl_s: float) -> None:
@@ -246,6 +247,11 @@ class SimDht:
     def get(self, key: str) -> dict[str, object]:
         now = self.loop.time()
         return {sk: v for sk, (v, exp) in self.data.get(key, {}).items() if exp > now}
+
+    def expiries(self, key: str) -> dict[str, float]:
+        """Unix time at which each live subkey of ``key`` expires."""
+        now = self.loop.time()
+        return {sk: self.epoch + exp for sk, (_, exp) in self.data.get(key, {}).items() if exp > now}
 
 
 class SimMembership:
@@ -275,7 +281,8 @@ class SimMembership:
 
     async def live_records(self) -> dict[str, PeerRecord] | None:
         await self._op()
-        return dict(self.dht.get("peers"))  # type: ignore[arg-type]
+        expiries = self.dht.expiries("peers")
+        return {sk: replace(rec, expires=expiries[sk]) for sk, rec in self.dht.get("peers").items()}  # type: ignore
 
     async def publish_plan(self, plan: RoundPlan, ttl_s: float) -> bool:
         await self._op()

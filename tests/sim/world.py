@@ -228,7 +228,7 @@ class World:
         self.dht_delay_s = sc.dht_delay_s
         self.net = SimNetwork(self.loop, random.Random(self.rng.random()),
                               Link(sc.latency_s, sc.jitter_s, sc.bandwidth_bps, sc.loss))
-        self.dht = SimDht(self.loop)
+        self.dht = SimDht(self.loop, EPOCH)
         self.peers: dict[int, SimPeer] = {}
         self.gone: list[SimPeer] = []
         self.log: list[RoundLog] = []
