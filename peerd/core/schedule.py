@@ -122,6 +122,21 @@ def assume_committed(candidates: Iterable[Candidate], plan: RoundPlan | None, re
             for c in candidates]
 
 
+def as_planned(candidates: Iterable[Candidate], plan: RoundPlan) -> list[Candidate]:
+    """``candidates`` with ``plan``'s members where the plan starts (its revision and hash).
+
+    For a member that took its leader's plan before its own view read ended: the view it has
+    may be older than the leader's (members at the revision before their last commit), and the
+    round's checks must not leave it alone for that. A member the view lacks stays out (the plan
+    names it; the round's checks count peers, they do not name them).
+    """
+    if plan.mode == "gossip":
+        return list(candidates)
+    members = set(plan.members)
+    return [replace(c, revision=plan.revision, state_hash=plan.state_hash) if c.peer_id in members else c
+            for c in candidates]
+
+
 @dataclass(frozen=True)
 class RoundPlan:
     """The one fact every member of a round follows; never changed once published."""

@@ -39,6 +39,8 @@ from peerd.node.offers import PlanInbox, PlanOfferer
 from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
+# The round's leader publishes from a view read this many heartbeats ago or less, without a fresh read.
+RECENT_VIEW_BEATS = 3
 # Rounds after a commit during which its co-members are taken to have committed too, whatever
 # their records say (their new records may not have landed yet; later they would have).
 COMMIT_ASSUMED_ROUNDS = 2
@@ -115,13 +117,15 @@ class RoundDriver:
         await asyncio.wait([beat], timeout=max(0.0, rc.settle_at(r) - rc.now()))
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
         self.timing = {"round": r, "settled": round(rc.now() - rc.start(r), 3)}
-        await self._timed(view.refresh())
+        offered = await self._read_view(r)
         self.timing["refreshed"] = round(rc.now() - rc.start(r), 3)
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
         # a reader that skipped rounds over its own suspicions went out of phase with a peer
         # suspecting it back, and two finished peers aborted every round for 20 minutes.
         candidates = self._candidates(r)
+        if offered is not None:  # taken before this peer's read ended: the view as the leader saw it
+            candidates = sch.as_planned(candidates, offered)
         if self.mixer.shared_state and await self._replay_missed(r, candidates):
             self._keep(self._timed(view.heartbeat()))  # announce the revision it caught up to
             candidates = self._candidates(r)
@@ -200,6 +204,60 @@ class RoundDriver:
             # Announce the new revision now rather than at the next heartbeat: until then a joiner
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
+
+    async def _read_view(self, r: int) -> sch.RoundPlan | None:
+        """Read the view round ``r``'s plan is built from, unless the plan can be had without it.
+
+        The read is one DHT get: about 1 s on a loaded box (16 daemons on 2 cores), after a
+        settle point about as long. A leader that read first published as the next candidate's
+        turn came, and the round split between their two plans. Now the round's leader (first in
+        rendezvous order among the eligible peers of a view read within ``RECENT_VIEW_BEATS``
+        heartbeats) publishes from that view at once, and a peer that is offered the leader's plan
+        naming it at its own state while it reads takes the plan at once (returned: the round's
+        candidates are then taken as that plan saw them); its read goes on in the background and
+        updates the view. Neither in a finite run's last rounds, whose end checks need a fresh read,
+        nor in a work-paced run: its publisher chooses the fragment from the steps its members
+        announced, projected from the round's start (peerd/core/pace.py), which a view up to
+        three heartbeats old would misjudge.
+        """
+        view = self.view
+        candidates = self._candidates(r)
+        fast = (not self.cfg.pace_h and self.end.finishing is None and not any(c.done for c in candidates)
+                and view.read_age() <= RECENT_VIEW_BEATS * view.heartbeat_s)
+        if fast:
+            elig = sch.eligible(candidates, self.mixer.mode)
+            ids = [c.peer_id for c in elig]
+            if (self.peer_id in ids and len(elig) >= self.cfg.round.min_members
+                    and sch.rendezvous_order(self.cfg.run_id, r, ids)[0] == self.peer_id):
+                self.timing["read"] = "skipped_leader"
+                return None
+        read = self._timed(view.refresh())
+        if not fast:
+            await read
+            return None
+        offer = asyncio.ensure_future(self._leaders_offer(r))
+        try:
+            await asyncio.wait([read, offer], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            offer.cancel()
+        if not read.done() and offer.done() and not offer.cancelled() and offer.result() is not None:
+            self.timing["read"] = "offered"
+            self._keep(read)
+            return offer.result()
+        await read
+        return None
+
+    async def _leaders_offer(self, r: int) -> sch.RoundPlan | None:
+        """The round leader's plan once offered, naming this peer at its own state; None at the give-up."""
+        state = self.view.state
+        while self.rc.now() < self.rc.plan_give_up(r):
+            mine = state.revision, state.state_hash()
+            plan = sch.choose_plan(p for p in self.inbox.offered(r) if p.publisher_rank == 0
+                                   and p.index_of(self.peer_id) >= 0 and (p.revision, p.state_hash) == mine)
+            if plan is not None:
+                return plan
+            await self.inbox.wait(r, min(0.5, max(0.0, self.rc.plan_give_up(r) - self.rc.now())))
+        return None
 
     async def _sit_out(self, r: int, plan: sch.RoundPlan | None) -> None:
         """Round ``r`` for a peer behind the swarm: its part of ``plan`` if it is named, then catch up.

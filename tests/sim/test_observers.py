@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from peerd.core import schedule as sch
+from peerd.core.state import OuterState
 from peerd.mixing.diloco import Diloco
 from peerd.net.view import SwarmView
 from peerd.node.driver import RoundDriver
@@ -31,7 +32,11 @@ from tests.sim.world import EPOCH, Scenario, World
 LEFT_OUT = (10.0, 16.0)  # loop time in which publishers leave peer 0 out of their plans
 
 
-def run(monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int, dict[str, tuple[str, int]]]]:
+def scenario() -> Scenario:
+    return Scenario(seed=3, peers=4, duration_s=26.0, step_s=0.5, dht_delay_s=0.3)
+
+
+def run(monkeypatch: pytest.MonkeyPatch, w: World | None = None) -> tuple[World, dict[int, dict[str, tuple[str, int]]]]:
     """The scenario, with each peer's outcome of each round and its revision when the round ended."""
     seen: dict[int, dict[str, tuple[str, int]]] = {}
     victim = "peer-00"
@@ -50,7 +55,7 @@ def run(monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int, dict[str, tup
 
     monkeypatch.setattr(RoundDriver, "round", round_)
     monkeypatch.setattr(SwarmView, "unsuspected", unsuspected)
-    w = World(Scenario(seed=3, peers=4, duration_s=26.0, step_s=0.5, dht_delay_s=0.3))
+    w = w or World(scenario())
     w.checks.append(invariants.safety)
     w.run()
     invariants.liveness(w)
@@ -93,17 +98,28 @@ def test_a_behind_peer_left_out_fetches_the_plans_start_at_once_and_applies_the_
             return False
         return await original_replay(self, plan, until)
 
+    fetched: list[float] = []  # when peer 0 installed a downloaded state (Unix time)
+    original_install = OuterState.install
+
+    def install(self: OuterState, *args: Any, **kwargs: Any) -> None:
+        if 0 in w.peers and self is w.peers[0].state:
+            fetched.append(w.peers[0].clock.time())
+        original_install(self, *args, **kwargs)
+
     monkeypatch.setattr(Diloco, "replay", replay_once_refused)
-    w, seen = run(monkeypatch)
+    monkeypatch.setattr(OuterState, "install", install)
+    w = World(scenario())
+    w, seen = run(monkeypatch, w)
     victim = w.peer_id(0)
     rounds = left_out_rounds(w, seen)
     behind = first["round"] + 1
     assert first["round"] == rounds[0] and behind in rounds, (first, rounds)
     outcome, revision = seen[behind][victim]
-    # Behind at the start of the round, it fetched the state the plan started from during the
-    # round (one download), then applied the members' commit: in sync when the round ended.
+    # Behind at the start of the round, it fetched the state during the round, not after its
+    # deadline (then applied the members' commit, unless the download already held it): one
+    # download, in sync when the round ended.
     assert outcome == "not_in_sync" and {rev for _, rev in seen[behind].values()} == {revision}, seen[behind]
-    peer = w.peers[0]
-    assert len(peer.counters.syncs) == 1 and peer.node.mixer.replays >= len(rounds) - 1
+    deadline = w.cfg.round.deadline_fraction * w.cfg.round.round_s
+    assert len(fetched) == 1 and behind * w.cfg.round.round_s <= fetched[0] < behind * w.cfg.round.round_s + deadline
     after = [r for r in sorted(seen) if r * w.cfg.round.round_s - EPOCH >= LEFT_OUT[1] + 2.0]
     assert after and all(seen[r][victim][0] == "ok" for r in after), seen

@@ -30,6 +30,10 @@ from peerd.node.driver import RoundDriver
 from tests.sim import invariants
 from tests.sim.world import EPOCH, Event, Scenario, World
 
+# When calls from peer 2 to peer 0 start to drop: inside round 6's reduce phase (plans come from
+# the leader at the settle point, 12.36 s; contributions are in by about 12.55 s).
+LOSS_AT = 12.575
+
 
 def run(loss_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int, dict[str, tuple[str, Any]]]]:
     """The scenario, with each peer's outcome of each round and the members of the plan it committed."""
@@ -43,7 +47,7 @@ def run(loss_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int
 
     monkeypatch.setattr(RoundDriver, "round", round_)
     sc = Scenario(seed=1, peers=4, duration_s=24.0, step_s=0.5, dht_delay_s=0.3,
-                  events=[Event(12.9, "lose", 2, loss_s, other=0)])
+                  events=[Event(LOSS_AT, "lose", 2, loss_s, other=0)])
     w = World(sc)
     w.checks.append(invariants.safety)
     w.run()
@@ -53,7 +57,18 @@ def run(loss_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[World, dict[int
 
 def test_a_reduced_shard_lost_until_past_the_deadline_is_pulled_and_the_round_commits(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    pulled: list[tuple[str, int, list[int] | None]] = []
+    original_pull = Diloco._pull_all
+
+    async def pull_all(self: Diloco, plan: Any, rs: Any, shards: list[int] | None = None,
+                       until: float | None = None) -> int:
+        pulled.append((self.peer_id, plan.round, shards))
+        return await original_pull(self, plan, rs, shards, until)
+
+    monkeypatch.setattr(Diloco, "_pull_all", pull_all)
     w, seen = run(1.2, monkeypatch)
+    # The loss hit: peer 0 pulled the reduced shard peer 2 could not push to it.
+    assert any(pid == "peer-00" and shards for pid, _, shards in pulled), pulled
     # From the first round all four peers committed (they join one by one) to the end, every
     # member of every round commits, the one round the loss hit included.
     first = min(r for r in seen if len(seen[r]) == 4 and all(o == "ok" for o, _ in seen[r].values()))
@@ -70,7 +85,7 @@ def missed_round(w: World, seen: dict[int, dict[str, tuple[str, Any]]]) -> tuple
               and len(seen[r]) == 4 and all(o == "ok" for pid, (o, _) in seen[r].items() if pid != victim)]
     assert missed, f"the loss did not make peer 0 alone miss a commit: {seen}"
     r = missed[0]
-    assert (r + 1) * w.cfg.round.round_s - EPOCH > 12.9, "a partial commit before the loss"
+    assert (r + 1) * w.cfg.round.round_s - EPOCH > LOSS_AT, "a partial commit before the loss"
     return victim, r, [pid for pid in seen[r] if pid != victim]
 
 
