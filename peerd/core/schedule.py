@@ -117,23 +117,9 @@ def assume_committed(candidates: Iterable[Candidate], plan: RoundPlan | None, re
     if plan is None or plan.mode == "gossip" or revision != plan.revision + 1:
         return candidates
     members = set(plan.members)
+    start = plan.revision, plan.state_hash
     return [replace(c, revision=revision, state_hash=state_hash)
-            if c.peer_id in members and c.revision == plan.revision and c.state_hash == plan.state_hash else c
-            for c in candidates]
-
-
-def as_planned(candidates: Iterable[Candidate], plan: RoundPlan) -> list[Candidate]:
-    """``candidates`` with ``plan``'s members where the plan starts (its revision and hash).
-
-    For a member that took its leader's plan before its own view read ended: the view it has
-    may be older than the leader's (members at the revision before their last commit), and the
-    round's checks must not leave it alone for that. A member the view lacks stays out (the plan
-    names it; the round's checks count peers, they do not name them).
-    """
-    if plan.mode == "gossip":
-        return list(candidates)
-    members = set(plan.members)
-    return [replace(c, revision=plan.revision, state_hash=plan.state_hash) if c.peer_id in members else c
+            if c.peer_id in members and (c.revision, c.state_hash) == start else c
             for c in candidates]
 
 
@@ -270,6 +256,7 @@ def make_plan(
     deadline: float | None = None,
     paced: int = 0,
     fragment: int | None = None,
+    publisher_rank: int | None = None,
 ) -> RoundPlan | None:
     """The plan ``publisher`` would publish at time ``now`` for round ``r``, or None if it may not.
 
@@ -279,6 +266,8 @@ def make_plan(
     reachable members only: client-mode members come last and own none; without a reachable
     member there is no plan (see :func:`has_owner`). ``paced``: the run's target H; the fragment is
     then ``fragment`` (chosen by peerd/core/pace.py; -1 holds), else ``r mod num_fragments``.
+    ``publisher_rank``: the publisher's place in the order its plan slots followed (default: in
+    rendezvous order over the eligible candidates).
     """
     candidates = list(candidates)
     elig = eligible(candidates, mode)
@@ -303,7 +292,8 @@ def make_plan(
         members=tuple(order),
         endpoints=tuple(by_id[p].endpoint for p in order),
         publisher=publisher,
-        publisher_rank=rendezvous_order(run_id, r, by_id).index(publisher),  # the driver's slot order
+        publisher_rank=rendezvous_order(run_id, r, by_id).index(publisher) if publisher_rank is None
+        else publisher_rank,  # the driver's slot order
         collect_deadline=min(collect_deadline, deadline),
         deadline=deadline,
         final=is_final(candidates, mode),

@@ -8,7 +8,6 @@ clock, so the simulation tier drives the same code on virtual time.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Iterable
 
 from peerd.core import schedule as sch
@@ -67,7 +66,6 @@ class SwarmView:
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._read_at: dict[str, float] = {}  # peer id -> when a read last returned its record (monotonic)
-        self.read_at: float | None = None  # when the last read succeeded (monotonic)
         self._was_alone = False
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
@@ -104,7 +102,6 @@ class SwarmView:
         if records is not None:
             records.pop(self.peer_id, None)
             self._keep_missed(records)
-            self.read_at = self.clock.monotonic()
             gone = [r.endpoint for pid, r in self.records.items() if pid not in records]
             now = self.clock.monotonic()
             # Only members that vanished mid-run: a peer done with its steps or announcing its
@@ -143,10 +140,6 @@ class SwarmView:
             del self._read_at[pid]
 
     # ---- what the round driver asks ----
-
-    def read_age(self) -> float:
-        """Seconds since the last successful read (inf before the first)."""
-        return math.inf if self.read_at is None else self.clock.monotonic() - self.read_at
 
     def candidates(self) -> list[sch.Candidate]:
         """Every live peer as a schedule candidate, this one included."""

@@ -39,8 +39,6 @@ from peerd.node.offers import PlanInbox, PlanOfferer
 from peerd.node.pacewatch import PaceWatch
 
 log = get_logger("peerd.rounds")
-# The round's leader publishes from a view read this many heartbeats ago or less, without a fresh read.
-RECENT_VIEW_BEATS = 3
 # Rounds after a commit during which its co-members are taken to have committed too, whatever
 # their records say (their new records may not have landed yet; later they would have).
 COMMIT_ASSUMED_ROUNDS = 2
@@ -117,15 +115,13 @@ class RoundDriver:
         await asyncio.wait([beat], timeout=max(0.0, rc.settle_at(r) - rc.now()))
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
         self.timing = {"round": r, "settled": round(rc.now() - rc.start(r), 3)}
-        offered = await self._read_view(r)
+        await self._timed(view.refresh())
         self.timing["refreshed"] = round(rc.now() - rc.start(r), 3)
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
         # a reader that skipped rounds over its own suspicions went out of phase with a peer
         # suspecting it back, and two finished peers aborted every round for 20 minutes.
         candidates = self._candidates(r)
-        if offered is not None:  # taken before this peer's read ended: the view as the leader saw it
-            candidates = sch.as_planned(candidates, offered)
         if self.mixer.shared_state and await self._replay_missed(r, candidates):
             self._keep(self._timed(view.heartbeat()))  # announce the revision it caught up to
             candidates = self._candidates(r)
@@ -205,60 +201,6 @@ class RoundDriver:
             # or a plan publisher sees the members at different revisions (one donor, fewer members).
             self._keep(self._timed(view.heartbeat()))
 
-    async def _read_view(self, r: int) -> sch.RoundPlan | None:
-        """Read the view round ``r``'s plan is built from, unless the plan can be had without it.
-
-        The read is one DHT get: about 1 s on a loaded box (16 daemons on 2 cores), after a
-        settle point about as long. A leader that read first published as the next candidate's
-        turn came, and the round split between their two plans. Now the round's leader (first in
-        rendezvous order among the eligible peers of a view read within ``RECENT_VIEW_BEATS``
-        heartbeats) publishes from that view at once, and a peer that is offered the leader's plan
-        naming it at its own state while it reads takes the plan at once (returned: the round's
-        candidates are then taken as that plan saw them); its read goes on in the background and
-        updates the view. Neither in a finite run's last rounds, whose end checks need a fresh read,
-        nor in a work-paced run: its publisher chooses the fragment from the steps its members
-        announced, projected from the round's start (peerd/core/pace.py), which a view up to
-        three heartbeats old would misjudge.
-        """
-        view = self.view
-        candidates = self._candidates(r)
-        fast = (not self.cfg.pace_h and self.end.finishing is None and not any(c.done for c in candidates)
-                and view.read_age() <= RECENT_VIEW_BEATS * view.heartbeat_s)
-        if fast:
-            elig = sch.eligible(candidates, self.mixer.mode)
-            ids = [c.peer_id for c in elig]
-            if (self.peer_id in ids and len(elig) >= self.cfg.round.min_members
-                    and sch.rendezvous_order(self.cfg.run_id, r, ids)[0] == self.peer_id):
-                self.timing["read"] = "skipped_leader"
-                return None
-        read = self._timed(view.refresh())
-        if not fast:
-            await read
-            return None
-        offer = asyncio.ensure_future(self._leaders_offer(r))
-        try:
-            await asyncio.wait([read, offer], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            offer.cancel()
-        if not read.done() and offer.done() and not offer.cancelled() and offer.result() is not None:
-            self.timing["read"] = "offered"
-            self._keep(read)
-            return offer.result()
-        await read
-        return None
-
-    async def _leaders_offer(self, r: int) -> sch.RoundPlan | None:
-        """The round leader's plan once offered, naming this peer at its own state; None at the give-up."""
-        state = self.view.state
-        while self.rc.now() < self.rc.plan_give_up(r):
-            mine = state.revision, state.state_hash()
-            plan = sch.choose_plan(p for p in self.inbox.offered(r) if p.publisher_rank == 0
-                                   and p.index_of(self.peer_id) >= 0 and (p.revision, p.state_hash) == mine)
-            if plan is not None:
-                return plan
-            await self.inbox.wait(r, min(0.5, max(0.0, self.rc.plan_give_up(r) - self.rc.now())))
-        return None
-
     async def _sit_out(self, r: int, plan: sch.RoundPlan | None) -> None:
         """Round ``r`` for a peer behind the swarm: its part of ``plan`` if it is named, then catch up.
 
@@ -304,6 +246,7 @@ class RoundDriver:
         done = await self.mixer.replay(plan, self.rc.late_until(r, plan.deadline))
         self.timing["observed"] = round(self.rc.now() - self.rc.start(r), 3) if done else False
         if done:
+            self.last_commit = plan  # the same commit its members made (their next views assume it)
             self.metrics.revision.set(state.revision)
             log.info("round_observed", round=r, revision=state.revision)
         return done
@@ -351,6 +294,7 @@ class RoundDriver:
         done = await self.mixer.replay(plan, self.rc.plan_give_up(r))
         self.timing["replayed"] = done
         if done:
+            self.last_commit = plan
             self.metrics.revision.set(self.view.state.revision)
             log.info("round_replayed", round=plan.round, revision=self.view.state.revision)
         return done
@@ -434,8 +378,7 @@ class RoundDriver:
         """
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
-        order = sch.rendezvous_order(cfg.run_id, r, [c.peer_id for c in elig])
-        rank = order.index(self.peer_id)
+        rank = self._rank(r, elig)
         nbytes = self._round_bytes(r, len(elig))
         mine_up = self.view.uplink_bps
         if mine_up:  # this peer's own cap: it stops looking in time for its capped push, and says so once
@@ -471,7 +414,7 @@ class RoundDriver:
                 if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
                     tried = True
                     published_at = round(rc.now() - rc.start(r), 3)
-                    mine = self._publish(r, rank, candidates, nbytes)
+                    mine = self._publish(r, rank, candidates, nbytes)  # rank < plan_candidates here
                     continue
                 await self.inbox.wait(r, min(0.05, give_up - rc.now()))
         finally:
@@ -500,6 +443,27 @@ class RoundDriver:
                 self.timing["late_offer"] = round(rc.now() - rc.start(r), 3)
                 return sch.choose_plan(late)
         return None
+
+    def _rank(self, r: int, elig: list[sch.Candidate]) -> int:
+        """This peer's place in round ``r``'s plan slots (``plan_candidates`` or more: it publishes nothing).
+
+        In rendezvous order over the members of this peer's last commit: every peer that
+        committed that plan holds the same member list, whatever its view read returned, so they
+        agree on who leads. Over the eligible peers in this peer's view, the order before,
+        different views (16 daemons on 2 cores read 7 to 12 of the same 16 peers) made several
+        peers each the leader of its own plan, and the round split. A member that has left or
+        fell behind keeps its place and publishes nothing: the next one publishes after its slot,
+        as when a leader dies. A peer that was not a member of that commit (it joined, or applied
+        it as an observer) publishes no plan while the commit is recent; without a recent commit,
+        the eligible peers' order.
+        """
+        last = self.last_commit
+        if last is not None and last.round >= r - COMMIT_ASSUMED_ROUNDS and self.mixer.shared_state:
+            basis = list(last.members)
+        else:
+            basis = [c.peer_id for c in elig]
+        order = sch.rendezvous_order(self.cfg.run_id, r, basis)
+        return order.index(self.peer_id) if self.peer_id in order else len(order) + self.rc.plan_candidates
 
     async def _offered_plan(self, r: int) -> sch.RoundPlan | None:
         """The plan offered for round ``r`` that its members follow (a behind peer publishes and polls nothing).
@@ -535,7 +499,7 @@ class RoundDriver:
                              members, rc.round_s, rc.deadline_fraction, now,
                              self.mixer.mode, cfg.mixing.topology,
                              collect_deadline=rc.collect_deadline(r, now, nbytes, uplink, owners),
-                             deadline=rc.deadline(r), paced=cfg.pace_h, fragment=fragment)
+                             deadline=rc.deadline(r), paced=cfg.pace_h, fragment=fragment, publisher_rank=rank)
         if plan is None or len(plan.members) < cfg.round.min_members:
             # Everyone else is suspected: publish nothing, but a better-ranked or later
             # candidate may still publish a plan that names this peer.

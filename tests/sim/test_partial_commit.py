@@ -30,8 +30,8 @@ from peerd.node.driver import RoundDriver
 from tests.sim import invariants
 from tests.sim.world import EPOCH, Event, Scenario, World
 
-# When calls from peer 2 to peer 0 start to drop: inside round 6's reduce phase (plans come from
-# the leader at the settle point, 12.36 s; contributions are in by about 12.55 s).
+# When calls from peer 2 to peer 0 start to drop: inside round 6's reduce phase (the test of the
+# pull asserts that the loss hit a reduced shard; each moves with the round's phase times).
 LOSS_AT = 12.575
 
 
