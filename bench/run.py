@@ -28,7 +28,7 @@ PLANS: dict[str, dict[str, Any]] = {
               "race_s": 60, "defaults_steps": 400, "defaults_variants": ("default", "clock_plain")},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
              "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
-             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 60,
+             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 120,
              "frontier_steps": 2000, "frontier_methods": "core", "race_s": 240, "defaults_steps": 2000,
              "defaults_variants": ("default", "paced_plain", "clock_plain", "clock_momentum")},
 }
