@@ -507,8 +507,10 @@ class RoundDriver:
         if rank == 0:
             self.faults.hit("leader_before_publish")
         ttl_s = 4 * rc.round_s
-        # Peers left out get it too: with it they stay in sync without a download (_observe).
-        observers = [c.endpoint for c in candidates if c.peer_id != self.peer_id and plan.index_of(c.peer_id) < 0]
+        # Peers left out get it too: with it they stay in sync without a download (_observe). Not
+        # client-mode peers: they cannot be dialled (they still find the plan in the DHT).
+        observers = [c.endpoint for c in candidates
+                     if c.reachable and c.peer_id != self.peer_id and plan.index_of(c.peer_id) < 0]
         self.offerer.offer(plan, self.membership.plan_offer(plan, ttl_s), observers)
         self._keep(self._timed(self.membership.publish_plan(plan, ttl_s=ttl_s)))
         return plan
