@@ -85,7 +85,7 @@ def test_a_peer_left_out_of_plans_applies_their_commits_and_downloads_nothing(mo
     assert after and all(seen[r][victim][0] == "ok" for r in after), seen  # a member again at once
 
 
-def test_a_behind_peer_left_out_fetches_the_plans_start_at_once_and_applies_the_commit(
+def test_a_behind_peer_left_out_fetches_during_the_round_and_ends_it_in_sync(
         monkeypatch: pytest.MonkeyPatch) -> None:
     first: dict[str, Any] = {}
     original_replay = Diloco.replay
