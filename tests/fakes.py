@@ -16,6 +16,19 @@ from peerd.net.peer_record import PeerRecord
 from peerd.net.view import SwarmView
 
 
+class ManualClock:
+    """A :class:`peerd.core.clock.Clock` that moves only when a test sets ``t`` (wall and monotonic alike)."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+
 class NoMembership:
     """A DHT with nobody in it."""
 

@@ -215,15 +215,14 @@ class RoundDriver:
         state, named = self.view.state, plan is not None and plan.index_of(self.peer_id) >= 0
         if plan is not None and named and plan.revision > state.revision:
             await self.mixer.run(plan, in_sync=False)
+        observed = False
         if plan is not None and not named and plan.syncs and plan.revision >= state.revision:
             if plan.revision > state.revision:
                 self.timing["fetched"] = await self.mixer.catch_up(not_before=self.rc.now())
-            if await self._observe(r, plan):
-                self._count("skipped", "not_in_sync")
-                await self.view.heartbeat()
-                return
+            observed = await self._observe(r, plan)
         self._count("skipped", "not_in_sync")
-        await self.mixer.catch_up(not_before=self.rc.catch_up_at(r))
+        if not observed:
+            await self.mixer.catch_up(not_before=self.rc.catch_up_at(r))
         await self.view.heartbeat()
 
     async def _observe(self, r: int, plan: sch.RoundPlan) -> bool:

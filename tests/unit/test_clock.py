@@ -6,27 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerd.core.clock import PLAN_READ_FRACTION, RoundClock
-
-
-class Fixed:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
+from tests.fakes import ManualClock
 
 
 def clock(t: float = 0.0, round_s: float = 5.0) -> RoundClock:
-    return RoundClock(round_s, 0.25, 0.25, 3, 0.9, Fixed(t))
+    return RoundClock(round_s, 0.25, 0.25, 3, 0.9, ManualClock(t))
 
 
 @given(st.floats(1e6, 2e9), st.floats(0.5, 60))
 @settings(max_examples=200, deadline=None)
 def test_phases_are_ordered_inside_their_round(t: float, round_s: float) -> None:
-    rc = RoundClock(round_s, 0.05 * round_s, 0.05 * round_s, 3, 0.9, Fixed(t))
+    rc = RoundClock(round_s, 0.05 * round_s, 0.05 * round_s, 3, 0.9, ManualClock(t))
     r = rc.index()
     assert rc.start(r) <= t < rc.start(r + 1)
     assert rc.start(r) < rc.settle_at(r) <= rc.publish_at(r, 0) < rc.publish_at(r, 1) <= rc.plan_give_up(r)
@@ -64,7 +54,7 @@ class _Measured:
 
 
 def _measured(t: float = 0.0, round_s: float = 10.0) -> RoundClock:
-    return RoundClock(round_s, 0.25, 0.25, 3, 0.9, Fixed(t), _Measured())  # type: ignore[arg-type]
+    return RoundClock(round_s, 0.25, 0.25, 3, 0.9, ManualClock(t), _Measured())  # type: ignore[arg-type]
 
 
 def test_uncapped_rounds_keep_their_timing() -> None:
@@ -101,7 +91,7 @@ def test_cap_fix_names_a_round_length_that_fits() -> None:
     assert not rc.cap_fits(nbytes, cap)
     longer = rc.round_s_for_cap(nbytes, cap)
     assert longer > 6.0
-    assert RoundClock(longer, 0.25, 0.25, 3, 0.9, Fixed(0.0), _Measured()).cap_fits(nbytes, cap)  # type: ignore[arg-type]
+    assert RoundClock(longer, 0.25, 0.25, 3, 0.9, ManualClock(0.0), _Measured()).cap_fits(nbytes, cap)  # type: ignore[arg-type]
 
 
 class _SlowDht(_Measured):
@@ -109,7 +99,7 @@ class _SlowDht(_Measured):
 
 
 def test_candidate_slots_start_after_the_view_read_and_the_leader_keeps_its_own() -> None:
-    fast, slow = _measured(), RoundClock(5.0, 0.25, 0.25, 3, 0.9, Fixed(0.0), _SlowDht())  # type: ignore[arg-type]
+    fast, slow = _measured(), RoundClock(5.0, 0.25, 0.25, 3, 0.9, ManualClock(0.0), _SlowDht())  # type: ignore[arg-type]
     r = 20
     for rc in (fast, slow):
         read = rc.read_s()

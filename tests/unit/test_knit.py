@@ -13,6 +13,7 @@ import pytest
 
 from peerd.net.peer_record import MAX_DHT_MADDRS, PeerRecord
 from peerd.net.view import REPING_EVERY_S, SwarmView, dialable_maddrs, maddrs_on_host
+from tests.fakes import ManualClock
 
 
 def _addr(host: str, pid: str, port: int = 4000) -> str:
@@ -56,17 +57,6 @@ def test_only_addresses_on_the_endpoint_host_are_dialled() -> None:
     assert maddrs_on_host(addrs, "example.org:5000") == ()
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 class _Dialer:
     """Records every dial; the peers in ``down`` do not answer."""
 
@@ -82,13 +72,13 @@ class _Dialer:
         return sorted(pids - self.down)
 
 
-def _view(dialer: _Dialer, clock: _Clock) -> SwarmView:
+def _view(dialer: _Dialer, clock: ManualClock) -> SwarmView:
     return SwarmView("me", "198.18.0.1:5000", 1, dialer, None, None, lambda: None, clock,  # type: ignore[arg-type]
                      1.0, 10.0, [], lambda: None, lambda live, invalid: None)
 
 
 def test_knit_dials_each_new_peer_once_and_retries_only_failures() -> None:
-    dialer, clock = _Dialer(), _Clock()
+    dialer, clock = _Dialer(), ManualClock()
     view = _view(dialer, clock)
     view.records = {"a": _record("a"), "b": _record("b", host="198.18.0.3"),
                     "c": _record("c", reachable=False),  # client mode: not dialable

@@ -18,6 +18,7 @@ from peerd.net.membership import Membership
 from peerd.net.records import Signer
 from peerd.node.offers import PlanInbox
 from peerd.proto.v1 import peer_pb2
+from tests.fakes import ManualClock
 
 KEY = derive_key("swarm-secret-0123456789", "run", "dht")
 
@@ -81,20 +82,9 @@ def test_garbage_offers_raise_value_error_only(blob: bytes, r: int, publisher: s
         B.open_plan_offer(peer_pb2.PlanOffer(round=r, publisher=publisher, sealed=blob), 2)
 
 
-class _FixedClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 def test_inbox_keeps_verified_offers_of_nearby_rounds_and_counts_the_rest() -> None:
     refused: list[str] = []
-    rc = RoundClock.from_config(RoundConfig(round_s=2.0, settle_s=0.1, plan_slot_s=0.1), _FixedClock(16.5))  # round 8
+    rc = RoundClock.from_config(RoundConfig(round_s=2.0, settle_s=0.1, plan_slot_s=0.1), ManualClock(16.5))  # round 8
     inbox = PlanInbox(B, rc, 2, refused.append)
     plan = plan_by(A, 8)
 

@@ -11,19 +11,9 @@ from dataclasses import replace
 
 from peerd.net.peer_record import PeerRecord
 from peerd.net.view import KEEP_MISSED_BEATS, SwarmView
+from tests.fakes import ManualClock
 
 HEARTBEAT_S = 1.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 class _Reads:
@@ -51,8 +41,8 @@ def _rec(pid: str, expires: float, revision: int = 1) -> PeerRecord:
                       expires=expires)
 
 
-def _view() -> tuple[SwarmView, _Reads, _Net, _Clock]:
-    reads, net, clock = _Reads(), _Net(), _Clock()
+def _view() -> tuple[SwarmView, _Reads, _Net, ManualClock]:
+    reads, net, clock = _Reads(), _Net(), ManualClock(1000.0)
     view = SwarmView("me", "198.18.0.1:5000", 1, reads, net, None, lambda: None, clock,  # type: ignore[arg-type]
                      HEARTBEAT_S, 10.0, [], lambda: None, lambda live, invalid: None)
     return view, reads, net, clock
