@@ -241,13 +241,38 @@ class RoundClock:
             return self.settle_at(r)
         return self.settle_at(r) + self.read_s() + rank * self.plan_slot()
 
-    def plan_settled_at(self, r: int, rank: int) -> float:
-        """When a plan of publisher rank ``rank`` is final: no better-ranked plan can still reach a reader.
+    def turn(self, r: int, rank: int, read_end: float) -> float:
+        """When candidate ``rank`` may publish round ``r``'s plan, given that its own view read ended at ``read_end``.
 
-        The leader's (rank 0) plan is final at once; a later candidate's waits one more slot,
-        as a better-ranked plan may have been published just before it and still be on its way.
+        :meth:`publish_at`, but never earlier than ``rank`` slots after this peer's own read: on
+        a loaded box a view read takes longer than the clock's ``read_s`` (capped at a fifth of
+        the window), the leader publishes only after its own read, and a candidate counting its
+        slots from the capped ``read_s`` published before the leader's offer could reach it
+        (16 daemons on 2 cores: the leader at 1.94-2.03 s, candidate 1 at 2.05-2.10 s, a split
+        round). Every peer reads the same key at the same settle point, so its own read's end
+        stands in for the leader's.
         """
-        return self.start(r) if rank == 0 else self.publish_at(r, rank + 1)
+        if rank == 0:
+            return self.publish_at(r, 0)
+        return max(self.publish_at(r, rank), read_end + rank * self.plan_slot())
+
+    def defer_s(self) -> float:
+        """How much later a candidate publishes when a better-ranked peer is alive and in sync.
+
+        That peer is reading the view and will publish; its read may take the full measured DHT
+        time (uncapped here, unlike :meth:`read_s`) and its offer a slot more to arrive. Only a
+        crash after its heartbeat leaves the round to this candidate, so the candidate gives
+        way for that long rather than split the round.
+        """
+        return max(self.plan_slot(), MARGIN * (self.net.dht_s or 0.0))
+
+    def settled_after(self, r: int, rank: int, read_end: float) -> float:
+        """When a reader whose view read ended at ``read_end`` takes a rank-``rank`` plan as final.
+
+        The leader's at once; candidate ``k``'s at candidate ``k + 1``'s :meth:`turn`, as a
+        better-ranked plan may have been published just before it and still be on its way.
+        """
+        return self.start(r) if rank == 0 else self.turn(r, rank + 1, read_end)
 
     def plan_give_up(self, r: int, nbytes: int = 0, uplink_bps: float = 0.0) -> float:
         """Readers stop looking for round ``r``'s plan at this time (a member could not contribute after).

@@ -21,9 +21,13 @@ from peerd.net.ports import MembershipPort, NetworkPort
 log = get_logger("peerd.view")
 # Peers that left the view are pinged every REPING_EVERY_S for REPING_FOR_S (see reping_loop).
 REPING_EVERY_S, REPING_FOR_S = 5.0, 300.0
-# A record a read missed is kept for at most this many heartbeats after a read last returned it
-# (and never past its DHT expiry): a live peer rewrites its record every heartbeat.
+# A record a read missed is kept for at most this many heartbeats after a read last returned it,
+# or through this many reads in a row that missed it, whichever is longer (and never past its DHT
+# expiry): a live peer rewrites its record every heartbeat. The count is what a loaded box needs:
+# there a read takes about a second and the heartbeat loop reads every 2-3 s, so a time bound of
+# two heartbeats dropped a record at the first read that missed it.
 KEEP_MISSED_BEATS = 2
+KEEP_MISSED_READS = 2
 
 
 def maddrs_on_host(maddrs: Iterable[str], endpoint: str) -> tuple[str, ...]:
@@ -66,6 +70,7 @@ class SwarmView:
         self.suspects: dict[str, tuple[float, int, int]] = {}
         self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._read_at: dict[str, float] = {}  # peer id -> when a read last returned its record (monotonic)
+        self._missed: dict[str, int] = {}  # peer id -> reads in a row that missed its (kept) record
         self._was_alone = False
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
@@ -126,18 +131,25 @@ class SwarmView:
         different plan, several took themselves for the leader, and the rounds split. A record
         lives in the DHT until its expiry whether a read reaches it or not, so one a read missed
         stays in the view until then, and at most ``KEEP_MISSED_BEATS`` heartbeats after a read
-        last returned it. A crashed peer leaves the view when its record expires, as before; one
-        that announced its departure is in the view as not ready.
+        last returned it or ``KEEP_MISSED_READS`` reads in a row that missed it, whichever is
+        longer. A crashed peer leaves the view when its record expires, as before; one that
+        announced its departure is in the view as not ready.
         """
         now, mono = self.clock.time(), self.clock.monotonic()
         for pid in records:
             self._read_at[pid] = mono
+            self._missed.pop(pid, None)
         keep_s = KEEP_MISSED_BEATS * self.heartbeat_s
         for pid, rec in self.records.items():
-            if pid not in records and rec.expires > now and mono - self._read_at.get(pid, -keep_s) < keep_s:
+            if pid in records or rec.expires <= now:
+                continue
+            missed = self._missed[pid] = self._missed.get(pid, 0) + 1
+            if missed <= KEEP_MISSED_READS or mono - self._read_at.get(pid, -keep_s) < keep_s:
                 records[pid] = rec
         for pid in [p for p in self._read_at if p not in records]:
             del self._read_at[pid]
+        for pid in [p for p in self._missed if p not in records]:
+            del self._missed[pid]
 
     # ---- what the round driver asks ----
 

@@ -42,6 +42,9 @@ log = get_logger("peerd.rounds")
 # Rounds after a commit during which its co-members are taken to have committed too, whatever
 # their records say (their new records may not have landed yet; later they would have).
 COMMIT_ASSUMED_ROUNDS = 2
+# A heartbeat stored this far (a share of round_s) plus one heartbeat period before a round's
+# start still shows its author alive in it.
+FRESH_SLACK = 0.1
 T = TypeVar("T")
 
 
@@ -67,6 +70,7 @@ class RoundDriver:
         self.last_commit: sch.RoundPlan | None = None  # the plan of this peer's latest commit
         self.last_plan: sch.RoundPlan | None = None  # the latest plan it took part in (committed or not)
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
+        self.read_end = 0.0  # when this round's view read ended (plan turns count from it: RoundClock.turn)
 
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
@@ -116,7 +120,8 @@ class RoundDriver:
         await asyncio.sleep(max(0.0, rc.settle_at(r) - rc.now()))
         self.timing = {"round": r, "settled": round(rc.now() - rc.start(r), 3)}
         await self._timed(view.refresh())
-        self.timing["refreshed"] = round(rc.now() - rc.start(r), 3)
+        self.read_end = rc.now()
+        self.timing["refreshed"] = round(self.read_end - rc.start(r), 3)
         # Membership is the plan's to decide: eligibility (and whether to read this round's
         # plan) uses every live record. Suspicions shape only the plans this peer publishes;
         # a reader that skipped rounds over its own suspicions went out of phase with a peer
@@ -318,7 +323,10 @@ class RoundDriver:
             self._count("aborted", outcome.reason)
             log.info("round_aborted", round=r, reason=outcome.reason, members=len(plan.members),
                      missing=[m[-8:] for m in outcome.missing])
-            self.view.suspect(outcome.missing)
+            # A member that a rival plan of this round names most likely followed that one (a
+            # split round), alive: suspecting it would leave it out of the next plans too.
+            rivals = {m for p in self.inbox.offered(r) if p.plan_id != plan.plan_id for m in p.members}
+            self.view.suspect(tuple(m for m in outcome.missing if m not in rivals))
 
     def _timed(self, op: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run a DHT operation; its duration feeds the round clock's DHT estimate."""
@@ -377,7 +385,14 @@ class RoundDriver:
         """
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
-        rank = self._rank(r, elig)
+        order = self._order(r, elig)
+        rank = order.index(self.peer_id) if self.peer_id in order else len(order) + rc.plan_candidates
+        # A better-ranked peer that is alive and in sync will publish: this one gives way longer.
+        ahead_alive = 0 < rank < rc.plan_candidates and self._alive_ahead(r, order[:rank], candidates)
+        defer = rc.defer_s() if ahead_alive else 0.0
+
+        def turn(k: int) -> float:
+            return rc.turn(r, k, self.read_end) + (defer if k > 0 else 0.0)
         nbytes = self._round_bytes(r, len(elig))
         mine_up = self.view.uplink_bps
         if mine_up:  # this peer's own cap: it stops looking in time for its capped push, and says so once
@@ -401,16 +416,16 @@ class RoundDriver:
         try:
             while rc.now() < give_up:
                 chosen = sch.choose_plan(found + self.inbox.offered(r) + ([mine] if mine is not None else []))
-                if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
+                if chosen is not None and rc.now() >= rc.settled_after(r, chosen.publisher_rank, self.read_end):
                     self.timing.update(source="mine" if chosen is mine else "dht" if chosen in found else "offer",
-                                       reads=reads, rank=rank, published_at=published_at)
+                                       reads=reads, rank=rank, published_at=published_at, deferred=defer > 0)
                     return chosen
                 # A candidate publishes only within its own slot (the last one: any time). One
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
                 # members already took: its own, better-ranked one would split the round.
-                in_slot = rank == rc.plan_candidates - 1 or rc.now() < rc.publish_at(r, rank + 1)
+                in_slot = rank == rc.plan_candidates - 1 or rc.now() < turn(rank + 1)
                 may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
-                if not tried and may_publish and rc.now() >= rc.publish_at(r, rank):
+                if not tried and may_publish and rc.now() >= turn(rank):
                     tried = True
                     published_at = round(rc.now() - rc.start(r), 3)
                     mine = self._publish(r, rank, candidates, nbytes)  # rank < plan_candidates here
@@ -443,8 +458,36 @@ class RoundDriver:
                 return sch.choose_plan(late)
         return None
 
-    def _rank(self, r: int, elig: list[sch.Candidate]) -> int:
-        """This peer's place in round ``r``'s plan slots (``plan_candidates`` or more: it publishes nothing).
+    def _alive_ahead(self, r: int, ahead: list[str], candidates: list[sch.Candidate]) -> bool:
+        """Whether a peer ranked before this one is alive and at this peer's state, so that it will publish.
+
+        Such a peer publishes a plan when its own view read ends. Evidence, either: it committed
+        this peer's last commit, in the round just before (its reduced shard reached this peer a
+        few seconds ago), or its record shows this peer's state and its copy was stored this
+        round (the copy's expiry less ``dht.ttl_s``; a read may return the heartbeat before the
+        round's, up to ``dht.heartbeat_s`` older, and clocks differ a little). A stale read
+        showed co-members one commit behind and missed records whole, so the first is what
+        holds in a steady swarm. A peer that crashed since still counts: that round gets its plan
+        late or not at all (lost, not split). One departing or done publishes nothing.
+        """
+        state, last = self.view.state, self.last_commit
+        mine = state.revision, state.state_hash()
+        since = self.rc.start(r) - self.cfg.dht.heartbeat_s - FRESH_SLACK * self.rc.round_s
+        co = set(last.members) if last is not None and last.round == r - 1 else set()
+        by_id = {c.peer_id: c for c in candidates}
+        for pid in ahead:
+            c, rec = by_id.get(pid), self.view.records.get(pid)
+            if c is not None and (not c.ready or c.done):
+                continue
+            if pid in co:
+                return True
+            if (c is not None and rec is not None and (c.revision, c.state_hash) == mine
+                    and rec.expires - self.cfg.dht.ttl_s >= since):
+                return True
+        return False
+
+    def _order(self, r: int, elig: list[sch.Candidate]) -> list[str]:
+        """Round ``r``'s plan slots: this peer's place in it is its rank (absent: it publishes nothing).
 
         In rendezvous order over the members of this peer's last commit: every peer that
         committed that plan holds the same member list, whatever its view read returned, so they
@@ -461,8 +504,7 @@ class RoundDriver:
             basis = list(last.members)
         else:
             basis = [c.peer_id for c in elig]
-        order = sch.rendezvous_order(self.cfg.run_id, r, basis)
-        return order.index(self.peer_id) if self.peer_id in order else len(order) + self.rc.plan_candidates
+        return sch.rendezvous_order(self.cfg.run_id, r, basis)
 
     async def _offered_plan(self, r: int) -> sch.RoundPlan | None:
         """The plan offered for round ``r`` that its members follow (a behind peer publishes and polls nothing).
@@ -473,7 +515,7 @@ class RoundDriver:
         rc, give_up = self.rc, self.rc.plan_give_up(r)
         while True:
             chosen = sch.choose_plan(self.inbox.offered(r))
-            if chosen is not None and rc.now() >= rc.plan_settled_at(r, chosen.publisher_rank):
+            if chosen is not None and rc.now() >= rc.settled_after(r, chosen.publisher_rank, self.read_end):
                 return chosen
             if rc.now() >= give_up:
                 return chosen or await self._late_offer(r)
@@ -485,6 +527,7 @@ class RoundDriver:
         now = rc.now()
         members = self.view.unsuspected(candidates, keep=self.end.must_name())
         elig = sch.eligible(members, self.mixer.mode)
+        self.timing.update(view=len(candidates), unsuspected=len(members), eligible=len(elig))
         fragment = None
         if cfg.pace_h:
             fragment = self.pacing.choose(r, elig, sch.is_final(members, self.mixer.mode))
@@ -510,6 +553,12 @@ class RoundDriver:
         # client-mode peers: they cannot be dialled (they still find the plan in the DHT).
         observers = [c.endpoint for c in candidates
                      if c.reachable and c.peer_id != self.peer_id and plan.index_of(c.peer_id) < 0]
+        # And the owners of this peer's last commit that its view read missed: a candidate left
+        # without the leader's plan publishes its own (a split round); with it, it observes.
+        last, seen = self.last_commit, {c.peer_id for c in candidates}
+        if last is not None and last.round >= r - COMMIT_ASSUMED_ROUNDS:
+            observers += [e for i, (pid, e) in enumerate(zip(last.members, last.endpoints, strict=True))
+                          if i < last.owners and pid not in seen and plan.index_of(pid) < 0]
         self.offerer.offer(plan, self.membership.plan_offer(plan, ttl_s), observers)
         self._keep(self._timed(self.membership.publish_plan(plan, ttl_s=ttl_s)))
         return plan

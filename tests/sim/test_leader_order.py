@@ -5,7 +5,7 @@ On a loaded box a DHT read returns what the replicas that answered in time hold:
 the eligible peers of each reader's own view, so a peer whose read lacked the leader took itself
 for the leader and published a rival plan at once; the round split and aborted. Slots are now
 ordered over the members of the last commit, a list every committer holds exactly
-(``RoundDriver._rank``).
+(``RoundDriver._order``).
 
 Here peer 1's reads return only peer 4's record for a while (longer than a view keeps a missed
 record), so by its own view it leads every round in which it ranks above peer 4; every round's

@@ -111,3 +111,20 @@ def test_candidate_slots_start_after_the_view_read_and_the_leader_keeps_its_own(
         assert rc.settle_at(r) + read < rc.publish_at(r, 1)
         assert rc.publish_at(r, rc.plan_candidates) < rc.plan_give_up(r) < rc.deadline(r)
     assert slow.read_s() == 0.2 * slow.window()  # capped: 0.9 s of a 4.5 s window, not 1.25 x 0.8 s
+
+
+def test_candidate_turns_count_from_the_candidates_own_read_when_it_ends_late() -> None:
+    rc = RoundClock(5.0, 0.25, 0.25, 3, 0.9, ManualClock(0.0), _SlowDht())  # type: ignore[arg-type]
+    r, slot = 20, rc.plan_slot()
+    quick = rc.settle_at(r) + 0.1  # a read well inside the clock's read_s: the clock's turns stand
+    for k in range(rc.plan_candidates + 1):
+        assert rc.turn(r, k, quick) == rc.publish_at(r, k)
+    # A read that ended past the capped read_s (the leader's took as long): k slots after its end.
+    late = rc.settle_at(r) + rc.read_s() + 0.3
+    assert rc.turn(r, 0, late) == rc.settle_at(r)
+    for k in (1, 2, 3):
+        assert rc.turn(r, k, late) == late + k * slot > rc.publish_at(r, k)
+    # Readers take candidate k's plan as final at candidate k + 1's turn; the leader's at once.
+    assert rc.settled_after(r, 0, late) == rc.start(r)
+    assert rc.settled_after(r, 1, late) == rc.turn(r, 2, late)
+    assert rc.turn(r, rc.plan_candidates, late) < rc.plan_give_up(r)

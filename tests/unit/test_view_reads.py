@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import replace
 
 from peerd.net.peer_record import PeerRecord
-from peerd.net.view import KEEP_MISSED_BEATS, SwarmView
+from peerd.net.view import KEEP_MISSED_BEATS, KEEP_MISSED_READS, SwarmView
 from tests.fakes import ManualClock
 
 HEARTBEAT_S = 1.0
@@ -63,15 +63,27 @@ def test_a_record_one_read_missed_stays_until_it_expires() -> None:
     assert _read(view, reads) == {"a"} and net.forgotten == [b.endpoint] and "b" in view.lost
 
 
-def test_a_record_missed_for_two_heartbeats_is_dropped_before_its_expiry() -> None:
+def test_a_record_missed_for_two_heartbeats_and_two_reads_is_dropped_before_its_expiry() -> None:
     view, reads, net, clock = _view()
     a = _rec("a", clock.t + 60)  # a long-lived copy (or an unknown expiry) is not kept for ever
     _read(view, reads, a)
-    clock.t += KEEP_MISSED_BEATS * HEARTBEAT_S - 0.1
-    assert _read(view, reads) == {"a"}
-    clock.t += 0.2
+    for _ in range(KEEP_MISSED_READS):  # slow reads (a loaded box): far apart, each misses it
+        clock.t += KEEP_MISSED_BEATS * HEARTBEAT_S + 1.0
+        assert _read(view, reads) == {"a"}
+    clock.t += 0.1
     assert _read(view, reads) == set() and net.forgotten == [a.endpoint]
     assert _read(view, reads, replace(a, expires=float("inf"))) == {"a"}  # read again: back at once
+
+
+def test_quick_reads_keep_a_missed_record_for_two_heartbeats() -> None:
+    view, reads, net, clock = _view()
+    a = _rec("a", clock.t + 60)
+    _read(view, reads, a)
+    for _ in range(2 * KEEP_MISSED_READS):  # reads much quicker than heartbeats: the time bound holds
+        clock.t += 0.3
+        assert _read(view, reads) == {"a"}
+    clock.t += KEEP_MISSED_BEATS * HEARTBEAT_S
+    assert _read(view, reads) == set() and net.forgotten == [a.endpoint]
 
 
 def test_a_fresh_copy_replaces_the_kept_one_and_a_failed_lookup_keeps_the_view() -> None:
@@ -84,4 +96,5 @@ def test_a_fresh_copy_replaces_the_kept_one_and_a_failed_lookup_keeps_the_view()
     assert set(asyncio.run(view.refresh())) == {"a", "b"}
     # The missed record's clock runs from the read that last returned it, not from the kept copy.
     clock.t += KEEP_MISSED_BEATS * HEARTBEAT_S - 0.5
-    assert _read(view, reads, _rec("a", clock.t + 4, revision=2)) == {"a"}
+    assert _read(view, reads, _rec("a", clock.t + 4, revision=2)) == {"a", "b"}  # missed twice: kept
+    assert _read(view, reads, _rec("a", clock.t + 4, revision=2)) == {"a"}  # a third miss, past the time bound
