@@ -5,7 +5,7 @@ On a loaded box a DHT read returns what the replicas that answered in time hold:
 the eligible peers of each reader's own view, so a peer whose read lacked the leader took itself
 for the leader and published a rival plan at once; the round split and aborted. Slots are now
 ordered over the members of the last commit, a list every committer holds exactly
-(``RoundDriver._order``).
+(``PlanElection._order``).
 
 Here peer 1's reads return only peer 4's record for a while (longer than a view keeps a missed
 record), so by its own view it leads every round in which it ranks above peer 4; every round's
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from peerd.node.driver import RoundDriver
+from peerd.node.election import PlanElection
 from tests.sim import invariants
 from tests.sim.net import SimMembership
 from tests.sim.world import EPOCH, Scenario, World
@@ -30,7 +31,7 @@ def test_a_peer_whose_reads_miss_most_peers_publishes_no_rival_plan(monkeypatch:
     plans: dict[int, set[str]] = {}  # round -> ids of the plans its members ran
     published: dict[int, set[str]] = {}  # round -> publishers
     original_read, original_round, original_publish = (SimMembership.live_records, RoundDriver.round,
-                                                       RoundDriver._publish)
+                                                       PlanElection._publish)
 
     async def live_records(self: SimMembership) -> Any:
         records = await original_read(self)
@@ -44,7 +45,7 @@ def test_a_peer_whose_reads_miss_most_peers_publishes_no_rival_plan(monkeypatch:
         if self.last_plan is not None and self.last_plan.round == r:
             plans.setdefault(r, set()).add(self.last_plan.plan_id)
 
-    def publish(self: RoundDriver, r: int, *args: Any) -> Any:
+    def publish(self: PlanElection, r: int, *args: Any) -> Any:
         plan = original_publish(self, r, *args)
         if plan is not None:
             published.setdefault(r, set()).add(plan.publisher)
@@ -52,7 +53,7 @@ def test_a_peer_whose_reads_miss_most_peers_publishes_no_rival_plan(monkeypatch:
 
     monkeypatch.setattr(SimMembership, "live_records", live_records)
     monkeypatch.setattr(RoundDriver, "round", round_)
-    monkeypatch.setattr(RoundDriver, "_publish", publish)
+    monkeypatch.setattr(PlanElection, "_publish", publish)
     w = World(Scenario(seed=5, peers=5, duration_s=26.0, step_s=0.5, dht_delay_s=0.05))
     w.checks.append(invariants.safety)
     w.run()

@@ -6,7 +6,7 @@ leader publishes only once its own read ends, so a candidate whose turn came fro
 alone published before the leader's offer reached it, and the round split between two plans
 and aborted for both. A candidate's turn now counts from the end of its own read
 (``RoundClock.turn``), and while a better-ranked peer heartbeated this round at this peer's
-state it gives way longer (``RoundClock.defer_s``, ``RoundDriver._alive_ahead``).
+state it gives way longer (``RoundClock.defer_s``, ``PlanElection._alive_ahead``).
 
 Here every DHT operation takes 0.25-0.75 s and every message about 0.15 s one way; on the code
 before, each of these seeds split three or more of the rounds after the swarm formed.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from peerd.node.driver import RoundDriver
+from peerd.node.election import PlanElection
 from tests.sim import invariants
 from tests.sim.world import Scenario, World
 
@@ -26,15 +26,15 @@ from tests.sim.world import Scenario, World
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_slow_reads_and_offers_do_not_split_rounds(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     published: dict[int, set[str]] = {}  # round -> publishers
-    original_publish = RoundDriver._publish
+    original_publish = PlanElection._publish
 
-    def publish(self: RoundDriver, r: int, *args: Any) -> Any:
+    def publish(self: PlanElection, r: int, *args: Any) -> Any:
         plan = original_publish(self, r, *args)
         if plan is not None:
             published.setdefault(r, set()).add(plan.publisher)
         return plan
 
-    monkeypatch.setattr(RoundDriver, "_publish", publish)
+    monkeypatch.setattr(PlanElection, "_publish", publish)
     w = World(Scenario(seed=seed, peers=8, duration_s=60.0, step_s=0.5, dht_delay_s=0.5, latency_s=0.15,
                        jitter_s=0.05))
     w.checks.append(invariants.safety)
