@@ -71,6 +71,9 @@ class SwarmView:
         self.lost: dict[str, float] = {}  # peer id -> when a ready member left the view (monotonic)
         self._read_at: dict[str, float] = {}  # peer id -> when a read last returned its record (monotonic)
         self._missed: dict[str, int] = {}  # peer id -> reads in a row that missed its (kept) record
+        # Peers whose last record read said they are leaving or done (not ready, or done): the
+        # round driver does not take them back into a plan when a read misses them (recall).
+        self.departed: set[str] = set()
         self._was_alone = False
 
     def my_record(self, ready: bool | None = None) -> PeerRecord:
@@ -107,6 +110,13 @@ class SwarmView:
         if records is not None:
             records.pop(self.peer_id, None)
             self._keep_missed(records)
+            for pid, rec in records.items():
+                if rec.ready and not rec.done:
+                    self.departed.discard(pid)
+                else:
+                    self.departed.add(pid)
+            if len(self.departed) > 4 * (len(records) + 16):  # bounded: ids of long-gone peers are dropped
+                self.departed &= set(records)
             gone = [r.endpoint for pid, r in self.records.items() if pid not in records]
             now = self.clock.monotonic()
             # Only members that vanished mid-run: a peer done with its steps or announcing its

@@ -257,15 +257,21 @@ class RoundDriver:
         started is taken to have moved with it (``schedule.assume_committed``): its new record may
         not have landed yet, and each committer saw a different few of them move (small, split
         plans). One that did not move is named while behind: it replays the round it missed or
-        does its part without a contribution (see :meth:`round`). Not in a finite run's last
-        rounds, whose end checks must see where every peer really is.
+        does its part without a contribution (see :meth:`round`). In the round right after the
+        commit, co-members missing from the view are added where this peer is
+        (``schedule.recall_missing``). Not in a finite run's last rounds, whose end checks must
+        see where every peer really is.
         """
         candidates = self.view.candidates()
         last = self.last_commit
         if last is None or last.round < r - COMMIT_ASSUMED_ROUNDS or any(c.done for c in candidates):
             return candidates
         state = self.view.state
-        return sch.assume_committed(candidates, last, state.revision, state.state_hash())
+        candidates = sch.assume_committed(candidates, last, state.revision, state.state_hash())
+        if last.round == r - 1:  # co-members the view read missed: alive moments ago
+            candidates = sch.recall_missing(candidates, last, state.revision, state.state_hash(),
+                                             self.view.departed)
+        return candidates
 
     async def _replay_missed(self, r: int, candidates: list[sch.Candidate]) -> bool:
         """Behind the view by one commit: apply the missed round's reduced shards (``Mixer.replay``).

@@ -171,3 +171,25 @@ def test_co_members_of_the_last_commit_count_as_committed_until_their_records_la
     assert [c.peer_id for c in moved] == ["peer0", "peer1", "peer3"]
     assert sch.assume_committed(view, plan, 5, "h5") == view
     assert sch.assume_committed(view, None, 4, "h4") == view
+
+
+def test_co_members_a_view_read_missed_are_recalled_where_this_peer_is() -> None:
+    # 5 peers at revision 3; a plan of peers 0-3 committed; this peer (peer0) is now at 4/"h4".
+    # Its view read returned only itself, peer1 and peer4 (not a member): peers 2 and 3 come back
+    # at 4/"h4", ready, with their endpoints and roles from the plan; nobody is added twice.
+    before = cands(5, revision=3)
+    plan = sch.make_plan(RUN, 7, P, "peer0", before[:4], ROUND_S, 0.9, 14.0)
+    assert plan is not None
+    view = [sch.Candidate("peer0", "e0", 4, "h4", True, False), sch.Candidate("peer1", "e1", 4, "h4", True, False),
+            before[4]]
+    seen = sch.recall_missing(view, plan, 4, "h4")
+    assert seen[:3] == view
+    back = {c.peer_id: c for c in seen[3:]}
+    assert set(back) == {"peer2", "peer3"}
+    for pid, c in back.items():
+        i = plan.index_of(pid)
+        assert (c.endpoint, c.revision, c.state_hash, c.ready, c.done) == (plan.endpoints[i], 4, "h4", True, False)
+        assert c.reachable == (i < plan.owners)
+    assert [c.peer_id for c in sch.eligible(seen)] == ["peer0", "peer1", "peer2", "peer3"]
+    # Once this peer's state moved past the plan's outcome, or in gossip, nothing is recalled.
+    assert sch.recall_missing(view, plan, 5, "h5") == view
