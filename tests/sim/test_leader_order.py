@@ -14,14 +14,11 @@ plan must still be one plan.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from peerd.node.driver import RoundDriver
-from peerd.node.election import PlanElection
 from tests.sim import invariants
-from tests.sim.net import SimMembership
+from tests.sim.spies import hide_records, watch_publishers
 from tests.sim.world import EPOCH, Scenario, World
 
 HIDDEN = (8.0, 20.0)  # loop time in which peer 1's reads miss peers 0, 2 and 3
@@ -29,31 +26,16 @@ HIDDEN = (8.0, 20.0)  # loop time in which peer 1's reads miss peers 0, 2 and 3
 
 def test_a_peer_whose_reads_miss_most_peers_publishes_no_rival_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     plans: dict[int, set[str]] = {}  # round -> ids of the plans its members ran
-    published: dict[int, set[str]] = {}  # round -> publishers
-    original_read, original_round, original_publish = (SimMembership.live_records, RoundDriver.round,
-                                                       PlanElection._publish)
-
-    async def live_records(self: SimMembership) -> Any:
-        records = await original_read(self)
-        if self.peer_id == "peer-01" and HIDDEN[0] <= self.net.loop.time() < HIDDEN[1]:
-            for pid in ("peer-00", "peer-02", "peer-03"):
-                records.pop(pid, None)
-        return records
+    original_round = RoundDriver.round
+    published = watch_publishers(monkeypatch)  # round -> publishers
+    hide_records(monkeypatch, ("peer-00", "peer-02", "peer-03"), HIDDEN, reader="peer-01")
 
     async def round_(self: RoundDriver, r: int) -> None:
         await original_round(self, r)
         if self.last_plan is not None and self.last_plan.round == r:
             plans.setdefault(r, set()).add(self.last_plan.plan_id)
 
-    def publish(self: PlanElection, r: int, *args: Any) -> Any:
-        plan = original_publish(self, r, *args)
-        if plan is not None:
-            published.setdefault(r, set()).add(plan.publisher)
-        return plan
-
-    monkeypatch.setattr(SimMembership, "live_records", live_records)
     monkeypatch.setattr(RoundDriver, "round", round_)
-    monkeypatch.setattr(PlanElection, "_publish", publish)
     w = World(Scenario(seed=5, peers=5, duration_s=26.0, step_s=0.5, dht_delay_s=0.05))
     w.checks.append(invariants.safety)
     w.run()

@@ -13,13 +13,11 @@ the others, in one state, through all of them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from peerd.node.driver import RoundDriver
 from tests.sim import invariants
-from tests.sim.net import SimMembership
+from tests.sim.spies import hide_records
 from tests.sim.world import EPOCH, Scenario, World
 
 HIDDEN = (10.0, 30.0)  # loop time in which every read misses peer 0's record
@@ -27,19 +25,13 @@ HIDDEN = (10.0, 30.0)  # loop time in which every read misses peer 0's record
 
 def test_a_co_member_every_read_misses_keeps_committing(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[int, dict[str, str]] = {}
-    original_read, original_round = SimMembership.live_records, RoundDriver.round
-
-    async def live_records(self: SimMembership) -> Any:
-        records = await original_read(self)
-        if records is not None and HIDDEN[0] <= self.net.loop.time() < HIDDEN[1]:
-            records.pop("peer-00", None)
-        return records
+    original_round = RoundDriver.round
+    hide_records(monkeypatch, ("peer-00",), HIDDEN)
 
     async def round_(self: RoundDriver, r: int) -> None:
         await original_round(self, r)
         seen.setdefault(r, {})[self.peer_id] = self.last_round.get("reason", "")
 
-    monkeypatch.setattr(SimMembership, "live_records", live_records)
     monkeypatch.setattr(RoundDriver, "round", round_)
     w = World(Scenario(seed=7, peers=4, duration_s=40.0, step_s=0.5, dht_delay_s=0.05))
     w.checks.append(invariants.safety)

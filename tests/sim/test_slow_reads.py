@@ -14,27 +14,16 @@ before, each of these seeds split three or more of the rounds after the swarm fo
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from peerd.node.election import PlanElection
 from tests.sim import invariants
+from tests.sim.spies import watch_publishers
 from tests.sim.world import Scenario, World
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_slow_reads_and_offers_do_not_split_rounds(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    published: dict[int, set[str]] = {}  # round -> publishers
-    original_publish = PlanElection._publish
-
-    def publish(self: PlanElection, r: int, *args: Any) -> Any:
-        plan = original_publish(self, r, *args)
-        if plan is not None:
-            published.setdefault(r, set()).add(plan.publisher)
-        return plan
-
-    monkeypatch.setattr(PlanElection, "_publish", publish)
+    published = watch_publishers(monkeypatch)  # round -> publishers
     w = World(Scenario(seed=seed, peers=8, duration_s=60.0, step_s=0.5, dht_delay_s=0.5, latency_s=0.15,
                        jitter_s=0.05))
     w.checks.append(invariants.safety)
