@@ -76,6 +76,10 @@ class StateSync:
                     continue
                 elif await self.if_needed(write_model=write_model):
                     return
+            # Announced (not ready) while it retries: a done client that leaves meanwhile hands its
+            # state to a joiner it sees. Unannounced, a joiner retrying a dead donor had no record,
+            # and the last client left without handing over (sim seed 423).
+            await self.view.heartbeat(ready=False)
             await asyncio.sleep(self.cfg.dht.heartbeat_s)
         raise FatalError("could not sync state from any donor within transport.state_timeout_s", EXIT_NETWORK)
 

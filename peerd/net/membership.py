@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import msgpack
 from hivemind.dht.node import DHTNode
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
@@ -52,6 +54,11 @@ MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.
 MAX_PEER_SUBKEYS = 4096
 MAX_PLAN_SUBKEYS = 64
 MAX_RUNS_SUBKEYS = 256
+# A heartbeat stores straight at the peers key's replicas, which a lookup finds at most this often
+# (sooner after a replica failed a store): a swarm whose nodes come and go moves the key's nearest
+# nodes, and a record stored at nodes that are no longer the nearest is read only while lookups
+# still pass them. Readers' lookups are unchanged.
+REPLICAS_FRESH_S = 30.0
 
 
 def _expiration(item: Any) -> float:
@@ -103,6 +110,9 @@ class Membership:
         self.invalid_records = 0
         self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
         self._peers_key = f"peerd/v1/{run_id}/peers"
+        self._peers_key_id = DHTID.generate(source=self._peers_key)
+        self._replicas: dict[DHTID, PeerID] = {}  # the peers key's nearest nodes, nearest first
+        self._replicas_at = -1e9  # when a lookup last found them (monotonic)
         # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
         self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
@@ -290,15 +300,49 @@ class Membership:
         assert self.signer is not None and record.peer_id == self.signer.peer_id
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
         value = self.signer.seal(self._peers_key, record.to_value(), expiration)
-        ok = await self._bounded(
-            "store", self.node.store(self._peers_key, value, expiration, subkey=record.peer_id)
-        )
+        ok = await self._store_at_replicas(value, expiration, record.peer_id)
         if ttl_s is None and time.monotonic() - self._runs_at > 60:  # the runs directory, refreshed rarely
             exp = get_dht_time() + 180
             runs = self.signer.seal(RUNS_KEY, {"run": run_tag(self.run_id)}, exp)
             if await self._bounded("store", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
                 self._runs_at = time.monotonic()
         return ok is True
+
+    async def _store_at_replicas(self, value: Any, expiration: float, subkey: str) -> bool:
+        """Store this peer's sealed record at the peers key's replicas; True when at least one took it.
+
+        Not ``DHTNode.store``: it looks the key up first, and every node on the way that holds the
+        key answers with its whole dictionary, so each heartbeat moved three copies of all N
+        records to write one (16 daemons: about 100 kB sent per peer per second, most of it this).
+        Here a lookup runs at most every ``REPLICAS_FRESH_S`` and the heartbeats between send one
+        record to each replica. A replica that fails the store makes the next heartbeat look the
+        key up again, and a failed lookup falls back to hivemind's store.
+        """
+        assert self.node is not None
+        node, key_id = self.node, self._peers_key_id
+        if not self._replicas or time.monotonic() - self._replicas_at > REPLICAS_FRESH_S:
+            found = await self._bounded("lookup", node.find_nearest_nodes([key_id], k_nearest=NUM_REPLICAS))
+            nearest = found.get(key_id) if isinstance(found, dict) else None
+            if not nearest:
+                self._replicas = {}
+                ok = await self._bounded("store", node.store(self._peers_key, value, expiration, subkey=subkey))
+                return ok is True
+            self._replicas, self._replicas_at = dict(nearest), time.monotonic()
+        proto = node.protocol
+        subkey_bytes, value_bytes = proto.serializer.dumps(subkey), proto.serializer.dumps(value)
+
+        async def one(node_id: DHTID, peer: PeerID) -> bool:
+            if node_id == node.node_id:  # this node is a replica: store locally, checked as a remote one would
+                rec = DHTRecord(key_id.to_bytes(), subkey_bytes, value_bytes, expiration)
+                return bool(proto.record_validator is None or proto.record_validator.validate(rec)) and bool(
+                    proto.storage.store(key_id, value_bytes, expiration, subkey=subkey))
+            ok = await proto.call_store(peer, [key_id], [value_bytes], expiration, subkeys=[subkey])
+            return bool(ok and ok[0])
+
+        results = await self._bounded("store", asyncio.gather(*(one(n, p) for n, p in self._replicas.items())))
+        if results is _FAILED or not all(results):
+            self._replicas_at = -1e9  # look the replicas up again at the next heartbeat
+        return results is not _FAILED and any(results)
 
     async def other_runs(self) -> bool:
         """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""

@@ -48,18 +48,21 @@ class SwarmView:
                  network: NetworkPort, state: OuterState, stats: Callable[[], WorkerStats], clock: Clock,
                  heartbeat_s: float, suspect_s: float, bootstrap: list[str],
                  on_lost_ready: Callable[[], None], on_refresh: Callable[[int, int], None],
-                 announce_pace: bool = False) -> None:
+                 announce_pace: bool = False, ready_read_s: float = 0.0) -> None:
         """``suspect_s``: how long a member that failed a round stays out of the plans this peer publishes.
 
         ``on_lost_ready()`` runs when a ready peer leaves the view (a failure, for recovery time);
         ``on_refresh(live_peers, invalid_records)`` after every refresh (metrics). ``announce_pace``:
         records carry the worker's throughput and steps since each fragment's sync (work-paced rounds).
+        ``ready_read_s``: while this peer is ready, the heartbeat loop reads the view only when no read
+        ended in this long (the round driver reads it every round); 0: every heartbeat.
         """
         self.peer_id, self.endpoint, self.incarnation = peer_id, endpoint, incarnation
         self.membership, self.network, self.state, self.stats, self.clock = membership, network, state, stats, clock
         self.heartbeat_s, self.suspect_s, self.bootstrap = heartbeat_s, suspect_s, bootstrap
         self.on_lost_ready, self.on_refresh = on_lost_ready, on_refresh
-        self.announce_pace = announce_pace
+        self.announce_pace, self.ready_read_s = announce_pace, ready_read_s
+        self.read_at = -1e9  # when a read of the live records last succeeded (monotonic)
         self.records: dict[str, PeerRecord] = {}  # other live peers, by id
         self.ready = False  # synced and willing to join rounds
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
@@ -108,6 +111,7 @@ class SwarmView:
         """Read the live records (a failed lookup keeps the previous view; see :meth:`_keep_missed`)."""
         records = await self.membership.live_records()
         if records is not None:
+            self.read_at = self.clock.monotonic()
             records.pop(self.peer_id, None)
             self._keep_missed(records)
             for pid, rec in records.items():
@@ -231,11 +235,21 @@ class SwarmView:
         while True:
             check()
             await self.heartbeat()
-            # Every heartbeat, not once per round: a joiner picks its donors, and a lone client the
-            # joiner it hands the state to, from this view between rounds (reading it once per
-            # round left a restarted joiner retrying a dead donor: sim seed 423).
-            await self.refresh()
+            if self.read_due():
+                await self.refresh()
             await asyncio.sleep(self.heartbeat_s)
+
+    def read_due(self) -> bool:
+        """Whether the heartbeat loop reads the view now.
+
+        Every heartbeat while this peer is not ready: a joiner picks its donors from this view
+        between rounds (reading it once per round left a restarted joiner retrying a dead donor:
+        sim seed 423). A ready peer's round driver reads it every round, and each read returns
+        every record from each of the key's replicas, so a second read per heartbeat multiplied
+        the control plane's bytes by the heartbeats in a round; it reads here only when the
+        driver has not for ``ready_read_s`` (a round held up by a long exchange).
+        """
+        return not self.ready or self.clock.monotonic() - self.read_at >= self.ready_read_s
 
     async def reping_loop(self) -> None:
         """Keep the DHT knitted: dial new peers (:meth:`knit`), ping peers that left lately and the bootstrap peers.

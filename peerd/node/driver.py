@@ -61,6 +61,7 @@ class RoundDriver:
         self.round_log = RoundLog()  # recent outcomes, for health
         self.pacing = PaceWatch(cfg.pace_h, cfg.mixing.num_fragments, rounds, metrics)
         self.last_commit: sch.RoundPlan | None = None  # the plan of this peer's latest commit
+        self.fetched_round: int | None = None  # the round in which this peer last took its state from others
         self.last_plan: sch.RoundPlan | None = None  # the latest plan it took part in (committed or not)
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
         self.read_end = 0.0  # when this round's view read ended (plan turns count from it: RoundClock.turn)
@@ -70,6 +71,8 @@ class RoundDriver:
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
         r = self.rc.first_round(self.rc.now())
+        if self.view.state.revision > 0:  # a joiner's download, or a checkpoint: not a commit with anyone here
+            self.fetched_round = r
         while True:
             await asyncio.sleep(max(0.0, self.rc.start(r) - self.rc.now()))
             try:
@@ -137,7 +140,7 @@ class RoundDriver:
         if me not in elig:
             # Behind, or off the majority hash. A plan may still name this peer (its publisher
             # took it to have committed with it).
-            await self._sit_out(r, await self.election.offered(r, self._basis()) if self.mixer.shared_state else None)
+            await self._sit_out(r, await self.election.offered(r, self._basis(r)) if self.mixer.shared_state else None)
             return
         if len(elig) < self.cfg.round.min_members:
             self._count("skipped", "too_few_peers")
@@ -158,7 +161,7 @@ class RoundDriver:
             return
         if self.cfg.pace_h:
             self.pacing.observe(r, elig)
-        plan = await self.election.obtain(r, candidates, self._basis())
+        plan = await self.election.obtain(r, candidates, self._basis(r))
         self.timing.update(planned=round(rc.now() - rc.start(r), 3), members=len(elig))
         if plan is not None:
             self.timing.update(publisher_rank=plan.publisher_rank, plan_members=len(plan.members),
@@ -219,10 +222,12 @@ class RoundDriver:
         if plan is not None and not named and plan.syncs and plan.revision >= state.revision:
             if plan.revision > state.revision:
                 self.timing["fetched"] = await self.mixer.catch_up(not_before=self.rc.now())
+                if self.timing["fetched"]:
+                    self.fetched_round = r
             observed = await self._observe(r, plan)
         self._count("skipped", "not_in_sync")
-        if not observed:
-            await self.mixer.catch_up(not_before=self.rc.catch_up_at(r))
+        if not observed and await self.mixer.catch_up(not_before=self.rc.catch_up_at(r)):
+            self.fetched_round = r
         await self.view.heartbeat()
 
     async def _observe(self, r: int, plan: sch.RoundPlan) -> bool:
@@ -337,8 +342,11 @@ class RoundDriver:
                               else self.rc.net.dht(self.rc.clock.monotonic() - t0))
         return fut
 
-    def _basis(self) -> Basis:
-        return Basis(self.last_commit, self.read_end, self.timing)
+    def _basis(self, r: int) -> Basis:
+        got = self.fetched_round
+        newcomer = (got is not None and r - got <= COMMIT_ASSUMED_ROUNDS
+                    and (self.last_commit is None or self.last_commit.round < got))
+        return Basis(self.last_commit, self.read_end, self.timing, newcomer)
 
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         self._background.add(fut)

@@ -51,6 +51,9 @@ class Basis:
     last_commit: sch.RoundPlan | None  # the plan of this peer's latest commit
     read_end: float  # when this round's view read ended (Unix time): candidate turns count from it
     timing: dict[str, Any]  # the round's phase times, logged with its outcome (written to)
+    # This peer's state was downloaded from another peer after its last commit, a round or two
+    # ago (a joiner, a laggard): it publishes no plan (see PlanElection._order).
+    newcomer: bool = False
 
 
 class PlanElection:
@@ -84,7 +87,7 @@ class PlanElection:
         """
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
-        order = self._order(r, elig, basis.last_commit)
+        order = self._order(r, elig, basis.last_commit, basis.newcomer)
         rank = order.index(self.peer_id) if self.peer_id in order else len(order) + rc.plan_candidates
         # A better-ranked peer that is alive and in sync will publish: this one gives way longer.
         ahead_alive = 0 < rank < rc.plan_candidates and self._alive_ahead(r, order[:rank], candidates,
@@ -187,7 +190,7 @@ class PlanElection:
                 return True
         return False
 
-    def _order(self, r: int, elig: list[sch.Candidate], last: sch.RoundPlan | None) -> list[str]:
+    def _order(self, r: int, elig: list[sch.Candidate], last: sch.RoundPlan | None, newcomer: bool) -> list[str]:
         """Round ``r``'s plan slots: this peer's place in it is its rank (absent: it publishes nothing).
 
         In rendezvous order over the members of this peer's last commit: every peer that
@@ -199,11 +202,20 @@ class PlanElection:
         as when a leader dies. A peer that was not a member of that commit (it joined, or applied
         it as an observer) publishes no plan while the commit is recent; without a recent commit,
         the eligible peers' order.
+
+        A ``newcomer`` (its state downloaded since its last commit) is left out: it would rank by
+        its view, not by the commit its co-members share, and where it came first the round had
+        two leaders (sim test_slow_reads, seed 2: a laggard that fetched the state while the
+        round it fetched for aborted). Those it downloaded from lead. Only for
+        ``COMMIT_ASSUMED_ROUNDS`` rounds after the download, so peers that all restarted or all
+        downloaded lose at most that many rounds.
         """
         if last is not None and last.round >= r - COMMIT_ASSUMED_ROUNDS and self.mixer.shared_state:
             basis = list(last.members)
         else:
             basis = [c.peer_id for c in elig]
+        if newcomer:
+            basis = [pid for pid in basis if pid != self.peer_id]
         return sch.rendezvous_order(self.cfg.run_id, r, basis)
 
     async def offered(self, r: int, basis: Basis) -> sch.RoundPlan | None:

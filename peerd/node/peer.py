@@ -51,7 +51,7 @@ class PeerNode:
         self.view = SwarmView(peer_id, endpoint, incarnation, membership, network, state, bridge.announced_stats,
                               clock, cfg.dht.heartbeat_s, cfg.dht.ttl_s + cfg.round.round_s, bootstrap,
                               on_lost_ready=self._lost_ready, on_refresh=self._refreshed,
-                              announce_pace=cfg.pace_h > 0)
+                              announce_pace=cfg.pace_h > 0, ready_read_s=cfg.round.round_s + cfg.dht.heartbeat_s)
         self.view.uplink_bps = int(cfg.transport.max_upload_mbit * 1e6 / 8)  # the pacer's cap, announced
         self.mixer = build_mixer(cfg, peer_id, state, bridge, network, self.view, self.rounds, metrics, counters,
                                  faults)
@@ -96,8 +96,15 @@ class PeerNode:
                 "reping": self.view.reping_loop(), "reachability": self.reach.loop()}
 
     async def leave(self, swarm_finishing: bool) -> None:
-        """Announce departure (a record that is not ready and expires almost at once), then hand over."""
-        await self.view.heartbeat(ready=False, ttl_s=0.5)
+        """Announce departure (a record that is not ready), then hand over.
+
+        With the heartbeat's own lifetime, not a shorter one: a DHT node keeps, per subkey, the
+        value that expires last, so a departure record expiring sooner than the last heartbeat was
+        refused by every replica and no reader ever saw it (readers then took a peer that left on
+        purpose for one that crashed, and took it back into the next plan). Readers leave a record
+        that is not ready out of every plan, and it expires ``dht.ttl_s`` later.
+        """
+        await self.view.heartbeat(ready=False)
         await self.mixer.leave(swarm_finishing or not self.view.records)
 
     def status(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -49,8 +50,15 @@ async def test_heartbeats_views_expiry_and_plans() -> None:
         assert plan is not None and await a.publish_plan(plan, ttl_s=10)
         plans = await eventually(lambda: b.read_plans(7, 2), 10, "the published plan")
         assert plans == [plan]
-        # A departed peer disappears once its short-TTL record expires.
-        await b.heartbeat(record(idb), ttl_s=0.3)
+        # A departure: a record that is not ready (a shorter lifetime than the last heartbeat's
+        # would be refused: a DHT node keeps the value that expires last), gone once it expires.
+        assert await b.heartbeat(replace(record(idb), ready=False))
+
+        async def b_leaving():
+            view = await a.live_records()
+            return view is not None and idb in view and not view[idb].ready
+
+        await eventually(b_leaving, 10, "the departure record read")
 
         async def b_gone():
             view = await a.live_records()
@@ -92,3 +100,38 @@ def test_valid_record_round_trips_and_oversize_is_rejected() -> None:
     big = {**rec.to_value(), "endpoint": "x" * 10_000}
     with pytest.raises(ValueError, match="oversized"):
         PeerRecord.from_value("p", big)
+
+
+@pytest.mark.timeout(120)
+async def test_heartbeats_store_at_the_replicas_without_a_lookup() -> None:
+    """After the first, heartbeats send one record to each replica: no lookup, which returned all N records."""
+    nodes = [Membership(CFG, "run", lambda op, outcome: None) for _ in range(4)]
+    finds = [0]
+    try:
+        await nodes[0].start([])
+        for m in nodes[1:]:
+            await m.start(await nodes[0].visible_maddrs())
+        ids = [m.node.peer_id.to_base58() for m in nodes]
+        for m, pid in zip(nodes, ids, strict=True):
+            assert await m.heartbeat(record(pid))
+        for m in nodes:  # count the lookups from here on
+            call_find = m.node.protocol.call_find
+
+            async def counted(*args, _f=call_find, **kwargs):
+                finds[0] += 1
+                return await _f(*args, **kwargs)
+
+            m.node.protocol.call_find = counted
+        for revision in (1, 2, 3):
+            for m, pid in zip(nodes, ids, strict=True):
+                assert await m.heartbeat(record(pid, revision))
+        assert finds[0] == 0, f"{finds[0]} lookup calls for 12 heartbeats"
+
+        async def all_at_3():
+            view = await nodes[1].live_records()
+            return view if view and {pid: r.revision for pid, r in view.items()} == dict.fromkeys(ids, 3) else None
+
+        await eventually(all_at_3, 20, "every peer's latest heartbeat in a reader's view")
+    finally:
+        for m in nodes:
+            await m.shutdown()

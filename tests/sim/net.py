@@ -241,8 +241,14 @@ class SimDht:
         self.loop, self.epoch = loop, epoch
         self.data: dict[str, dict[str, tuple[object, float]]] = {}
 
-    def store(self, key: str, subkey: str, value: object, ttl_s: float) -> None:
-        self.data.setdefault(key, {})[subkey] = (value, self.loop.time() + ttl_s)
+    def store(self, key: str, subkey: str, value: object, ttl_s: float) -> bool:
+        """False, storing nothing, when the subkey holds a value that expires no earlier (hivemind's rule)."""
+        now, exp = self.loop.time(), self.loop.time() + ttl_s
+        held = self.data.setdefault(key, {}).get(subkey)
+        if held is not None and held[1] > now and held[1] >= exp:
+            return False
+        self.data[key][subkey] = (value, exp)
+        return True
 
     def get(self, key: str) -> dict[str, object]:
         now = self.loop.time()
@@ -276,8 +282,7 @@ class SimMembership:
             return False
         # Through the real schema (v1/v2/v3), as a DHT reader would see it.
         record = PeerRecord.from_value(record.peer_id, record.to_value())
-        self.dht.store("peers", record.peer_id, record, self.ttl_s if ttl_s is None else ttl_s)
-        return True
+        return self.dht.store("peers", record.peer_id, record, self.ttl_s if ttl_s is None else ttl_s)
 
     async def live_records(self) -> dict[str, PeerRecord] | None:
         await self._op()

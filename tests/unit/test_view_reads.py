@@ -98,3 +98,27 @@ def test_a_fresh_copy_replaces_the_kept_one_and_a_failed_lookup_keeps_the_view()
     clock.t += KEEP_MISSED_BEATS * HEARTBEAT_S - 0.5
     assert _read(view, reads, _rec("a", clock.t + 4, revision=2)) == {"a", "b"}  # missed twice: kept
     assert _read(view, reads, _rec("a", clock.t + 4, revision=2)) == {"a"}  # a third miss, past the time bound
+
+
+def test_a_ready_peer_reads_in_the_heartbeat_loop_only_when_its_rounds_have_not() -> None:
+    """Each read returns every record from each replica: a ready peer's round driver reads every
+    round, so the heartbeat loop adds a read only when none ended in ``ready_read_s``; a joiner
+    (not ready) picks donors from the view and reads every heartbeat."""
+    view, reads, _, clock = _view()
+    view.ready_read_s = 6.0
+    assert view.read_due()  # not ready
+    view.ready = True
+    assert view.read_due()  # ready, never read
+    _read(view, reads, _rec("a", clock.t + 4))
+    clock.t += 5.9
+    assert not view.read_due()
+    clock.t += 0.1
+    assert view.read_due()
+    view.ready = False
+    _read(view, reads)
+    assert view.read_due()
+    reads.next = None  # a failed read does not count as one
+    view.ready = True
+    clock.t += 10.0
+    asyncio.run(view.refresh())
+    assert view.read_due()
