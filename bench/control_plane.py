@@ -66,6 +66,21 @@ def outcomes_of(summaries: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+def ops_per_round(summaries: list[dict[str, Any]]) -> dict[str, float]:
+    """DHT operations by kind per round a peer looked at, averaged over peers (each over its whole run).
+
+    The kinds are the daemon's (``dht_ops`` in its summary): ``store`` a heartbeat, ``get`` a view
+    read, ``get_plans`` / ``store_plan`` a round's plan, ``lookup`` the peers key's replicas.
+    """
+    per_peer = []
+    for s in summaries:
+        rounds = sum((s.get("rounds_by_outcome") or {}).values())
+        if rounds:
+            per_peer.append({op: n / rounds for op, n in (s.get("dht_ops") or {}).items()})
+    ops = sorted({op for p in per_peer for op in p})
+    return {op: round(sum(p.get(op, 0.0) for p in per_peer) / len(per_peer), 2) for op in ops} if per_peer else {}
+
+
 def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict[str, Any]:
     """One swarm of ``peers``; bytes per peer per second by kind over the window."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +122,7 @@ def run(peers: int, seconds: float, overrides: list[str], workdir: Path) -> dict
     lags = [s.get("loop_lag_s") or {} for s in summaries]
     p99 = sorted(x["p99"] for x in lags if "p99" in x)
     return {"peers": peers, "window_s": round(dt, 1), "tx_bytes_per_s": rates,
+            "dht_ops_per_peer_per_round": ops_per_round(summaries),
             "dht_tx_bytes_per_peer_per_s_mean": round(sum(dht_rates) / peers),
             "dht_tx_bytes_per_peer_per_s_max": max(dht_rates), "rounds_committed": committed,
             "rounds_aborted": aborted, "rounds_by_outcome": by_outcome, "overrides": overrides,
@@ -139,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: res[k] for k in ("peers", "dht_tx_bytes_per_peer_per_s_mean",
                                               "dht_tx_bytes_per_peer_per_s_max", "rounds_committed",
                                               "rounds_aborted", "strict_committed_fraction", "rounds_by_outcome",
-                                              "loop_lag_p99_s")}), flush=True)
+                                              "loop_lag_p99_s", "dht_ops_per_peer_per_round")}), flush=True)
     return 0
 
 

@@ -31,3 +31,5 @@ class Counters:
     syncs: list[dict[str, float]] = field(default_factory=list)
     # every round this peer looked at, by "outcome:reason" (what the rounds metric counts too)
     round_outcomes: dict[str, int] = field(default_factory=dict)
+    # DHT operations by kind (membership's names: store = heartbeat, get = view read, get_plans, ...)
+    dht_ops: dict[str, int] = field(default_factory=dict)

@@ -26,9 +26,10 @@ from typing import Any, TypeVar
 import msgpack
 from hivemind.dht.node import DHTNode
 from hivemind.dht.routing import DHTID
+from hivemind.dht.storage import DictionaryDHTValue
 from hivemind.dht.validation import DHTRecord
 from hivemind.p2p import P2P, PeerID
-from hivemind.utils import get_dht_time
+from hivemind.utils import ValueWithExpiration, get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.core.aio import bounded
@@ -113,6 +114,9 @@ class Membership:
         self._peers_key_id = DHTID.generate(source=self._peers_key)
         self._replicas: dict[DHTID, PeerID] = {}  # the peers key's nearest nodes, nearest first
         self._replicas_at = -1e9  # when a lookup last found them (monotonic)
+        self._reads = 0  # view reads at a replica (they take the replicas in turn)
+        self._table: set[DHTID] = set()  # the routing table's nodes when the replicas were looked up
+        self._last_read: dict[Any, float] = {}  # subkey -> expiry, as the last view read returned them
         # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
         self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
@@ -304,9 +308,21 @@ class Membership:
         if ttl_s is None and time.monotonic() - self._runs_at > 60:  # the runs directory, refreshed rarely
             exp = get_dht_time() + 180
             runs = self.signer.seal(RUNS_KEY, {"run": run_tag(self.run_id)}, exp)
-            if await self._bounded("store", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
+            if await self._bounded("store_runs", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
                 self._runs_at = time.monotonic()
         return ok is True
+
+    def _replicas_known(self) -> bool:
+        """Whether the peers key's replicas found by the last lookup still stand.
+
+        Not after ``REPLICAS_FRESH_S``, nor once the routing table holds a node it did not hold
+        then: a node that joined may be nearer the key (it gets new stores, and readers that
+        looked up since read it), and one that was out of reach (routing tables apart on a
+        loaded box) may be a replica that the lookup could not find.
+        """
+        assert self.node is not None
+        return (bool(self._replicas) and time.monotonic() - self._replicas_at <= REPLICAS_FRESH_S
+                and set(self.node.protocol.routing_table.uid_to_peer_id) <= self._table)
 
     async def _store_at_replicas(self, value: Any, expiration: float, subkey: str) -> bool:
         """Store this peer's sealed record at the peers key's replicas; True when at least one took it.
@@ -320,34 +336,80 @@ class Membership:
         """
         assert self.node is not None
         node, key_id = self.node, self._peers_key_id
-        if not self._replicas or time.monotonic() - self._replicas_at > REPLICAS_FRESH_S:
+        if not self._replicas_known():
+            table = set(node.protocol.routing_table.uid_to_peer_id)
             found = await self._bounded("lookup", node.find_nearest_nodes([key_id], k_nearest=NUM_REPLICAS))
             nearest = found.get(key_id) if isinstance(found, dict) else None
             if not nearest:
                 self._replicas = {}
                 ok = await self._bounded("store", node.store(self._peers_key, value, expiration, subkey=subkey))
                 return ok is True
-            self._replicas, self._replicas_at = dict(nearest), time.monotonic()
+            self._replicas, self._replicas_at, self._table = dict(nearest), time.monotonic(), table
         proto = node.protocol
         subkey_bytes, value_bytes = proto.serializer.dumps(subkey), proto.serializer.dumps(value)
 
-        async def one(node_id: DHTID, peer: PeerID) -> bool:
+        async def one(node_id: DHTID, peer: PeerID) -> bool | None:
+            """Stored; False: refused (it holds a later heartbeat of ours: two in flight); None: no answer."""
             if node_id == node.node_id:  # this node is a replica: store locally, checked as a remote one would
                 rec = DHTRecord(key_id.to_bytes(), subkey_bytes, value_bytes, expiration)
                 return bool(proto.record_validator is None or proto.record_validator.validate(rec)) and bool(
                     proto.storage.store(key_id, value_bytes, expiration, subkey=subkey))
             ok = await proto.call_store(peer, [key_id], [value_bytes], expiration, subkeys=[subkey])
-            return bool(ok and ok[0])
+            return None if not ok else bool(ok[0])
 
         results = await self._bounded("store", asyncio.gather(*(one(n, p) for n, p in self._replicas.items())))
-        if results is _FAILED or not all(results):
+        if results is _FAILED or any(x is None for x in results):
             self._replicas_at = -1e9  # look the replicas up again at the next heartbeat
-        return results is not _FAILED and any(results)
+        return results is not _FAILED and any(x is not None for x in results)
+
+    async def _read_at_replica(self) -> Any:
+        """The peers key as the replicas hold it (a lookup's result shape); ``_FAILED`` when none is known or one failed.
+
+        Not ``DHTNode.get``: its lookup visits about every node of a small swarm and takes the key
+        from each replica, so a view read moved three copies of all N records plus a neighbour
+        list per node (16 nodes: 58 kB, against 17 kB from one replica). Every heartbeat is stored
+        at all the replicas, so each holds every live record but those whose store it missed:
+        one replica is read, in turn, and the next one too only while the read lacks a record
+        the previous read returned that has not expired (a store the replica missed). A replica
+        that does not answer, or holds nothing, sends the read to a lookup and the next heartbeat
+        to look the replicas up again.
+        """
+        assert self.node is not None
+        node, key_id = self.node, self._peers_key_id
+        if not self._replicas_known():
+            return _FAILED
+        replicas = list(self._replicas.items())
+        self._reads += 1
+        now, merged, latest = get_dht_time(), {}, float("-inf")
+        expected = {sk for sk, exp in self._last_read.items() if exp > now}
+        for i in range(len(replicas)):
+            node_id, peer = replicas[(self._reads + i) % len(replicas)]
+            if node_id == node.node_id:
+                item = node.protocol.storage.get(key_id)
+            else:
+                answer = await self._bounded("get_replica", node.protocol.call_find(peer, [key_id]))
+                item = answer.get(key_id, (None, None))[0] if isinstance(answer, dict) else _FAILED
+            if item is _FAILED or item is None or not isinstance(item.value, DictionaryDHTValue):
+                self._replicas_at = -1e9
+                return _FAILED
+            for sk, (v, exp) in item.value.items():
+                if sk not in merged or merged[sk][1] < exp:
+                    merged[sk] = (v, exp)
+            latest = max(latest, item.expiration_time)
+            if expected <= merged.keys():
+                break
+        loads = node.protocol.serializer.loads
+        try:  # the replicas' bytes: opened and verified record by record by the caller
+            value = {sk: ValueWithExpiration(loads(v), exp) for sk, (v, exp) in merged.items()}
+        except Exception:  # noqa: BLE001 - an undecodable entry: read by a lookup instead
+            self.invalid_records += 1
+            return _FAILED
+        return ValueWithExpiration(value, latest)
 
     async def other_runs(self) -> bool:
         """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""
         assert self.node is not None
-        found = await self._bounded("get", self.node.get(RUNS_KEY, latest=True))
+        found = await self._bounded("get_runs", self.node.get(RUNS_KEY, latest=True))
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return False
         mine = run_tag(self.run_id)
@@ -376,11 +438,19 @@ class Membership:
         return getattr(found, "value", None)
 
     async def live_records(self) -> dict[str, PeerRecord] | None:
-        """Unexpired, valid records by peer id; None when the lookup itself failed."""
+        """Unexpired, valid records by peer id; None when the lookup itself failed.
+
+        Read from one of the peers key's replicas (:meth:`_read_at_replica`) while they are known,
+        else by a lookup.
+        """
         assert self.node is not None
-        found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
+        found = await self._read_at_replica()
+        if found is _FAILED:
+            found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
         if found is _FAILED:
             return None
+        if found is not None and isinstance(found.value, dict) and len(found.value) <= MAX_PEER_SUBKEYS:
+            self._last_read = {sk: _expiration(item) for sk, item in found.value.items()}
         out: dict[str, PeerRecord] = {}
         if found is None:
             return out
@@ -422,7 +492,7 @@ class Membership:
         key = self._plan_key(plan.round)
         expiration = get_dht_time() + ttl_s
         value = self.signer.seal(key, plan.to_record(), expiration)
-        ok = await self._bounded("store", self.node.store(key, value, expiration, subkey=plan.publisher))
+        ok = await self._bounded("store_plan", self.node.store(key, value, expiration, subkey=plan.publisher))
         return ok is True
 
     def _plan_key(self, r: int) -> str:
@@ -460,7 +530,7 @@ class Membership:
         """Valid plans published for round ``r`` (invalid ones are dropped and counted)."""
         assert self.node is not None
         key = self._plan_key(r)
-        found = await self._bounded("get", self.node.get(key, latest=True))
+        found = await self._bounded("get_plans", self.node.get(key, latest=True))
         if found is None or found is _FAILED or not isinstance(found.value, dict):
             return []
         plans = []

@@ -280,6 +280,7 @@ class Daemon:
 
     def _on_dht_op(self, op: str, outcome: str) -> None:
         self.metrics.dht_ops.labels(op=op, outcome=outcome).inc()
+        self.counters.dht_ops[op] = self.counters.dht_ops.get(op, 0) + 1
 
     def _check(self) -> None:
         """Raised from the heartbeat loop: a dead p2pd or worker stops the peer."""

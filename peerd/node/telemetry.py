@@ -145,6 +145,7 @@ class Telemetry:
             "sync_h": [list(x) for x in self.worker.synced_h] if self.worker else [],
             "paced_idle_s": round(self.worker.paced_idle_s, 3) if self.worker else 0.0,
             "loop_lag_s": self.lag.quantiles(),
+            "dht_ops": dict(sorted(self.counters.dht_ops.items())),
             "history": self.history,
         }
 
