@@ -117,6 +117,7 @@ class Membership:
         self._reads = 0  # view reads at a replica (they take the replicas in turn)
         self._table: set[DHTID] = set()  # the routing table's nodes when the replicas were looked up
         self._last_read: dict[Any, float] = {}  # subkey -> expiry, as the last view read returned them
+        self._settled = False  # the last two view reads returned the same subkeys
         # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
         self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
@@ -370,13 +371,17 @@ class Membership:
         list per node (16 nodes: 58 kB, against 17 kB from one replica). Every heartbeat is stored
         at all the replicas, so each holds every live record but those whose store it missed:
         one replica is read, in turn, and the next one too only while the read lacks a record
-        the previous read returned that has not expired (a store the replica missed). A replica
+        the previous read returned that has not expired (a store the replica missed). Only while
+        the view is settled (the last two reads returned the same peers): while peers join, a
+        joiner's first stores may land at the nodes its own half-filled routing table took for
+        the replicas, which a lookup still reaches (16 daemons forming split rounds without
+        this). A replica
         that does not answer, or holds nothing, sends the read to a lookup and the next heartbeat
         to look the replicas up again.
         """
         assert self.node is not None
         node, key_id = self.node, self._peers_key_id
-        if not self._replicas_known():
+        if not self._settled or not self._replicas_known():
             return _FAILED
         replicas = list(self._replicas.items())
         self._reads += 1
@@ -450,7 +455,9 @@ class Membership:
         if found is _FAILED:
             return None
         if found is not None and isinstance(found.value, dict) and len(found.value) <= MAX_PEER_SUBKEYS:
-            self._last_read = {sk: _expiration(item) for sk, item in found.value.items()}
+            read = {sk: _expiration(item) for sk, item in found.value.items()}
+            self._settled = read.keys() == self._last_read.keys()
+            self._last_read = read
         out: dict[str, PeerRecord] = {}
         if found is None:
             return out
