@@ -26,10 +26,9 @@ from typing import Any, TypeVar
 import msgpack
 from hivemind.dht.node import DHTNode
 from hivemind.dht.routing import DHTID
-from hivemind.dht.storage import DictionaryDHTValue
 from hivemind.dht.validation import DHTRecord
 from hivemind.p2p import P2P, PeerID
-from hivemind.utils import ValueWithExpiration, get_dht_time
+from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
 from peerd.core.aio import bounded
@@ -114,10 +113,7 @@ class Membership:
         self._peers_key_id = DHTID.generate(source=self._peers_key)
         self._replicas: dict[DHTID, PeerID] = {}  # the peers key's nearest nodes, nearest first
         self._replicas_at = -1e9  # when a lookup last found them (monotonic)
-        self._reads = 0  # view reads at a replica (they take the replicas in turn)
         self._table: set[DHTID] = set()  # the routing table's nodes when the replicas were looked up
-        self._last_read: dict[Any, float] = {}  # subkey -> expiry, as the last view read returned them
-        self._settled = False  # the last two view reads returned the same subkeys
         # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
         self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
@@ -363,54 +359,6 @@ class Membership:
             self._replicas_at = -1e9  # look the replicas up again at the next heartbeat
         return results is not _FAILED and any(x is not None for x in results)
 
-    async def _read_at_replica(self) -> Any:
-        """The peers key as the replicas hold it (a lookup's result shape); ``_FAILED`` when none is known or one failed.
-
-        Not ``DHTNode.get``: its lookup visits about every node of a small swarm and takes the key
-        from each replica, so a view read moved three copies of all N records plus a neighbour
-        list per node (16 nodes: 58 kB, against 17 kB from one replica). Every heartbeat is stored
-        at all the replicas, so each holds every live record but those whose store it missed:
-        one replica is read, in turn, and the next one too only while the read lacks a record
-        the previous read returned that has not expired (a store the replica missed). Only while
-        the view is settled (the last two reads returned the same peers): while peers join, a
-        joiner's first stores may land at the nodes its own half-filled routing table took for
-        the replicas, which a lookup still reaches (16 daemons forming split rounds without
-        this). A replica
-        that does not answer, or holds nothing, sends the read to a lookup and the next heartbeat
-        to look the replicas up again.
-        """
-        assert self.node is not None
-        node, key_id = self.node, self._peers_key_id
-        if not self._settled or not self._replicas_known():
-            return _FAILED
-        replicas = list(self._replicas.items())
-        self._reads += 1
-        now, merged, latest = get_dht_time(), {}, float("-inf")
-        expected = {sk for sk, exp in self._last_read.items() if exp > now}
-        for i in range(len(replicas)):
-            node_id, peer = replicas[(self._reads + i) % len(replicas)]
-            if node_id == node.node_id:
-                item = node.protocol.storage.get(key_id)
-            else:
-                answer = await self._bounded("get_replica", node.protocol.call_find(peer, [key_id]))
-                item = answer.get(key_id, (None, None))[0] if isinstance(answer, dict) else _FAILED
-            if item is _FAILED or item is None or not isinstance(item.value, DictionaryDHTValue):
-                self._replicas_at = -1e9
-                return _FAILED
-            for sk, (v, exp) in item.value.items():
-                if sk not in merged or merged[sk][1] < exp:
-                    merged[sk] = (v, exp)
-            latest = max(latest, item.expiration_time)
-            if expected <= merged.keys():
-                break
-        loads = node.protocol.serializer.loads
-        try:  # the replicas' bytes: opened and verified record by record by the caller
-            value = {sk: ValueWithExpiration(loads(v), exp) for sk, (v, exp) in merged.items()}
-        except Exception:  # noqa: BLE001 - an undecodable entry: read by a lookup instead
-            self.invalid_records += 1
-            return _FAILED
-        return ValueWithExpiration(value, latest)
-
     async def other_runs(self) -> bool:
         """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""
         assert self.node is not None
@@ -445,19 +393,16 @@ class Membership:
     async def live_records(self) -> dict[str, PeerRecord] | None:
         """Unexpired, valid records by peer id; None when the lookup itself failed.
 
-        Read from one of the peers key's replicas (:meth:`_read_at_replica`) while they are known,
-        else by a lookup.
+        By a lookup, which takes the key from every replica it passes: each holds every live
+        record but those whose store it missed. (Reading one replica moved a third of the bytes,
+        but while peers joined, views missed the joiners whose first stores went to the nodes
+        their half-filled routing tables took for the replicas: 16 daemons split their first
+        rounds in 4 of 4 runs, against 0 of 4 with lookups; BENCHMARKS.md.)
         """
         assert self.node is not None
-        found = await self._read_at_replica()
-        if found is _FAILED:
-            found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
+        found = await self._bounded("get", self.node.get(self._peers_key, latest=True))
         if found is _FAILED:
             return None
-        if found is not None and isinstance(found.value, dict) and len(found.value) <= MAX_PEER_SUBKEYS:
-            read = {sk: _expiration(item) for sk, item in found.value.items()}
-            self._settled = read.keys() == self._last_read.keys()
-            self._last_read = read
         out: dict[str, PeerRecord] = {}
         if found is None:
             return out
