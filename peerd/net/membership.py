@@ -313,13 +313,24 @@ class Membership:
         """Whether the peers key's replicas found by the last lookup still stand.
 
         Not after ``REPLICAS_FRESH_S``, nor once the routing table holds a node it did not hold
-        then: a node that joined may be nearer the key (it gets new stores, and readers that
-        looked up since read it), and one that was out of reach (routing tables apart on a
-        loaded box) may be a replica that the lookup could not find.
+        then that may be one (fewer than ``NUM_REPLICAS`` were found, or it is nearer the key
+        than one of them): a node that joined may be nearer the key, and one that was out of
+        reach (routing tables apart on a loaded box) a replica that the lookup could not find.
         """
         assert self.node is not None
-        return (bool(self._replicas) and time.monotonic() - self._replicas_at <= REPLICAS_FRESH_S
-                and set(self.node.protocol.routing_table.uid_to_peer_id) <= self._table)
+        if not self._replicas or time.monotonic() - self._replicas_at > REPLICAS_FRESH_S:
+            return False
+        new = set(self.node.protocol.routing_table.uid_to_peer_id) - self._table
+        if not new:
+            return True
+        # Only a node nearer the key than the farthest replica can take a replica's place; the
+        # others (most often a node back after a missed deadline) change nothing.
+        key_id = self._peers_key_id
+        farthest = max(key_id.xor_distance(n) for n in self._replicas)
+        if len(self._replicas) >= NUM_REPLICAS and all(key_id.xor_distance(n) > farthest for n in new):
+            self._table |= new
+            return True
+        return False
 
     async def _store_at_replicas(self, value: Any, expiration: float, subkey: str) -> bool:
         """Store this peer's sealed record at the peers key's replicas; True when at least one took it.
