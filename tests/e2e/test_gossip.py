@@ -30,6 +30,9 @@ SETTINGS = [s for s in FAST if not s.startswith(("transport.host", "dht.host", "
 # rounds), no worker idling, under the same assertions. On a 2-core box it does not pass them:
 # at 25-30 steps per 5 s round no pacing can exchange more often than every round.
 PACED = os.environ.get("E2E_GOSSIP_TARGET_H")
+# Measurement only: E2E_GOSSIP_SETS="key=value ..." adds settings to every run here (one peer, the
+# shards alone, the swarm), e.g. a larger model to stand for a slower box (fewer steps a round).
+SETTINGS += os.environ.get("E2E_GOSSIP_SETS", "").split()
 
 
 def run_swarm(tmp_path: Path, peers: int, extra: list[str], settings: list[str] = SETTINGS) -> dict:
