@@ -31,8 +31,9 @@ DEFAULT_TARGET_H = 200
 # of a fragment per 40 inner steps of the median member. A pairwise exchange moves a peer only
 # halfway to one partner, so gossip wants a far shorter H than DiLoCo's all-reduce. 40 is the H
 # measured to pay (BENCHMARKS.md, "Work-paced gossip"; tests/e2e/test_gossip.py, 8 daemons x 160
-# steps): each fragment exchanged every 40 steps, every peer's mean loss 2.447 against 2.517 for
-# the shards alone; at H 100-200 (clock rounds on a 2-core box) mixing paid nothing. Pacing only
+# steps, reached there only by idling the workers at 20 steps a round): the peers' mean loss 2.447
+# against 2.517 for their shards alone; at H 100-200 (clock rounds on a 2-core box) mixing paid
+# nothing, and 20 / 40 / 80 did not differ beyond run-to-run noise where reachable. Pacing only
 # holds rounds, so on a box that trains more than H / num_fragments steps a round every round
 # exchanges (``peerd_pace_behind``), as with clock rounds; below that it saves the exchanges.
 DEFAULT_GOSSIP_TARGET_H = 40
