@@ -12,6 +12,8 @@ The median peer's mean H is compared with the target.
 
 Cases: ``paced`` sets ``round.target_h``; ``clock`` sets ``round.target_h=0`` (every round syncs
 the fragment ``round mod 2``, so H follows the hardware; the default before 2026-11-30).
+``--set KEY=VALUE`` passes more config to every peer (``--set mixing.mode=gossip``: gossip's
+pairwise exchanges, paced the same way).
 Writes ``bench/results/paced_real.json``.
 """
 
@@ -62,11 +64,11 @@ def summarize(peers_in: list[dict[str, Any]], target_h: int, steps: int) -> dict
             "deviation": round(med / target_h - 1, 3) if med and target_h else None, "peers": peers}
 
 
-def run_case(target_h: int, steps: int, slow: float, workdir: Path) -> dict[str, Any]:
+def run_case(target_h: int, steps: int, slow: float, workdir: Path, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """One swarm: peers 0-2 train ``steps`` steps, peer 3 ``steps / slow`` steps of ``slow``x larger batches."""
     specs = [PeerSpec(run_id=f"paced-real-{target_h}") for _ in range(4)]
     specs[3].extra = [f"task_options.batch_size={int(BATCH * slow)}", f"train.max_steps={int(steps / slow)}"]
-    overrides = ["train.threads=1", "train.log_every_s=1", f"round.target_h={target_h}"]
+    overrides = ["train.threads=1", "train.log_every_s=1", f"round.target_h={target_h}", *sets]
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     res = run_peers(specs, overrides, steps, workdir, timeout_s=900)
     return {**summarize(res["peers"], target_h, steps), "slow_factor_batch": slow,
@@ -84,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=("paced", "clock"))
     ap.add_argument("--workdir", default="/tmp/peerd-paced-real")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="more config for every peer, e.g. mixing.mode=gossip")
     a = ap.parse_args(argv)
     args = argv if argv is not None else sys.argv[1:]
     doc: dict[str, Any] = {"command": " ".join(["python -m bench.paced_real", *args]),
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cases": {}}
     for case in a.only or ["paced", "clock"]:
         h = a.target_h if case == "paced" else 0
-        doc["cases"][case] = r = run_case(h, a.steps, a.slow, Path(a.workdir) / case)
+        doc["cases"][case] = r = run_case(h, a.steps, a.slow, Path(a.workdir) / case, tuple(a.sets))
         print(json.dumps({"case": case, "median_peer_h": r["median_peer_h"], "deviation": r["deviation"],
                           "h_mean": [p["h_mean"] for p in r["peers"]],
                           "idle_s": [p["paced_idle_s"] for p in r["peers"]],

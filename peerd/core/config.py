@@ -27,6 +27,16 @@ from pydantic_settings import (
 # this H and hurts when every round syncs (43.6% with clock rounds), so unset outer keys resolve to
 # it only when work-paced (PeerdConfig.effective_outer_lr / effective_outer_momentum).
 DEFAULT_TARGET_H = 200
+# Gossip mode's default H (``round.target_h`` unset, ``mixing.mode=gossip``): one pairwise exchange
+# of a fragment per 40 inner steps of the median member. A pairwise exchange moves a peer only
+# halfway to one partner, so gossip wants a far shorter H than DiLoCo's all-reduce. 40 is the H
+# measured to pay (BENCHMARKS.md, "Work-paced gossip"; tests/e2e/test_gossip.py, 8 daemons x 160
+# steps, reached there only by idling the workers at 20 steps a round): the peers' mean loss 2.447
+# against 2.517 for their shards alone; at H 100-200 (clock rounds on a 2-core box) mixing paid
+# nothing, and 20 / 40 / 80 did not differ beyond run-to-run noise where reachable. Pacing only
+# holds rounds, so on a box that trains more than H / num_fragments steps a round every round
+# exchanges (``peerd_pace_behind``), as with clock rounds; below that it saves the exchanges.
+DEFAULT_GOSSIP_TARGET_H = 40
 DILOCO_OUTER_LR = 0.8
 DILOCO_OUTER_MOMENTUM = 0.5
 
@@ -134,10 +144,13 @@ class RoundConfig(_Section):
     plan_candidates: int = Field(3, ge=1)
     min_members: int = Field(2, ge=1)
     deadline_fraction: float = Field(0.9, gt=0, le=1)  # exchange must end by start + fraction*round_s
-    # Work-paced rounds (diloco): sync a fragment every ``target_h`` inner steps of the median member
-    # (DiLoCo's H), whatever the hardware; rounds with nothing due cost no exchange. 0: every round
+    # Work-paced rounds: sync a fragment every ``target_h`` inner steps of the median member
+    # (DiLoCo's H; in gossip mode, one pairwise exchange of it), whatever the hardware; rounds with
+    # nothing due cost no exchange. Pacing only holds rounds: H cannot go below num_fragments x the
+    # steps of one round (then every round syncs; ``peerd_pace_behind`` says so). 0: every round
     # syncs fragment ``round mod num_fragments`` (H then follows round_s and the devices' speed).
-    # None: ``PeerdConfig.pace_h`` decides (DEFAULT_TARGET_H in diloco mode, else 0).
+    # None: ``PeerdConfig.pace_h`` decides (DEFAULT_TARGET_H for diloco, DEFAULT_GOSSIP_TARGET_H
+    # for gossip; 0 with the legacy train.max_steps_per_round).
     target_h: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
@@ -280,40 +293,47 @@ class PeerdConfig(_Section):
 
     @property
     def pace_h(self) -> int:
-        """``round.target_h`` in effect: the configured value, else DEFAULT_TARGET_H for diloco.
+        """``round.target_h`` in effect: the configured value, else the mode's default H.
 
-        Unset, it is off (0) in gossip mode and with the legacy ``train.max_steps_per_round``, which
-        the validator below would otherwise refuse: a default must never make a config invalid.
+        DEFAULT_TARGET_H for diloco, DEFAULT_GOSSIP_TARGET_H for gossip. Unset, it is off (0) with
+        the legacy ``train.max_steps_per_round``, which the validator below would otherwise refuse:
+        a default must never make a config invalid.
         """
         if self.round.target_h is not None:
             return self.round.target_h
-        return DEFAULT_TARGET_H if self.mixing.mode == "diloco" and not self.train.max_steps_per_round else 0
+        if self.train.max_steps_per_round:
+            return 0
+        return DEFAULT_TARGET_H if self.mixing.mode == "diloco" else DEFAULT_GOSSIP_TARGET_H
+
+    @property
+    def _paced_diloco(self) -> bool:
+        # The measured outer optimizer belongs to paced DiLoCo; gossip adopts the trained parameters.
+        return bool(self.pace_h) and self.mixing.mode == "diloco"
 
     @property
     def effective_outer_lr(self) -> float:
-        """``mixing.outer_lr`` in effect: the configured value, else DILOCO_OUTER_LR when work-paced, else 1."""
+        """``mixing.outer_lr`` in effect: the configured value, else DILOCO_OUTER_LR for paced DiLoCo, else 1."""
         if self.mixing.outer_lr is not None:
             return self.mixing.outer_lr
-        return DILOCO_OUTER_LR if self.pace_h else 1.0
+        return DILOCO_OUTER_LR if self._paced_diloco else 1.0
 
     @property
     def effective_outer_momentum(self) -> float:
-        """``mixing.outer_momentum`` in effect: the configured value, else DILOCO_OUTER_MOMENTUM when paced.
+        """``mixing.outer_momentum`` in effect: the configured value, else DILOCO_OUTER_MOMENTUM for paced DiLoCo.
 
         Else 0: momentum on every-round syncs (clock rounds, H ~130 here) measured harmful, 43.6% of
-        DDP's gain against 61.9% without (bench.defaults_real, 4 x 2000).
+        DDP's gain against 61.9% without (bench.defaults_real, 4 x 2000); gossip was never measured
+        with it and keeps plain gossip-local-SGD, paced or not.
         """
         if self.mixing.outer_momentum is not None:
             return self.mixing.outer_momentum
-        return DILOCO_OUTER_MOMENTUM if self.pace_h else 0.0
+        return DILOCO_OUTER_MOMENTUM if self._paced_diloco else 0.0
 
     @model_validator(mode="after")
     def _pacing(self) -> PeerdConfig:
         if self.round.target_h and self.train.max_steps_per_round:
             raise ValueError("round.target_h: paces syncs by work without idling the worker; it excludes the "
                              "legacy train.max_steps_per_round (which idles it): set one of them to 0")
-        if self.round.target_h and self.mixing.mode != "diloco":
-            raise ValueError("round.target_h: work-paced rounds need mixing.mode=diloco")
         return self
 
 

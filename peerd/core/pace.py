@@ -1,7 +1,8 @@
 """Work-paced rounds: which fragment a round syncs, from what the members announced (pure).
 
 With ``round.target_h = H`` a fragment is synced every H inner steps of the median member
-(DiLoCo's H), on any hardware, without idling any worker. Rounds keep ticking at the round
+(DiLoCo's H; in gossip mode, each member's pairwise exchange of it), on any hardware, without
+idling any worker. Rounds keep ticking at the round
 clock's length; each member announces in its record its inner steps/s and, per fragment, the
 steps it trained since that fragment's last committed sync. At the settle point the plan's
 publisher calls :func:`decide` on the candidates it sees and puts the result in the plan: the

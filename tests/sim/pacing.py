@@ -16,12 +16,15 @@ from tests.sim.world import Scenario, SimPeer, World
 
 
 def paced_scenario(seed: int, target_h: int, slow: dict[int, float] | None = None, peers: int = 4,
-                   step_s: float = 0.25, duration_s: float = 80.0, config_steps: int = 0, **kw: object) -> Scenario:
+                   step_s: float = 0.25, duration_s: float = 80.0, config_steps: int = 0,
+                   extra: dict[str, object] | None = None, **kw: object) -> Scenario:
     """``peers`` peers, each stepping every ``step_s`` times its ``slow`` factor, paced to ``target_h``.
 
-    ``target_h`` 0: unpaced rounds; ``config_steps``: the legacy ``train.max_steps_per_round`` instead.
+    ``target_h`` 0: unpaced rounds; ``config_steps``: the legacy ``train.max_steps_per_round`` instead;
+    ``extra``: more config keys.
     """
-    config = {"round.target_h": target_h} | ({"train.max_steps_per_round": config_steps} if config_steps else {})
+    config = ({"round.target_h": target_h} | ({"train.max_steps_per_round": config_steps} if config_steps else {})
+              | dict(extra or {}))
     return Scenario(seed=seed, peers=peers, duration_s=duration_s, step_s=step_s, slow=dict(slow or {}),
                     config=config, **kw)  # type: ignore[arg-type]
 
@@ -68,12 +71,12 @@ def median_h(paces: list[PeerPace]) -> float:
     return statistics.median(p.mean_h for p in paces if p.h)
 
 
-def paced_random_scenario(seed: int) -> Scenario:
-    """:func:`tests.sim.scenarios.random_scenario` (faults, joins, crashes, NAT) in DiLoCo mode, paced.
+def paced_random_scenario(seed: int, mode: str = "diloco") -> Scenario:
+    """:func:`tests.sim.scenarios.random_scenario` (faults, joins, crashes, NAT) in ``mode``, paced.
 
     The target H is drawn from a separate stream so the scenario's other draws stay as they were:
     from one fragment every round or so (6) to one every several rounds for a slow worker (24).
     """
-    sc = random_scenario(seed, mode="diloco")
+    sc = random_scenario(seed, mode=mode)
     sc.config["round.target_h"] = random.Random(seed * 104729 + 3).choice((6, 12, 24))
     return sc

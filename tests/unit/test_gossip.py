@@ -187,3 +187,18 @@ def test_a_client_meets_different_reachable_peers_over_rounds() -> None:
     ids = [f"peer{i}" for i in range(6)]
     met = {topology.pairs_for("random", "run", r, ids, {"peer1"}).get("peer1") for r in range(40)}
     assert len(met - {None}) >= 4, met
+
+
+@pytest.mark.parametrize(("topo", "n", "period"), [("hypercube", 8, 3), ("hypercube", 4, 2), ("ring", 6, 2)])
+def test_a_fragment_synced_at_a_fixed_period_meets_every_partner_when_paced(topo: str, n: int, period: int) -> None:
+    """Work pacing may sync a fragment every ``period`` rounds; with the round index itself as the
+    pairing index, a period that is a multiple of the topology's cycle (log2 n dimensions, 2 ring
+    parities) meets one partner forever. Paced plans pair by a hash of the round instead."""
+    def partners(paced: bool) -> set[int]:
+        return {topology.partner_ranks(topo, "run", topology.pairing_round("run", r, paced), n)[0]
+                for r in range(5, 5 + 40 * period, period)}
+
+    assert len(partners(False)) == 1  # the defect: the same partner at every sync
+    assert partners(True) == set(topology.partner_ranks(topo, "run", r, n)[0] for r in range(8)) - {-1}
+    assert topology.pairing_round("run", 7, False) == 7  # clock rounds keep the exact cycle
+    assert topology.pairing_round("run", 7, True) == topology.pairing_round("run", 7, True)  # agreed by all

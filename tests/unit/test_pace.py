@@ -114,25 +114,30 @@ def test_paced_plans_carry_their_fragment_or_hold() -> None:
             sch.plan_from_record(bad, RUN, P)
 
 
-def test_target_h_excludes_the_idling_knob_and_gossip() -> None:
+def test_target_h_excludes_the_idling_knob_and_paces_gossip_too() -> None:
     assert load_config(None, ["round.target_h=32"]).round.target_h == 32
     with pytest.raises(ConfigError, match="max_steps_per_round"):
         load_config(None, ["round.target_h=32", "train.max_steps_per_round=8"])
-    with pytest.raises(ConfigError, match="diloco"):
-        load_config(None, ["round.target_h=32", "mixing.mode=gossip"])
+    with pytest.raises(ConfigError, match="max_steps_per_round"):
+        load_config(None, ["round.target_h=32", "train.max_steps_per_round=8", "mixing.mode=gossip"])
+    assert load_config(None, ["round.target_h=32", "mixing.mode=gossip"]).pace_h == 32
 
 
-def test_unset_target_h_paces_diloco_by_default_and_never_invalidates_a_config() -> None:
-    from peerd.core.config import DEFAULT_TARGET_H, with_overrides
+def test_unset_target_h_paces_each_mode_by_its_default_and_never_invalidates_a_config() -> None:
+    from peerd.core.config import DEFAULT_GOSSIP_TARGET_H, DEFAULT_TARGET_H, with_overrides
 
     cfg = load_config(None, [])
     assert cfg.round.target_h is None and cfg.pace_h == DEFAULT_TARGET_H > 0
     assert load_config(None, ["round.target_h=0"]).pace_h == 0  # explicit 0: clock rounds
+    assert load_config(None, ["round.target_h=0", "mixing.mode=gossip"]).pace_h == 0
+    # A pairwise exchange mixes less than DiLoCo's all-reduce: gossip's default H is shorter.
+    assert load_config(None, ["mixing.mode=gossip"]).pace_h == DEFAULT_GOSSIP_TARGET_H
+    assert 0 < DEFAULT_GOSSIP_TARGET_H < DEFAULT_TARGET_H
     # Unset, the default steps aside where an explicit target_h is refused.
-    assert load_config(None, ["mixing.mode=gossip"]).pace_h == 0
     assert load_config(None, ["train.max_steps_per_round=8"]).pace_h == 0
-    # A resolved default is not written back: a copy switched to gossip stays valid.
-    assert with_overrides(cfg, {"mixing.mode": "gossip"}).pace_h == 0
+    assert load_config(None, ["train.max_steps_per_round=8", "mixing.mode=gossip"]).pace_h == 0
+    # A resolved default is not written back: a copy switched to gossip takes gossip's.
+    assert with_overrides(cfg, {"mixing.mode": "gossip"}).pace_h == DEFAULT_GOSSIP_TARGET_H
 
 
 def test_unset_outer_step_takes_the_measured_default_of_the_pacing() -> None:
@@ -144,7 +149,8 @@ def test_unset_outer_step_takes_the_measured_default_of_the_pacing() -> None:
 
     assert outer() == (DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM)  # work-paced diloco
     assert outer("round.target_h=0") == (1.0, 0.0)  # clock rounds: momentum measured harmful
-    assert outer("mixing.mode=gossip") == (1.0, 0.0)  # plain averaging
+    assert outer("mixing.mode=gossip") == (1.0, 0.0)  # paced gossip too: adopt the trained parameters
+    assert outer("mixing.mode=gossip", "round.target_h=50") == (1.0, 0.0)
     assert outer("train.max_steps_per_round=8") == (1.0, 0.0)  # legacy pacing: clock rounds
     assert outer("mixing.outer_lr=1.0") == (1.0, DILOCO_OUTER_MOMENTUM)  # each key on its own
     assert outer("round.target_h=0", "mixing.outer_momentum=0.9") == (1.0, 0.9)

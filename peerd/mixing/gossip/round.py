@@ -334,7 +334,8 @@ class GossipMixer:
 
         ``in_sync`` is always True here: gossip has no shared state for a peer to be behind on.
         """
-        partner = topology.pairs_for(plan.topology, self.cfg.run_id, plan.round, plan.members,
+        pairing = topology.pairing_round(self.cfg.run_id, plan.round, plan.paced > 0)
+        partner = topology.pairs_for(plan.topology, self.cfg.run_id, pairing, plan.members,
                                      plan.members[plan.owners:]).get(self.peer_id)
         rs = _Pair(plan, partner)
         self._rounds[plan.round] = rs

@@ -13,6 +13,13 @@ One-peer topologies (one exchange per peer per round, O(1) traffic whatever ``n`
   (one peer sits out when ``n`` is odd).
 * ``ring``: the ring's even edges on even rounds, odd edges on odd rounds.
 
+A work-paced plan (``round.target_h``) syncs a fragment only in the rounds it is due, often at a
+fixed period; with the round index itself a fragment synced every third round of an 8-peer
+hypercube (three dimensions) would meet the same partner forever, and one synced every second
+round of a ring the same edges. Paced plans therefore pair by a per-round hash of the round
+(:func:`pairing_round`): every dimension or parity keeps coming up whatever the period, at the
+price of the hypercube's exact ``log2 n``-round averaging, which needs its dimensions in turn.
+
 Static (multi-neighbour) graphs for the simulator's comparison with theory: ``ring3`` (every
 peer averages with both ring neighbours, weights 1/3) and ``exponential`` (static exponential
 graph, ``i -> i + 2^j``, weights ``1 / (1 + ceil(log2 n))``).
@@ -66,6 +73,15 @@ def partner_ranks(topology: str, run_id: str, r: int, n: int) -> list[int]:
         for a, b in zip(order[0::2], order[1::2], strict=False):
             partner[a], partner[b] = b, a
     return partner
+
+
+def pairing_round(run_id: str, r: int, paced: bool) -> int:
+    """The index a plan of round ``r`` derives its pairs from: ``r`` for clock rounds, a hash of it when paced.
+
+    Clock rounds sync every round, so the hypercube's dimensions and the ring's parities come in
+    turn; a paced plan's rounds may fall at any period (see the module docstring).
+    """
+    return int.from_bytes(_h(run_id, r, "paced")[:8], "big") if paced else r
 
 
 def pairs_for(topology: str, run_id: str, r: int, peer_ids: Sequence[str],
