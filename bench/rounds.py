@@ -36,6 +36,14 @@ from peerd.core.config import DEFAULT_TARGET_H
 # unset): the same H whatever the link, so the two profiles' losses at equal steps compare the same
 # algorithm (with clock rounds the number of syncs per step follows each run's wall time).
 PACED_H = DEFAULT_TARGET_H
+# The control plane's bound, bytes each peer sends per second per live peer (clock rounds of 5 s).
+# Per round a peer reads the view about once (a lookup: three copies of the N ~1 kB sealed records
+# plus a neighbour list from each node it passes), stores one record at the three replicas per
+# heartbeat, and looks the replicas up when one fails or a nearer node joins: about 2.5 kB/s per
+# live peer on the wire here (bench.control_plane; BENCHMARKS.md, "The control plane, bounded").
+# Linear in N per peer (N^2 in all): bounded, not constant; a swarm of thousands would need views
+# that read a sample of the records.
+DHT_BYTES_PER_PEER = 3000
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
         bench_cmd: str) -> dict[str, Any]:
     """Measure every part; a part that fails is recorded with its error and the others still run."""
@@ -70,6 +78,7 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
             "rounds_by_outcome": res["rounds_by_outcome"],
             "dht_tx_bytes_per_peer_per_s_mean": res["dht_tx_bytes_per_peer_per_s_mean"],
             "dht_tx_bytes_per_peer_per_s_max": res["dht_tx_bytes_per_peer_per_s_max"],
+            "dht_ops_per_peer_per_round": res["dht_ops_per_peer_per_round"],
             "loadavg_1m_end": res["loadavg_1m_end"], "error": None,
         }
     return out
@@ -92,6 +101,12 @@ def targets(r: dict[str, Any], add: Any) -> None:
             add(what, rel, abs(rel) <= 0.01, f"{a:.4f} vs {b:.4f} ({rel:+.2%})")
         else:
             add(what, None, None, "a run failed")
+    for n, row in sorted(r.get("loopback", {}).items(), key=lambda kv: int(kv[0])):
+        mean, bound = row.get("dht_tx_bytes_per_peer_per_s_mean"), DHT_BYTES_PER_PEER * int(n)
+        add(f"DHT control plane at {n} daemons: mean bytes sent per peer per second <= {DHT_BYTES_PER_PEER} x {n}",
+            mean, None if mean is None else mean <= bound,
+            "n/a" if mean is None else f"{mean / 1e3:.1f} kB/s ({mean / int(n) / 1e3:.2f} kB/s per live peer; "
+            f"bound {bound / 1e3:.0f} kB/s), max {row.get('dht_tx_bytes_per_peer_per_s_max', 0) / 1e3:.1f} kB/s")
     for n, need in (("8", 0.95), ("16", 0.80)):
         row = r.get("loopback", {}).get(n, {})
         f, g = row.get("strict_committed_fraction"), row.get("committed_fraction")

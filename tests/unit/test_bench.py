@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import codecs, control_plane, report
+from bench import codecs, control_plane, report, rounds
 
 
 def test_codec_bench_small_tensor_gives_positive_numbers() -> None:
@@ -56,7 +56,9 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
                     "intercontinental": {"committed": 90, "aborted": 2, "committed_fraction": 0.978,
                                          "strict_committed_fraction": control_plane.strict_share(outcomes),
                                          "final_eval_loss": 2.03, "steps": [300] * 4}},
-            "loopback": {"8": {"committed_fraction": 0.99, "strict_committed_fraction": 0.96,
+            "loopback": {"4": {"committed_fraction": 1.0, "strict_committed_fraction": 1.0,
+                               "dht_tx_bytes_per_peer_per_s_mean": 40_300, "dht_tx_bytes_per_peer_per_s_max": 47_000},
+                         "8": {"committed_fraction": 0.99, "strict_committed_fraction": 0.96,
                                "dht_tx_bytes_per_peer_per_s_mean": 1, "dht_tx_bytes_per_peer_per_s_max": 2},
                          "16": {"error": "RuntimeError('a peer exited early')"}},
         },
@@ -71,6 +73,11 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
     assert verdicts["intercontinental (clock rounds) eval loss within 1% of lan at equal steps"] == "miss"  # +1.5%
     assert verdicts["8 daemons on loopback: >= 95% of member-rounds commit"] == "pass"
     assert verdicts["16 daemons on loopback: >= 80% of member-rounds commit"] == "not measured"
+    bound = rounds.DHT_BYTES_PER_PEER
+    assert verdicts[f"DHT control plane at 4 daemons: mean bytes sent per peer per second <= {bound} x 4"] == "miss"
+    assert verdicts[f"DHT control plane at 8 daemons: mean bytes sent per peer per second <= {bound} x 8"] == "pass"
+    assert verdicts[f"DHT control plane at 16 daemons: mean bytes sent per peer per second <= {bound} x 16"] == \
+        "not measured"
     assert "| 16 daemons, loopback | error: RuntimeError" in md.read_text()
 
 
