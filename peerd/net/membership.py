@@ -296,7 +296,11 @@ class Membership:
         self._fail_log.event(op, "dht", "dht_op_failed", logging.INFO, outcome=outcome, error=error)
 
     async def heartbeat(self, record: PeerRecord, ttl_s: float | None = None) -> bool:
-        """Publish this peer's record with a TTL (a short TTL announces departure)."""
+        """Publish this peer's record, living ``ttl_s`` (default ``dht.ttl_s``).
+
+        A DHT node keeps, per subkey, the value that expires last: a lifetime shorter than the
+        last heartbeat's is refused (a departure is announced as a record that is not ready).
+        """
         assert self.node is not None
         assert self.signer is not None and record.peer_id == self.signer.peer_id
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
