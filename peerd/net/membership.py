@@ -306,7 +306,11 @@ class Membership:
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
         value = self.signer.seal(self._peers_key, record.to_value(), expiration)
         ok = await self._store_at_replicas(value, expiration, record.peer_id)
-        if ttl_s is None and time.monotonic() - self._runs_at > 60:  # the runs directory, refreshed rarely
+        # The runs directory, refreshed rarely, by ready peers only: a peer leaving (its departure
+        # record is not ready) or one that fails its join checks must not announce its run for
+        # the entry's 3 minutes, or a joiner of the right run with a wrong secret is told that
+        # its run_id is wrong (tests/e2e/test_operator_errors.py).
+        if ttl_s is None and record.ready and time.monotonic() - self._runs_at > 60:
             exp = get_dht_time() + 180
             runs = self.signer.seal(RUNS_KEY, {"run": run_tag(self.run_id)}, exp)
             if await self._bounded("store_runs", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
