@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from tests.sim.pacing import measure, median_h, paced_random_scenario, paced_scenario
-from tests.sim.test_sweep import pool, run_checked  # noqa: F401 - pool is a fixture
+from tests.sim.test_sweep import check_seeds, pool, run_checked  # noqa: F401 - pool is a fixture
 from tests.sim.world import World
 
 TARGET = 30  # not a multiple of the fast peers' 8 steps per round
@@ -77,19 +77,7 @@ def test_a_target_the_network_cannot_reach_syncs_every_round_and_says_so() -> No
 @pytest.mark.parametrize("chunk", range(math.ceil(SEEDS / CHUNK)))
 def test_paced_seed_sweep(chunk: int, pool) -> None:  # noqa: F811 - the fixture
     seeds = range(chunk * CHUNK, min(SEEDS, (chunk + 1) * CHUNK))
-    results = list(pool.map(_paced_one, seeds))
-    failures = [(seed, msg) for seed, msg, _ in results if msg is not None]
-    print(f"paced sim chunk {chunk}: {len(seeds)} seeds, {sum(n for *_, n in results)} peer-rounds, "
-          f"{len(failures)} failed")
-    assert not failures, f"{len(failures)} of {len(seeds)} seeds failed; first:\n{failures[0][1]}"
-
-
-def _paced_one(seed: int) -> tuple[int, str | None, int]:
-    try:
-        w = run_checked(paced_random_scenario(seed))
-    except AssertionError as exc:
-        return seed, str(exc), 0
-    return seed, None, sum(len(x.rows) for x in w.log)
+    check_seeds(pool, paced_random_scenario, seeds, f"paced sim chunk {chunk}")
 
 
 @pytest.mark.skipif("SIM_PACED_SEED" not in os.environ, reason="replays one paced seed given as SIM_PACED_SEED")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 
 import pytest
 
 from tests.sim.pacing import measure, median_h, paced_random_scenario, paced_scenario
 from tests.sim.test_paced import outcomes
-from tests.sim.test_sweep import pool, run_checked  # noqa: F401 - pool is a fixture
+from tests.sim.test_sweep import check_seeds, pool, run_checked  # noqa: F401 - pool is a fixture
 
 TARGET = 30  # not a multiple of the fast peers' 8 steps per 2 s round
 SEEDS = int(os.environ.get("SIM_PACED_GOSSIP_SEEDS", "16"))
@@ -73,19 +74,7 @@ def test_a_gossip_target_below_one_fragment_per_round_exchanges_every_round_and_
 def test_paced_gossip_seed_sweep(chunk: int, pool) -> None:  # noqa: F811 - the fixture
     """The main sweep's seeded faults (loss, stalls, crashes, joins, cuts, NAT) in paced gossip mode."""
     seeds = range(chunk * CHUNK, min(SEEDS, (chunk + 1) * CHUNK))
-    results = list(pool.map(_paced_gossip_one, seeds))
-    failures = [(seed, msg) for seed, msg, _ in results if msg is not None]
-    print(f"paced gossip sim chunk {chunk}: {len(seeds)} seeds, {sum(n for *_, n in results)} peer-rounds, "
-          f"{len(failures)} failed")
-    assert not failures, f"{len(failures)} of {len(seeds)} seeds failed; first:\n{failures[0][1]}"
-
-
-def _paced_gossip_one(seed: int) -> tuple[int, str | None, int]:
-    try:
-        w = run_checked(paced_random_scenario(seed, mode="gossip"))
-    except AssertionError as exc:
-        return seed, str(exc), 0
-    return seed, None, sum(len(x.rows) for x in w.log)
+    check_seeds(pool, partial(paced_random_scenario, mode="gossip"), seeds, f"paced gossip sim chunk {chunk}")
 
 
 @pytest.mark.skipif("SIM_PACED_GOSSIP_SEED" not in os.environ,

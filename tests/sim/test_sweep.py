@@ -12,8 +12,9 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import pytest
 import structlog
@@ -42,13 +43,24 @@ def _quiet() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
 
-def _one(seed: int) -> tuple[int, str | None, int]:
-    """(seed, failure or None, simulated peer-rounds)."""
+def _one(make: Callable[[int], Scenario], seed: int) -> tuple[int, str | None, int]:
+    """(seed, failure or None, simulated peer-rounds) of ``make(seed)`` (module-level: it runs in the pool)."""
     try:
-        w = run_checked(random_scenario(seed))
+        w = run_checked(make(seed))
     except AssertionError as exc:
         return seed, str(exc), 0
     return seed, None, sum(len(x.rows) for x in w.log)
+
+
+def check_seeds(pool: ProcessPoolExecutor, make: Callable[[int], Scenario], seeds: range, label: str) -> None:
+    """Run ``make(seed)`` for every seed in ``pool``, all invariants checked; fails with the first failure."""
+    t0 = time.monotonic()
+    results = list(pool.map(partial(_one, make), seeds))
+    failures = [(seed, msg) for seed, msg, _ in results if msg is not None]
+    rounds = sum(n for _, _, n in results)
+    print(f"{label}: {len(seeds)} seeds, {rounds} simulated peer-rounds, {len(failures)} failed, "
+          f"{time.monotonic() - t0:.1f}s")
+    assert not failures, f"{len(failures)} of {len(seeds)} seeds failed; first:\n{failures[0][1]}"
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +73,7 @@ def pool() -> Iterator[ProcessPoolExecutor]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("chunk", range(math.ceil(SEEDS / CHUNK)))
 def test_seed_sweep(chunk: int, pool: ProcessPoolExecutor) -> None:
-    t0 = time.monotonic()
-    seeds = range(chunk * CHUNK, min(SEEDS, (chunk + 1) * CHUNK))
-    results = list(pool.map(_one, seeds))
-    failures = [(seed, msg) for seed, msg, _ in results if msg is not None]
-    rounds = sum(n for _, _, n in results)
-    print(f"sim chunk {chunk}: {len(seeds)} seeds, {rounds} simulated peer-rounds, {len(failures)} failed, "
-          f"{time.monotonic() - t0:.1f}s")
-    assert not failures, f"{len(failures)} of {len(seeds)} seeds failed; first:\n{failures[0][1]}"
+    check_seeds(pool, random_scenario, range(chunk * CHUNK, min(SEEDS, (chunk + 1) * CHUNK)), f"sim chunk {chunk}")
 
 
 def test_a_seed_replays_exactly() -> None:
