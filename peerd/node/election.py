@@ -52,7 +52,7 @@ class Basis:
     read_end: float  # when this round's view read ended (Unix time): candidate turns count from it
     timing: dict[str, Any]  # the round's phase times, logged with its outcome (written to)
     # This peer's state was downloaded from another peer after its last commit, a round or two
-    # ago (a joiner, a laggard): it publishes no plan (see PlanElection._order).
+    # ago (a joiner, a laggard): it is no plan candidate, only the fallback (PlanElection._order).
     newcomer: bool = False
 
 
@@ -88,7 +88,7 @@ class PlanElection:
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
         order = self._order(r, elig, basis.last_commit, basis.newcomer)
-        rank = order.index(self.peer_id) if self.peer_id in order else len(order) + rc.plan_candidates
+        rank, last_rank = self._rank(r, order, elig, candidates, basis.newcomer)
         # A better-ranked peer that is alive and in sync will publish: this one gives way longer.
         ahead_alive = 0 < rank < rc.plan_candidates and self._alive_ahead(r, order[:rank], candidates,
                                                                           basis.last_commit)
@@ -135,12 +135,12 @@ class PlanElection:
                 # A candidate publishes only within its own slot (the last one: any time). One
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
                 # members already took: its own, better-ranked one would split the round.
-                in_slot = rank == rc.plan_candidates - 1 or rc.now() < turn(rank + 1)
-                may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
+                in_slot = rank == last_rank or rc.now() < turn(rank + 1)
+                may_publish = self.end.finishing is None and rank <= last_rank and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= turn(rank):
                     tried = True
                     published_at = round(rc.now() - rc.start(r), 3)
-                    mine = self._publish(r, rank, candidates, nbytes, basis)  # rank < plan_candidates here
+                    mine = self._publish(r, rank, candidates, nbytes, basis)  # rank <= last_rank here
                     continue
                 await self.inbox.wait(r, min(0.05, give_up - rc.now()))
         finally:
@@ -199,6 +199,32 @@ class PlanElection:
                 return True
         return False
 
+    def _rank(self, r: int, order: list[str], elig: list[sch.Candidate], candidates: list[sch.Candidate],
+              newcomer: bool) -> tuple[int, int]:
+        """This peer's plan slot in round ``r``, and the last slot that may publish.
+
+        A candidate's slot is its place in ``order``; a peer outside it publishes nothing. A
+        newcomer is outside it (:meth:`_order`), but a peer without a recent commit orders the
+        eligible peers of its view, the newcomer among them. Where the newcomer and a peer that
+        had just died took both candidate slots, nobody published for rounds on end
+        (tests/e2e/test_chaos.py stalled 16 s). So a newcomer that holds a candidate slot in
+        that order, with no other peer in those slots alive at its state, is the fallback: it
+        publishes after every candidate's slot, ranked after them, so that a plan of a peer
+        leading by the shared commit still wins. One such peer alive there publishes itself
+        (or leads by a recent commit): a fallback plan then would only race it (sim
+        test_slow_reads, seed 2).
+        """
+        n = self.rc.plan_candidates
+        if self.peer_id in order:
+            return order.index(self.peer_id), n - 1
+        ids = [c.peer_id for c in elig]
+        if newcomer and self.peer_id in ids:
+            slots = sch.rendezvous_order(self.cfg.run_id, r, ids)[:n]
+            others = [pid for pid in slots if pid != self.peer_id]
+            if self.peer_id in slots and not self._alive_ahead(r, others, candidates, None):
+                return n + slots.index(self.peer_id), 2 * n - 1
+        return len(order) + n, n - 1
+
     def _order(self, r: int, elig: list[sch.Candidate], last: sch.RoundPlan | None, newcomer: bool) -> list[str]:
         """Round ``r``'s plan slots: this peer's place in it is its rank (absent: it publishes nothing).
 
@@ -217,7 +243,8 @@ class PlanElection:
         two leaders (sim test_slow_reads, seed 2: a laggard that fetched the state while the
         round it fetched for aborted). Those it downloaded from lead. Only for
         ``COMMIT_ASSUMED_ROUNDS`` rounds after the download, so peers that all restarted or all
-        downloaded lose at most that many rounds.
+        downloaded lose at most that many rounds. It may still publish as a fallback
+        (:meth:`_rank`).
         """
         if last is not None and last.round >= r - COMMIT_ASSUMED_ROUNDS and self.mixer.shared_state:
             basis = list(last.members)
