@@ -66,6 +66,8 @@ class Candidate:
     # compared: this peer's own candidate is built twice per round while its worker keeps stepping.
     steps_per_s: float = field(default=0.0, compare=False)
     steps_since: tuple[int, ...] = field(default=(), compare=False)
+    # Its state was downloaded a round or two ago: it leads no round (PlanElection._order).
+    newcomer: bool = field(default=False, compare=False)
 
 
 def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:

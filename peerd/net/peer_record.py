@@ -33,6 +33,9 @@ MAX_UPLINK_BPS = 1 << 40  # far above any link; bounds what a hostile record can
 # Any version may carry ``dht``: the author's DHT multiaddrs, so peers dial each other's DHT nodes
 # directly (see SwarmView.knit). Readers older than this field drop such records.
 MAX_DHT_MADDRS = 4
+# Any version may carry ``new: true``: the author's state was downloaded from others a round or two
+# ago, so it leads no round (PlanElection._order); written only while true, so other records stay
+# readable by peers older than this field.
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class PeerRecord:
     steps_since: tuple[int, ...] | None = None
     uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
     dht_maddrs: tuple[str, ...] = ()  # the author's DHT multiaddrs (each ending in /p2p/<peer_id>)
+    newcomer: bool = False  # its state was downloaded since its last commit, a round or two ago
     # When the DHT copy this was read from expires (Unix time; not part of the record's value): a
     # view keeps a record that one read missed until then (peerd/net/view.py). inf: not known.
     expires: float = field(default=math.inf, compare=False)
@@ -77,6 +81,8 @@ class PeerRecord:
             value["uplink_bps"] = self.uplink_bps
         if self.dht_maddrs:
             value["dht"] = list(self.dht_maddrs)
+        if self.newcomer:
+            value["new"] = True
         return value
 
     @classmethod
@@ -101,6 +107,8 @@ class PeerRecord:
             want["uplink_bps"] = int
         if "dht" in value:
             want["dht"] = list
+        if "new" in value:
+            want["new"] = bool
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -121,7 +129,8 @@ class PeerRecord:
         if not all(a.startswith(("/ip4/", "/ip6/", "/dns")) and a.endswith(f"/p2p/{value['peer_id']}")
                    for a in value.get("dht", [])):
             raise ValueError("record dht address malformed (a multiaddr ending in the author's /p2p/ id)")
-        fields = {k: value[k] for k in want if k != "dht"}
+        fields = {k: value[k] for k in want if k not in ("dht", "new")}
+        fields["newcomer"] = value.get("new", False)
         fields["fragment_hashes"] = tuple(value["fragment_hashes"])
         fields["samples_per_s"] = float(value["samples_per_s"])
         if "dht" in value:
@@ -139,4 +148,4 @@ class PeerRecord:
     def candidate(self) -> Candidate:
         """The schedule's view of this record."""
         return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done,
-                         self.reachable, self.steps_per_s, self.steps_since or ())
+                         self.reachable, self.steps_per_s, self.steps_since or (), self.newcomer)

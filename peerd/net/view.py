@@ -68,6 +68,9 @@ class SwarmView:
         self.reachable = True  # others can dial this peer (peerd/net/reach.py decides; False: client mode)
         self.uplink_bps = 0  # this peer's upload cap in bytes/s, announced so rounds allow for it (0: none)
         self.dht_maddrs: tuple[str, ...] = ()  # this peer's DHT addresses, announced so others dial them (knit)
+        # The round driver's answer to whether this peer's state was downloaded from others a round
+        # or two ago (announced: such a peer leads no round; peerd/node/election.py).
+        self.newcomer: Callable[[], bool] = lambda: False
         self._dialed: dict[str, tuple[tuple[str, ...], bool, float]] = {}  # peer id -> (addresses, answered, when)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
@@ -89,7 +92,7 @@ class SwarmView:
             ready=self.ready if ready is None else ready, done=stats.done, reachable=self.reachable,
             steps_per_s=stats.steps_per_s if self.announce_pace else 0.0,
             steps_since=self._steps_since(stats.steps_since) if self.announce_pace else None,
-            uplink_bps=self.uplink_bps, dht_maddrs=self.dht_maddrs,
+            uplink_bps=self.uplink_bps, dht_maddrs=self.dht_maddrs, newcomer=self.newcomer(),
         )
 
     def _steps_since(self, since: tuple[int, ...]) -> tuple[int, ...]:

@@ -65,6 +65,7 @@ class RoundDriver:
         self.last_plan: sch.RoundPlan | None = None  # the latest plan it took part in (committed or not)
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
         self.read_end = 0.0  # when this round's view read ended (plan turns count from it: RoundClock.turn)
+        view.newcomer = lambda: self._newcomer(self.rc.index())
         self.election = PlanElection(cfg, rounds, view, mixer, membership, inbox, offerer, self.end, self.pacing,
                                      faults, self._timed)
 
@@ -342,11 +343,14 @@ class RoundDriver:
                               else self.rc.net.dht(self.rc.clock.monotonic() - t0))
         return fut
 
-    def _basis(self, r: int) -> Basis:
+    def _newcomer(self, r: int) -> bool:
+        """Whether this peer's state was downloaded since its last commit, in round ``r`` or the two before."""
         got = self.fetched_round
-        newcomer = (got is not None and r - got <= COMMIT_ASSUMED_ROUNDS
-                    and (self.last_commit is None or self.last_commit.round < got))
-        return Basis(self.last_commit, self.read_end, self.timing, newcomer)
+        return (got is not None and r - got <= COMMIT_ASSUMED_ROUNDS
+                and (self.last_commit is None or self.last_commit.round < got))
+
+    def _basis(self, r: int) -> Basis:
+        return Basis(self.last_commit, self.read_end, self.timing, self._newcomer(r))
 
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         self._background.add(fut)

@@ -52,7 +52,7 @@ class Basis:
     read_end: float  # when this round's view read ended (Unix time): candidate turns count from it
     timing: dict[str, Any]  # the round's phase times, logged with its outcome (written to)
     # This peer's state was downloaded from another peer after its last commit, a round or two
-    # ago (a joiner, a laggard): it is no plan candidate, only the fallback (PlanElection._order).
+    # ago (a joiner, a laggard): it publishes no plan and announces it (see PlanElection._order).
     newcomer: bool = False
 
 
@@ -88,7 +88,7 @@ class PlanElection:
         cfg, rc = self.cfg, self.rc
         elig = sch.eligible(candidates, self.mixer.mode)
         order = self._order(r, elig, basis.last_commit, basis.newcomer)
-        rank, last_rank = self._rank(r, order, elig, candidates, basis.newcomer)
+        rank = order.index(self.peer_id) if self.peer_id in order else len(order) + rc.plan_candidates
         # A better-ranked peer that is alive and in sync will publish: this one gives way longer.
         ahead_alive = 0 < rank < rc.plan_candidates and self._alive_ahead(r, order[:rank], candidates,
                                                                           basis.last_commit)
@@ -135,12 +135,12 @@ class PlanElection:
                 # A candidate publishes only within its own slot (the last one: any time). One
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
                 # members already took: its own, better-ranked one would split the round.
-                in_slot = rank == last_rank or rc.now() < turn(rank + 1)
-                may_publish = self.end.finishing is None and rank <= last_rank and chosen is None and in_slot
+                in_slot = rank == rc.plan_candidates - 1 or rc.now() < turn(rank + 1)
+                may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= turn(rank):
                     tried = True
                     published_at = round(rc.now() - rc.start(r), 3)
-                    mine = self._publish(r, rank, candidates, nbytes, basis)  # rank <= last_rank here
+                    mine = self._publish(r, rank, candidates, nbytes, basis)  # rank < plan_candidates here
                     continue
                 await self.inbox.wait(r, min(0.05, give_up - rc.now()))
         finally:
@@ -181,7 +181,7 @@ class PlanElection:
         round's, up to ``dht.heartbeat_s`` older, and clocks differ a little). A stale read
         showed co-members one commit behind and missed records whole, so the first is what
         holds in a steady swarm. A peer that crashed since still counts: that round gets its plan
-        late or not at all (lost, not split). One departing or done publishes nothing.
+        late or not at all (lost, not split). One departing, done or a newcomer publishes nothing.
         """
         state = self.view.state
         mine = state.revision, state.state_hash()
@@ -190,7 +190,7 @@ class PlanElection:
         by_id = {c.peer_id: c for c in candidates}
         for pid in ahead:
             c, rec = by_id.get(pid), self.view.records.get(pid)
-            if c is not None and (not c.ready or c.done):
+            if c is not None and (not c.ready or c.done or c.newcomer):
                 continue
             if pid in co:
                 return True
@@ -198,32 +198,6 @@ class PlanElection:
                     and rec.expires - self.cfg.dht.ttl_s >= since):
                 return True
         return False
-
-    def _rank(self, r: int, order: list[str], elig: list[sch.Candidate], candidates: list[sch.Candidate],
-              newcomer: bool) -> tuple[int, int]:
-        """This peer's plan slot in round ``r``, and the last slot that may publish.
-
-        A candidate's slot is its place in ``order``; a peer outside it publishes nothing. A
-        newcomer is outside it (:meth:`_order`), but a peer without a recent commit orders the
-        eligible peers of its view, the newcomer among them. Where the newcomer and a peer that
-        had just died took both candidate slots, nobody published for rounds on end
-        (tests/e2e/test_chaos.py stalled 16 s). So a newcomer that holds a candidate slot in
-        that order, with no other peer in those slots alive at its state, is the fallback: it
-        publishes after every candidate's slot, ranked after them, so that a plan of a peer
-        leading by the shared commit still wins. One such peer alive there publishes itself
-        (or leads by a recent commit): a fallback plan then would only race it (sim
-        test_slow_reads, seed 2).
-        """
-        n = self.rc.plan_candidates
-        if self.peer_id in order:
-            return order.index(self.peer_id), n - 1
-        ids = [c.peer_id for c in elig]
-        if newcomer and self.peer_id in ids:
-            slots = sch.rendezvous_order(self.cfg.run_id, r, ids)[:n]
-            others = [pid for pid in slots if pid != self.peer_id]
-            if self.peer_id in slots and not self._alive_ahead(r, others, candidates, None):
-                return n + slots.index(self.peer_id), 2 * n - 1
-        return len(order) + n, n - 1
 
     def _order(self, r: int, elig: list[sch.Candidate], last: sch.RoundPlan | None, newcomer: bool) -> list[str]:
         """Round ``r``'s plan slots: this peer's place in it is its rank (absent: it publishes nothing).
@@ -243,15 +217,18 @@ class PlanElection:
         two leaders (sim test_slow_reads, seed 2: a laggard that fetched the state while the
         round it fetched for aborted). Those it downloaded from lead. Only for
         ``COMMIT_ASSUMED_ROUNDS`` rounds after the download, so peers that all restarted or all
-        downloaded lose at most that many rounds. It may still publish as a fallback
-        (:meth:`_rank`).
+        downloaded lose at most that many rounds. A newcomer says so in its record, and those
+        ordering by their views leave it out too.
         """
         if last is not None and last.round >= r - COMMIT_ASSUMED_ROUNDS and self.mixer.shared_state:
-            basis = list(last.members)
+            basis = [pid for pid in last.members if not (newcomer and pid == self.peer_id)]
         else:
-            basis = [c.peer_id for c in elig]
-        if newcomer:
-            basis = [pid for pid in basis if pid != self.peer_id]
+            # Newcomers announce it (their records' ``new``), this one included: every peer that
+            # orders by its view leaves them out, as they leave themselves out. Before, a
+            # newcomer left only itself out; where it and a peer that had just died took both
+            # candidate slots of a veteran, nobody published for rounds on end (the chaos test
+            # stalled 16 s; sim test_newcomer_order). When all are newcomers, all rank.
+            basis = [c.peer_id for c in elig if not c.newcomer] or [c.peer_id for c in elig]
         return sch.rendezvous_order(self.cfg.run_id, r, basis)
 
     async def offered(self, r: int, basis: Basis) -> sch.RoundPlan | None:

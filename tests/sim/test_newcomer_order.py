@@ -1,12 +1,12 @@
-"""A newcomer that holds a plan slot in a veteran's order still gets the round a plan.
+"""A newcomer that holds a plan slot in a veteran's order does not leave the round without a plan.
 
 A peer whose state was downloaded a round or two ago (a joiner) is no plan candidate: it would
-rank by its own view, not by the commit its co-members share (``PlanElection._order``). A
-veteran whose last commit is old, though, orders the eligible peers of its view, the newcomer
-among them. Where the newcomer and a peer that had just died took both candidate slots, nobody
-published: the CI chaos test (tests/e2e/test_chaos.py) stalled 16 s, the newcomer skipping
-every round and the veteran ranked third. The newcomer now publishes as the fallback, after
-every candidate's slot and ranked after them.
+rank by its own view, not by the commit its co-members share (``PlanElection._order``). It left
+only itself out, though, and a veteran whose last commit is old orders the eligible peers of its
+view, the newcomer among them. Where the newcomer and a peer that had just died took both
+candidate slots, nobody published: the CI chaos test (tests/e2e/test_chaos.py) stalled 16 s,
+the newcomer skipping every round and the veteran ranked third. A newcomer now says so in its
+record, and peers ordering by their views leave it out too.
 
 Here the rendezvous order is fixed so that the joiner comes first and the peer that dies
 second. That peer is killed while the link between the other two is cut, so that their last
