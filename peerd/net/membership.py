@@ -25,8 +25,6 @@ from typing import Any, TypeVar
 
 import msgpack
 from hivemind.dht.node import DHTNode
-from hivemind.dht.routing import DHTID
-from hivemind.dht.validation import DHTRecord
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
@@ -37,13 +35,10 @@ from peerd.core.log import RemoteLog, get_logger
 from peerd.core.schedule import RoundPlan, plan_from_record
 from peerd.net.peer_record import PeerRecord
 from peerd.net.records import RUNS_KEY, SealValidator, Signer, open_sealed, run_tag
+from peerd.net.replicas import NUM_REPLICAS, ReplicaStore
 from peerd.proto.v1 import peer_pb2
 
 T = TypeVar("T")
-# Nodes that store each key. Every key is rewritten each heartbeat or round, so three copies
-# outlive any crash that matters, and each read or store (whose lookup returns every copy it
-# passes) moves three copies of the run's records instead of hivemind's default five.
-NUM_REPLICAS = 3
 log = get_logger("peerd.dht")
 FAIL_LOG_EVERY_S = 30.0  # a failing kind of DHT operation is logged at most this often (with a count of the rest)
 _FAILED: Any = object()  # distinguishes "the call failed" from a call that returned None
@@ -54,11 +49,6 @@ MAX_PLAN_OFFER_BYTES = (256 << 10) + 4096  # a sealed record: its body (records.
 MAX_PEER_SUBKEYS = 4096
 MAX_PLAN_SUBKEYS = 64
 MAX_RUNS_SUBKEYS = 256
-# A heartbeat stores straight at the peers key's replicas, which a lookup finds at most this often
-# (sooner after a replica failed a store): a swarm whose nodes come and go moves the key's nearest
-# nodes, and a record stored at nodes that are no longer the nearest is read only while lookups
-# still pass them. Readers' lookups are unchanged.
-REPLICAS_FRESH_S = 30.0
 
 
 def _expiration(item: Any) -> float:
@@ -110,10 +100,7 @@ class Membership:
         self.invalid_records = 0
         self._runs_at = -1e9  # when the runs directory entry was last stored (monotonic)
         self._peers_key = f"peerd/v1/{run_id}/peers"
-        self._peers_key_id = DHTID.generate(source=self._peers_key)
-        self._replicas: dict[DHTID, PeerID] = {}  # the peers key's nearest nodes, nearest first
-        self._replicas_at = -1e9  # when a lookup last found them (monotonic)
-        self._table: set[DHTID] = set()  # the routing table's nodes when the replicas were looked up
+        self.replicas: ReplicaStore | None = None  # heartbeats' writer, once the node runs
         # A dead peer fails every ping: one line per kind of failing operation and FAIL_LOG_EVERY_S.
         self._fail_log = RemoteLog(log, reason_rate=1 / FAIL_LOG_EVERY_S, reason_burst=1, peer_rate=1, peer_burst=1)
 
@@ -160,6 +147,7 @@ class Membership:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise DhtError(f"could not start the DHT node: {exc!r}") from exc
+        self.replicas = ReplicaStore(self.node, self._peers_key, self._bounded, _FAILED)
         if initial_peers:
             try:
                 await self._bootstrap(initial_peers, deadline)
@@ -305,7 +293,8 @@ class Membership:
         assert self.signer is not None and record.peer_id == self.signer.peer_id
         expiration = get_dht_time() + (self.cfg.ttl_s if ttl_s is None else ttl_s)
         value = self.signer.seal(self._peers_key, record.to_value(), expiration)
-        ok = await self._store_at_replicas(value, expiration, record.peer_id)
+        assert self.replicas is not None
+        ok = await self.replicas.store(value, expiration, record.peer_id)
         # The runs directory, refreshed rarely, by ready peers only: a peer leaving (its departure
         # record is not ready) or one that fails its join checks must not announce its run for
         # the entry's 3 minutes, or a joiner of the right run with a wrong secret is told that
@@ -316,67 +305,6 @@ class Membership:
             if await self._bounded("store_runs", self.node.store(RUNS_KEY, runs, exp, subkey=record.peer_id)) is True:
                 self._runs_at = time.monotonic()
         return ok is True
-
-    def _replicas_known(self) -> bool:
-        """Whether the peers key's replicas found by the last lookup still stand.
-
-        Not after ``REPLICAS_FRESH_S``, nor once the routing table holds a node it did not hold
-        then that may be one (fewer than ``NUM_REPLICAS`` were found, or it is nearer the key
-        than one of them): a node that joined may be nearer the key, and one that was out of
-        reach (routing tables apart on a loaded box) a replica that the lookup could not find.
-        """
-        assert self.node is not None
-        if not self._replicas or time.monotonic() - self._replicas_at > REPLICAS_FRESH_S:
-            return False
-        new = set(self.node.protocol.routing_table.uid_to_peer_id) - self._table
-        if not new:
-            return True
-        # Only a node nearer the key than the farthest replica can take a replica's place; the
-        # others (most often a node back after a missed deadline) change nothing.
-        key_id = self._peers_key_id
-        farthest = max(key_id.xor_distance(n) for n in self._replicas)
-        if len(self._replicas) >= NUM_REPLICAS and all(key_id.xor_distance(n) > farthest for n in new):
-            self._table |= new
-            return True
-        return False
-
-    async def _store_at_replicas(self, value: Any, expiration: float, subkey: str) -> bool:
-        """Store this peer's sealed record at the peers key's replicas; True when at least one took it.
-
-        Not ``DHTNode.store``: it looks the key up first, and every node on the way that holds the
-        key answers with its whole dictionary, so each heartbeat moved three copies of all N
-        records to write one (16 daemons: about 100 kB sent per peer per second, most of it this).
-        Here a lookup runs at most every ``REPLICAS_FRESH_S`` and the heartbeats between send one
-        record to each replica. A replica that fails the store makes the next heartbeat look the
-        key up again, and a failed lookup falls back to hivemind's store.
-        """
-        assert self.node is not None
-        node, key_id = self.node, self._peers_key_id
-        if not self._replicas_known():
-            table = set(node.protocol.routing_table.uid_to_peer_id)
-            found = await self._bounded("lookup", node.find_nearest_nodes([key_id], k_nearest=NUM_REPLICAS))
-            nearest = found.get(key_id) if isinstance(found, dict) else None
-            if not nearest:
-                self._replicas = {}
-                ok = await self._bounded("store", node.store(self._peers_key, value, expiration, subkey=subkey))
-                return ok is True
-            self._replicas, self._replicas_at, self._table = dict(nearest), time.monotonic(), table
-        proto = node.protocol
-        subkey_bytes, value_bytes = proto.serializer.dumps(subkey), proto.serializer.dumps(value)
-
-        async def one(node_id: DHTID, peer: PeerID) -> bool | None:
-            """Stored; False: refused (it holds a later heartbeat of ours: two in flight); None: no answer."""
-            if node_id == node.node_id:  # this node is a replica: store locally, checked as a remote one would
-                rec = DHTRecord(key_id.to_bytes(), subkey_bytes, value_bytes, expiration)
-                return bool(proto.record_validator is None or proto.record_validator.validate(rec)) and bool(
-                    proto.storage.store(key_id, value_bytes, expiration, subkey=subkey))
-            ok = await proto.call_store(peer, [key_id], [value_bytes], expiration, subkeys=[subkey])
-            return None if not ok else bool(ok[0])
-
-        results = await self._bounded("store", asyncio.gather(*(one(n, p) for n, p in self._replicas.items())))
-        if results is _FAILED or any(x is None for x in results):
-            self._replicas_at = -1e9  # look the replicas up again at the next heartbeat
-        return results is not _FAILED and any(x is not None for x in results)
 
     async def other_runs(self) -> bool:
         """Whether peers of another run (or of a run this peer's secret cannot read) are in this DHT."""

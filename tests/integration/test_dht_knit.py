@@ -60,7 +60,7 @@ async def test_a_live_peer_lost_to_routing_table_and_blacklist_is_found_again_by
                 assert node_id is not None
                 del m.node.protocol.routing_table[node_id]
                 m.node.blacklist.banned_peers.store(PeerID.from_base58(other), 9, get_dht_time() + 60)
-                m._replicas_at = -1e9  # the same missed deadlines failed its calls to the key's replicas
+                m.replicas.invalidate()  # the same missed deadlines failed its calls to the key's replicas
 
             async def b_gone() -> bool:
                 view = await a.live_records()
