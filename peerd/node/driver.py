@@ -69,20 +69,13 @@ class RoundDriver:
         self.election = PlanElection(cfg, rounds, view, mixer, membership, inbox, offerer, self.end, self.pacing,
                                      faults, self._timed)
 
-    async def loop(self, ready_at: float | None = None) -> None:
+    async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal.
 
-        ``ready_at``: when this peer first announced itself ready (Unix time). Its first round is
-        the one that announcement may have reached, not the one current when the loop starts:
-        others name a ready peer in their plans, and a joiner that announced itself, then spent
-        seconds on its remaining start-up (DHT stores take several round trips at 200 ms), sat
-        out the round it was named in, which aborted for everyone (bench.wan_rounds,
-        intercontinental: its first round with all four peers). Joining that round late still
-        lets it take its part; a round already over is not started.
+        Called once this peer has announced itself ready: others may name it from then on, so
+        it starts with the current round (``RoundClock.first_round``).
         """
-        now = self.rc.now()
-        r = self.rc.first_round(now) if ready_at is None else max(self.rc.first_round(min(ready_at, now)),
-                                                                  self.rc.index(now))
+        r = self.rc.first_round(self.rc.now())
         if self.view.state.revision > 0:  # a joiner's download, or a checkpoint: not a commit with anyone here
             self.fetched_round = r
         while True:

@@ -62,7 +62,6 @@ class PeerNode:
                                   exit_when_done, request_stop, self.inbox, self.offerer)
         self.reach = ReachCheck(cfg.transport.mode, network, self.view, cfg.run_id)
         self._invalid_seen = 0
-        self._ready_at: float | None = None  # when this peer first announced itself ready (Unix time)
 
     def _lost_ready(self) -> None:
         self.driver.failure()
@@ -87,14 +86,13 @@ class PeerNode:
         return await self.reach.detect()
 
     async def become_ready(self) -> None:
-        """Start taking part in rounds: from the one this announcement may reach (see RoundDriver.loop)."""
-        self._ready_at = self.rounds.now()
+        """Start taking part in rounds."""
         self.view.ready = True
         await self.view.heartbeat()
 
     def loops(self, check: Callable[[], None]) -> dict[str, Coroutine[Any, Any, None]]:
         """The peer's never-ending tasks by name; ``check()`` raises to stop the peer."""
-        return {"heartbeat": self.view.heartbeat_loop(check), "rounds": self.driver.loop(self._ready_at),
+        return {"heartbeat": self.view.heartbeat_loop(check), "rounds": self.driver.loop(),
                 "reping": self.view.reping_loop(), "reachability": self.reach.loop()}
 
     async def leave(self, swarm_finishing: bool) -> None:

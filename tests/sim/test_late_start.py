@@ -1,14 +1,15 @@
-"""A joiner whose rounds start seconds after it announced itself ready still takes its part.
+"""A peer whose rounds start after a round's settle point still takes part in that round.
 
-Others name a ready peer in their plans. A daemon announces itself ready, then finishes its
-start-up (its addresses, another heartbeat, the ready file: DHT stores take several round trips
-at 200 ms RTT), and only then starts its rounds. Its first round used to be the one current when
-the round loop started, so it sat out the round it was named in, and that round aborted for
-everyone (bench.wan_rounds, intercontinental: the first round with all four peers). Its first
-round now follows its announcement (``RoundDriver.loop``).
+Others name a ready peer in plans built from view reads that end up to a second after the
+settle point (200 ms RTT). A peer's first round used to be the current one only when its loop
+started within half the settle time of the round's start, else the next; a joiner that became
+ready a moment later was named in the current round's plan, sat it out, and the round aborted
+for every member (bench.wan_rounds, intercontinental: the first round with all four peers, in
+several runs). Its first round is now the current one until that round's exchange is over
+(``RoundClock.first_round``).
 
-Here the joiner's round loop starts 0.9 s after its ready record was stored, after the plan that
-names it was published; on the code before, that round aborted for its three other members.
+Here the joiner's round loop starts 0.9 s after its ready record was stored, after the plan
+that names it was published; on the code before, that round aborted for its three other members.
 """
 
 from __future__ import annotations
