@@ -305,8 +305,9 @@ class RoundClock:
         ready peer in plans built from view reads that end well after the settle point (a second
         at 200 ms RTT), and a peer that sat out the round it was named in made it abort for every
         member. Not named, it only observes; named, it takes its part late (a plan offered after
-        it stopped looking still counts). The rule before, "only before half the settle time",
-        left joiners out of the very round that named them (bench.wan_rounds, intercontinental).
+        it stopped looking still counts). Entered after the settle point, it publishes no plan in
+        that round (``Basis.late``). The rule before, "only before half the settle time", left
+        joiners out of the very round that named them (bench.wan_rounds, intercontinental).
         """
         r = self.index(now)
         return r if now < self.deadline(r) - PHASE_SLACK_S else r + 1

@@ -49,3 +49,4 @@ def test_a_joiner_named_before_its_rounds_start_takes_part(monkeypatch: pytest.M
     after = [(pid, r, what) for pid, r, what in outcomes if r >= joined]
     assert any(pid == "peer-03" and what == "committed:ok" for pid, _, what in after), after
     assert not [x for x in after if x[2].startswith("aborted")], after
+
