@@ -299,15 +299,10 @@ class RoundClock:
         return now - self.round_s <= self.start(r) <= now + 1.0
 
     def first_round(self, now: float) -> int:
-        """The round a peer that announced itself ready and starts its loop at ``now`` takes part in first.
+        """The round a peer that starts its loop at ``now`` takes part in first.
 
-        The current one, however late in it, unless its exchange is over. Others may name a
-        ready peer in plans built from view reads that end well after the settle point (a second
-        at 200 ms RTT), and a peer that sat out the round it was named in made it abort for every
-        member. Not named, it only observes; named, it takes its part late (a plan offered after
-        it stopped looking still counts). Entered after the settle point, it publishes no plan in
-        that round (``Basis.late``). The rule before, "only before half the settle time", left
-        joiners out of the very round that named them (bench.wan_rounds, intercontinental).
+        Before the current round's settle point this peer's ready record may be in the views
+        others read, so they may name it in the plan: taking part beats making the round abort.
         """
         r = self.index(now)
-        return r if now < self.deadline(r) - PHASE_SLACK_S else r + 1
+        return r if now < self.start(r) + self.settle_s * 0.5 else r + 1

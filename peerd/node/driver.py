@@ -65,20 +65,13 @@ class RoundDriver:
         self.last_plan: sch.RoundPlan | None = None  # the latest plan it took part in (committed or not)
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
         self.read_end = 0.0  # when this round's view read ended (plan turns count from it: RoundClock.turn)
-        self._entered_late: int | None = None  # the first round, when this peer's loop started after its settle point
         view.newcomer = lambda: self._newcomer(self.rc.index())
         self.election = PlanElection(cfg, rounds, view, mixer, membership, inbox, offerer, self.end, self.pacing,
                                      faults, self._timed)
 
     async def loop(self) -> None:
-        """Run rounds until cancelled; a broken round is counted, never fatal.
-
-        Called once this peer has announced itself ready: others may name it from then on, so
-        it starts with the current round (``RoundClock.first_round``).
-        """
+        """Run rounds until cancelled; a broken round is counted, never fatal."""
         r = self.rc.first_round(self.rc.now())
-        # Entered after the settle point: this round's plan is others' to make (Basis.late).
-        self._entered_late = r if self.rc.now() > self.rc.settle_at(r) else None
         if self.view.state.revision > 0:  # a joiner's download, or a checkpoint: not a commit with anyone here
             self.fetched_round = r
         while True:
@@ -357,7 +350,7 @@ class RoundDriver:
                 and (self.last_commit is None or self.last_commit.round < got))
 
     def _basis(self, r: int) -> Basis:
-        return Basis(self.last_commit, self.read_end, self.timing, self._newcomer(r), late=r == self._entered_late)
+        return Basis(self.last_commit, self.read_end, self.timing, self._newcomer(r))
 
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         self._background.add(fut)

@@ -54,10 +54,6 @@ class Basis:
     # This peer's state was downloaded from another peer after its last commit, a round or two
     # ago (a joiner, a laggard): it publishes no plan and announces it (see PlanElection._order).
     newcomer: bool = False
-    # This peer entered the round after its settle point (its loop started late): it takes an
-    # offered plan but publishes none. Its turns would count from its own late view read, and its
-    # plan would name peers that had already read the view without it and left the round.
-    late: bool = False
 
 
 class PlanElection:
@@ -140,8 +136,7 @@ class PlanElection:
                 # that comes later (a loop starved by a busy box) may meet a worse plan that its
                 # members already took: its own, better-ranked one would split the round.
                 in_slot = rank == rc.plan_candidates - 1 or rc.now() < turn(rank + 1)
-                may_publish = (self.end.finishing is None and not basis.late and rank < rc.plan_candidates
-                               and chosen is None and in_slot)
+                may_publish = self.end.finishing is None and rank < rc.plan_candidates and chosen is None and in_slot
                 if not tried and may_publish and rc.now() >= turn(rank):
                     tried = True
                     published_at = round(rc.now() - rc.start(r), 3)

@@ -120,17 +120,10 @@ def _capped_run(cap_aware: bool, seed: int = 3) -> World:
     if not cap_aware:  # as before this change: the cap is enforced but not announced
         w.peers_hook = lambda p: setattr(p.node.view, "uplink_bps", 0)
     weighted: list[bool] = []
-    named: set[int] = set()  # rounds whose plan, committed at peer 0, named peer 3
-    w.checks += [invariants.safety, lambda w, r: _weighted(w, r, weighted), lambda w, r: _named(w, named)]
+    w.checks += [invariants.safety, lambda w, r: _weighted(w, r, weighted)]
     w.run()
-    w.weighted, w.named = weighted, named  # type: ignore[attr-defined]
+    w.weighted = weighted  # type: ignore[attr-defined]
     return w
-
-
-def _named(w: World, out: set[int]) -> None:
-    last = w.peers[0].node.driver.last_commit
-    if last is not None and last.index_of("peer-03") >= 0:
-        out.add(last.round)
 
 
 def _weighted(w: World, r: int, out: list[bool]) -> None:
@@ -142,12 +135,9 @@ def _weighted(w: World, r: int, out: list[bool]) -> None:
 
 
 def _included(w: World) -> tuple[int, int]:
-    """(committed rounds whose every reduced shard includes peer 3's contribution, those naming it) at peer 0.
-
-    Only the rounds whose plan named peer 3: the swarm may commit a first round before peer 3
-    takes part (peers join the round current when their loop starts).
-    """
-    return w.peers[0].node.mixer.included.get("peer-03", 0), len(w.named)  # type: ignore[attr-defined]
+    """(committed rounds whose every reduced shard includes peer 3's contribution, committed rounds) at peer 0."""
+    mixer = w.peers[0].node.mixer
+    return mixer.included.get("peer-03", 0), mixer.commits
 
 
 def test_capped_member_is_late_not_dropped() -> None:
