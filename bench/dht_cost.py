@@ -70,11 +70,13 @@ async def measure(n: int) -> dict[str, Any]:
         ids = [m.node.peer_id.to_base58() for m in nodes]  # type: ignore[union-attr]
         for m, pid in zip(nodes, ids, strict=True):  # the first heartbeat looks the replicas up
             await m.heartbeat(_record(pid, 0))
+
         def hivemind_store(m: Membership, pid: str) -> Any:  # the path heartbeats took before (a lookup first)
             assert m.node is not None and m.signer is not None
             exp = time.time() + CFG.ttl_s
             sealed = m.signer.seal(m._peers_key, _record(pid, 2).to_value(), exp)
-            return m.node.store(m._peers_key, sealed, exp, subkey=pid)
+            # Bounded like Membership's own calls: hivemind's store has no deadline of its own.
+            return asyncio.wait_for(m.node.store(m._peers_key, sealed, exp, subkey=pid), CFG.op_timeout_s)
 
         ops = {"heartbeat": lambda m, pid: m.heartbeat(_record(pid, 1)),
                "heartbeat_by_hivemind_store": hivemind_store,

@@ -44,6 +44,8 @@ PACED_H = DEFAULT_TARGET_H
 # Linear in N per peer (N^2 in all): bounded, not constant; a swarm of thousands would need views
 # that read a sample of the records.
 DHT_BYTES_PER_PEER = 3000
+
+
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
         bench_cmd: str) -> dict[str, Any]:
     """Measure every part; a part that fails is recorded with its error and the others still run."""
