@@ -147,7 +147,7 @@ class RoundDriver:
             self._count("skipped", "too_few_peers")
             if not sch.has_owner(elig):  # a lone client: a reachable joiner may be waiting for its state
                 await self.mixer.hand_over(r)
-            if self.exit_when_done and me.done and not view.records:
+            if self.exit_when_done and me.done and not self._someone_to_wait_for():
                 self.request_stop("done")
             return
         if not sch.has_owner(elig):
@@ -309,6 +309,17 @@ class RoundDriver:
             self.metrics.revision.set(self.view.state.revision)
             log.info("round_replayed", round=plan.round, revision=self.view.state.revision)
         return done
+
+    def _someone_to_wait_for(self) -> bool:
+        """Whether a done peer short of members stays: a ready peer is announced, or a joiner it can give its state.
+
+        A joiner can fetch from a reachable peer, and a client hands its state to a reachable joiner
+        (peerd/mixing/handover.py). A client joiner announced while only this client is up can get
+        the state from nobody: waiting for it kept a done client up until the run's deadline (sim
+        seed 1516). It starts a lineage of its own once this peer has left, as any client that
+        starts alone does.
+        """
+        return any(rec.ready or self.view.reachable or rec.reachable for rec in self.view.records.values())
 
     def _account(self, r: int, plan: sch.RoundPlan, outcome: RoundOutcome) -> None:
         if plan.final and not self.mixer.shared_state and not outcome.committed:

@@ -1,4 +1,4 @@
-"""Regression: a finite run ended on two states when stragglers mixed among themselves (sweep seed 1468).
+"""Regressions at the end of a finite run: two states (sweep seed 1468), and a done peer that never left (1516).
 
 Six peers finish training together; the final rounds are rounds 5 (fragment 1) and 6 (fragment 0),
 and the run ends at revision 6. Two of them miss round 6, which the other four commit: they catch
@@ -49,3 +49,18 @@ def test_peers_suspected_in_the_last_round_are_still_named() -> None:
     # final round went on without them. Before the fix: four ended at revision 6, the two at 7.
     suspected = [Event(12.05, "suspect", p, other=v) for v in (4, 5) for p in range(PEERS) if p != v]
     _one_end(_end(suspected))
+
+
+def test_a_done_client_does_not_wait_for_a_client_joiner_it_cannot_serve() -> None:
+    # Sweep seed 1516, reduced: peer 0 (the only reachable peer) dies for good; peer 1, a client,
+    # restarts with no checkpoint while only peer 2, a done client, is up. Neither can dial the
+    # other, so peer 1 can get the state from nobody; it announces itself (not ready) while it
+    # retries. Before the fix peer 2 waited for it until the deadline, and neither finished.
+    events = [Event(5.34, "crash", 0), Event(5.85, "crash", 1), Event(7.0, "restart", 1)]
+    sc = Scenario(seed=1516, peers=3, duration_s=71.0, max_steps=16, step_s=0.5, latency_s=0.02, jitter_s=0.02,
+                  dht_delay_s=0.05, slow={1: 3.0}, clients={1, 2}, events=events)
+    w = World(sc)
+    w.checks.append(invariants.safety)
+    w.run()
+    assert [p.index for p in w.orphans] == [1]
+    invariants.termination(w)
