@@ -96,6 +96,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         from bench import defaults_real
 
         defaults_real.targets(r["defaults"], add)
+    if r.get("gossip", {}).get("compare"):
+        from bench import gossip_real
+
+        gossip_real.targets(r["gossip"], add)
     return out
 
 
@@ -244,6 +248,10 @@ def table(r: dict[str, Any]) -> str:
         from bench import defaults_real
 
         lines += defaults_real.table(r["defaults"])
+    if r.get("gossip", {}).get("compare"):
+        from bench import gossip_real
+
+        lines += gossip_real.table(r["gossip"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

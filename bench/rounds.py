@@ -7,7 +7,10 @@ Real ``peerd join`` daemons in network namespaces (:class:`bench.wan.WanEmulator
   both with ``--exit-when-done`` (:func:`bench.wan_rounds.run`); once with clock rounds
   (``round.target_h=0``) and once with the defaults (work-paced, ``round.target_h`` 200). Reports
   the share of member-rounds committed and the final eval loss of each, so the two profiles
-  compare at equal steps.
+  compare at equal steps. ``wan_repeats`` runs each profile that many times, lan and
+  intercontinental alternated (a drift in the box's load hits both), and compares the means:
+  one run's final loss moves by up to 4% between two runs of the same profile (which steps the
+  syncs land on), so a single pair cannot show a 1% band.
 - **swarm size on loopback**: ``loopback_sizes`` daemons with zero added delay for
   ``loopback_s`` seconds (:func:`bench.control_plane.run`), with clock rounds
   (``round.target_h=0``, every round exchanges): the share of member-rounds committed and the
@@ -24,7 +27,9 @@ left out of both.
 
 from __future__ import annotations
 
+import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +52,21 @@ DHT_BYTES_PER_PEER = 3000
 
 
 def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, workdir: Path,
-        bench_cmd: str) -> dict[str, Any]:
+        bench_cmd: str, wan_repeats: int = 1) -> dict[str, Any]:
     """Measure every part; a part that fails is recorded with its error and the others still run."""
-    out: dict[str, Any] = {"command": bench_cmd, "wan": {}, "loopback": {}}
-    for profile, variant in [(p, v) for v in ("", "_paced") for p in ("lan", "intercontinental")]:
-        name = profile + variant
+    out: dict[str, Any] = {"command": bench_cmd, "wan": {}, "loopback": {}, "wan_repeats": wan_repeats}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for variant in ("", "_paced"):
         overrides = [] if variant else ["round.target_h=0"]  # paced: the defaults
-        print(f"bench: rounds, {name}, 4 daemons x {wan_steps} steps ...", file=sys.stderr, flush=True)
-        res = wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, overrides, workdir / "wan" / name, steps=wan_steps)
-        by_outcome = control_plane.outcomes_of(res["per_peer"])
-        out["wan"][name] = {
-            "overrides": overrides,
-            "committed": res["committed"], "aborted": res["aborted"],
-            "committed_fraction": res["committed_fraction"], "strict_committed_fraction": strict_share(by_outcome),
-            "rounds_by_outcome": by_outcome, "abort_reasons": res["abort_reasons"],
-            "final_eval_loss": res["mean_final_eval_loss"], "steps": [p["steps"] for p in res["per_peer"]],
-            "wall_s": res["wall_s"], "error": res["error"], "loadavg_1m_end": res["loadavg_1m_end"],
-        }
+        for k in range(wan_repeats):
+            for profile in ("lan", "intercontinental"):
+                name = profile + variant
+                print(f"bench: rounds, {name} ({k + 1}/{wan_repeats}), 4 daemons x {wan_steps} steps ...",
+                      file=sys.stderr, flush=True)
+                runs.setdefault(name, []).append(wan_rounds.run(profile, 4, 60 + wan_steps * 1.5, 1, overrides,
+                                                                workdir / "wan" / f"{name}-{k}", steps=wan_steps))
+        for profile in ("lan", "intercontinental"):
+            out["wan"][profile + variant] = summarize(runs[profile + variant], overrides)
     for n in loopback_sizes:
         print(f"bench: rounds, {n} daemons on loopback for {loopback_s:g} s ...", file=sys.stderr, flush=True)
         try:
@@ -86,6 +89,27 @@ def run(wan_steps: int, loopback_sizes: tuple[int, ...], loopback_s: float, work
     return out
 
 
+def summarize(results: list[dict[str, Any]], overrides: list[str]) -> dict[str, Any]:
+    """One profile's repeated runs: outcomes summed over runs, final eval loss per run and its mean."""
+    per_peer = [p for res in results for p in res["per_peer"]]
+    by_outcome = control_plane.outcomes_of(per_peer)
+    committed, aborted = sum(res["committed"] for res in results), sum(res["aborted"] for res in results)
+    losses = [res["mean_final_eval_loss"] for res in results]
+    got = [x for x in losses if x is not None]
+    errors = [res["error"] for res in results if res["error"]]
+    return {
+        "overrides": overrides, "runs": len(results), "committed": committed, "aborted": aborted,
+        "committed_fraction": share(committed, aborted), "strict_committed_fraction": strict_share(by_outcome),
+        "rounds_by_outcome": by_outcome, "abort_reasons": dict(sum((Counter(res["abort_reasons"]) for res in results),
+                                                                   Counter())),
+        "final_eval_loss": statistics.mean(got) if len(got) == len(losses) and got else None,
+        "final_eval_losses": losses, "steps": [p["steps"] for p in per_peer],
+        "strict_per_run": [strict_share(control_plane.outcomes_of(res["per_peer"])) for res in results],
+        "wall_s": round(sum(res["wall_s"] for res in results), 1), "error": "; ".join(errors) or None,
+        "loadavg_1m_end": results[-1]["loadavg_1m_end"],
+    }
+
+
 def targets(r: dict[str, Any], add: Any) -> None:
     """The internet-rounds issue's targets, from a ``rounds`` section (``add(name, value, ok, margin)``)."""
     wan = r.get("wan", {})
@@ -97,10 +121,14 @@ def targets(r: dict[str, Any], add: Any) -> None:
         add(f"intercontinental ({label}): >= 95% of member-rounds commit", f, None if f is None else f >= 0.95,
             "n/a" if f is None else f"{f:.1%} strict, {g:.1%} of committed + aborted")
         a, b = ic.get("final_eval_loss"), lan.get("final_eval_loss")
-        what = f"intercontinental ({label}) eval loss within 1% of lan at equal steps"
+        n = min(ic.get("runs", 1), lan.get("runs", 1))
+        what = (f"intercontinental ({label}) eval loss within 1% of lan at equal steps"
+                + (f" (mean of {n} runs each)" if n > 1 else ""))
         if a and b:
             rel = (a - b) / b
-            add(what, rel, abs(rel) <= 0.01, f"{a:.4f} vs {b:.4f} ({rel:+.2%})")
+            runs = "" if n < 2 else (f"; runs {', '.join(f'{x:.4f}' for x in ic['final_eval_losses'])} vs "
+                                     f"{', '.join(f'{x:.4f}' for x in lan['final_eval_losses'])}")
+            add(what, rel, abs(rel) <= 0.01, f"{a:.4f} vs {b:.4f} ({rel:+.2%}){runs}")
         else:
             add(what, None, None, "a run failed")
     for n, row in sorted(r.get("loopback", {}).items(), key=lambda kv: int(kv[0])):
@@ -127,7 +155,9 @@ def table(r: dict[str, Any]) -> list[str]:
 
     for profile, v in r.get("wan", {}).items():
         loss = v.get("final_eval_loss")
-        setting = f"4 daemons, {profile}, {(v.get('steps') or [0])[0]} steps {' '.join(v.get('overrides', []))}"
+        setting = (f"4 daemons, {profile}, {(v.get('steps') or [0])[0]} steps {' '.join(v.get('overrides', []))}"
+                   + (f" ({v['runs']} runs; losses {', '.join(f'{x:.4f}' for x in v['final_eval_losses'] if x)})"
+                      if v.get("runs", 1) > 1 else ""))
         lines.append(f"| {setting} | {pct(v.get('strict_committed_fraction'))} | "
                      f"{pct(v.get('committed_fraction'))} ({v.get('committed')}/"
                      f"{(v.get('committed') or 0) + (v.get('aborted') or 0)}) | "

@@ -19,18 +19,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults", "gossip")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
-              "wan_steps": 300, "loopback_sizes": (4, 8), "loopback_s": 30,
+              "wan_steps": 300, "wan_repeats": 1, "loopback_sizes": (4, 8), "loopback_s": 30,
               "frontier_steps": 200, "frontier_methods": ("solo_shard0", "ddp", "int8_P2_H20", "sparse3_r3_H20"),
-              "race_s": 60, "defaults_steps": 400, "defaults_variants": ("default", "clock_plain")},
+              "race_s": 60, "defaults_steps": 400, "defaults_variants": ("default", "clock_plain"),
+              "gossip_peers": 4, "gossip_steps": 200},
     "full": {"codec_repeats": 7, "transport_repeats": 5, "conv_peers": 4, "conv_steps": 1000,
              "util_steps": 800, "util_repeats": 2, "scale_sizes": (2, 4, 8, 16), "scale_steps": 1000,
-             "wan_steps": 1000, "loopback_sizes": (4, 8, 16), "loopback_s": 120,
+             "wan_steps": 1000, "wan_repeats": 3, "loopback_sizes": (4, 8, 16), "loopback_s": 120,
              "frontier_steps": 2000, "frontier_methods": "core", "race_s": 240, "defaults_steps": 2000,
-             "defaults_variants": ("default", "paced_plain", "clock_plain", "clock_momentum")},
+             "defaults_variants": ("default", "paced_plain", "clock_plain", "clock_momentum"),
+             "gossip_peers": 8, "gossip_steps": 1000},
 }
 
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         r["rounds"] = rounds.run(plan["wan_steps"], plan["loopback_sizes"], plan["loopback_s"], work / "rounds",
-                                 bench_cmd=cmd("rounds"))
+                                 bench_cmd=cmd("rounds"), wan_repeats=plan["wan_repeats"])
         stamp("rounds", started)
     if "frontier" in only:
         from bench import frontier
@@ -157,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         r["defaults"] = defaults_real.run(plan["defaults_steps"], list(plan["defaults_variants"]), work / "defaults")
         r["defaults"]["command"] = cmd("defaults")
         stamp("defaults", started)
+    if "gossip" in only:
+        from bench import gossip_real
+
+        started = time.monotonic()
+        r["gossip"] = gossip_real.run(plan["gossip_peers"], plan["gossip_steps"], [], work / "gossip")
+        r["gossip"]["command"] = cmd("gossip")
+        stamp("gossip", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,11 @@ them (each leaves, evaluates and writes its ``--summary``).
 
 With ``--steps N`` every peer trains exactly N inner steps and leaves on its own once the swarm
 has finished (``--exit-when-done``), so two profiles' final eval losses compare at equal steps;
-``--seconds`` then only bounds the run.
+``--seconds`` then only bounds the run. The peers then also hold training until all of them see
+each other (``--wait-for-peers``), as ``peerd swarm`` does: started one by one, the first peer
+trained alone until the others had joined, about 130 steps ahead of them on ``lan`` and 300
+under ``intercontinental`` (a DHT join over 200 ms links is slower), and that head start, not
+the rounds, moved the two profiles' losses apart.
 
 Reports member-rounds committed and aborted (summed over peers, from the summaries), abort
 reasons (from the ``round_aborted`` log events), steps and final eval loss per peer, and the
@@ -63,7 +67,8 @@ def run(profile: str, peers: int, seconds: float, seed: int, overrides: list[str
         try:
             finite = [f"train.max_steps={steps}"] if steps else []
             start_wan_daemons(wan, peers, workdir, [f"run_id=wan-{profile}", *finite, *overrides],
-                              ["--exit-when-done"] if steps else [], env, procs, ready_timeout_s=180)
+                              ["--exit-when-done", "--wait-for-peers", str(peers)] if steps else [], env, procs,
+                              ready_timeout_s=180)
             ready_s = time.monotonic() - t0
             print(f"wan_rounds: {peers} peers ready after {ready_s:.0f}s; running {seconds:.0f}s", file=sys.stderr,
                   flush=True)

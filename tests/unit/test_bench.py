@@ -81,6 +81,26 @@ def test_rounds_targets_use_the_strict_share_and_equal_step_losses(tmp_path: Pat
     assert "| 16 daemons, loopback | error: RuntimeError" in md.read_text()
 
 
+def test_rounds_repeats_sum_outcomes_and_compare_mean_losses() -> None:
+    def res(loss: float | None, committed: int, aborted: int, error: str | None = None) -> dict[str, object]:
+        peer = {"steps": 1000, "rounds_by_outcome": {"committed:ok": committed, "aborted:missing_reduced_shards":
+                                                     aborted}}
+        return {"per_peer": [peer], "committed": committed, "aborted": aborted, "mean_final_eval_loss": loss,
+                "abort_reasons": {"missing_reduced_shards": aborted} if aborted else {}, "wall_s": 90.0,
+                "error": error, "loadavg_1m_end": 3.0}
+
+    ic = rounds.summarize([res(1.90, 10, 0), res(1.80, 9, 1)], [])
+    lan = rounds.summarize([res(1.84, 11, 0), res(1.85, 11, 0)], [])
+    assert (ic["runs"], ic["committed"], ic["aborted"], ic["abort_reasons"]) == (2, 19, 1, {"missing_reduced_shards": 1})
+    assert ic["final_eval_loss"] == 1.85 and ic["strict_per_run"] == [1.0, 0.9]
+    got: list[tuple[str, object, object, str]] = []
+    rounds.targets({"wan": {"intercontinental": ic, "lan": lan}}, lambda *a: got.append(a))
+    loss = [t for t in got if "eval loss" in t[0]][0]
+    assert "(mean of 2 runs each)" in loss[0] and loss[2] is True and "1.9000, 1.8000 vs 1.8400, 1.8500" in loss[3]
+    failed = rounds.summarize([res(None, 0, 0, "RuntimeError('boom')"), res(1.8, 9, 0)], [])
+    assert failed["final_eval_loss"] is None and "boom" in failed["error"]
+
+
 def test_race_targets_need_peerd_strictly_lowest_and_no_more_bytes_than_hivemind(tmp_path: Path) -> None:
 
     def doc(peerd_loss: float, peerd_bytes: float) -> dict[str, object]:
@@ -183,3 +203,20 @@ def test_defaults_real_scores_share_bytes_and_h_and_flags_a_short_default() -> N
     assert got[0][2] is True and got[1][2] is False  # default met, but it lost to the earlier defaults
     assert any("clock_plain" in line for line in defaults_real.table(doc))
     assert defaults_real.score({"peers": [], "error": "boom"}, 1.7, 1.4, 1.0) == {"error": "boom"}
+
+
+def test_gossip_real_compares_each_peer_with_its_shard_and_with_one_peer_alone() -> None:
+    from bench import gossip_real
+
+    c = gossip_real.compare([1.90, 2.00, None], [1.95, 1.98, 2.10], solo=1.99)
+    assert [r["minus_alone"] for r in c["rows"]] == [-0.05, 0.02, None]
+    assert [r["minus_solo"] for r in c["rows"]] == [-0.09, 0.01, None]
+    assert (c["below_solo"], c["below_alone"], c["peers_reporting"]) == (1, 1, 2)
+    assert c["worst_minus_solo"] == 0.01 and c["worst_minus_alone"] == 0.02
+    doc = {"peers": 3, "steps": 100, "solo_final_eval_loss": 1.99, "compare": c}
+    got: list[tuple[str, object, object, str]] = []
+    gossip_real.targets(doc, lambda *a: got.append(a))
+    assert [ok for _, _, ok, _ in got] == [False, False]  # one peer reported nothing, one is above
+    assert sum("| 1 |" in line for line in gossip_real.table(doc)) == 1
+    gossip_real.targets({"peers": 3, "error": "boom"}, lambda *a: got.append(a))
+    assert got[-1][2] is None and "boom" in got[-1][3]
