@@ -19,7 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults", "gossip")
+SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults",
+            "gossip")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
