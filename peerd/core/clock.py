@@ -67,6 +67,9 @@ MAX_SETTLE_FRACTION = 0.2
 PHASE_SLACK_S = 0.05
 # A capped upload runs at its cap (the pacer is exact), so its time is stretched less than a measurement.
 CAP_MARGIN = 1.1
+# The least an owner waits for its worker's snapshot (a few training steps), whatever its push
+# estimate says; see RoundClock.snapshot_wait.
+SNAPSHOT_FLOOR_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,26 @@ class RoundClock:
     @staticmethod
     def _reduce_cap(uplink_bps: float, reduce_uplink_bps: float | None) -> float:
         return uplink_bps if reduce_uplink_bps is None else reduce_uplink_bps
+
+    def snapshot_wait(self, collect_deadline: float, travel_s: float, owner: bool) -> float:
+        """Seconds a member waits for its worker's snapshot: its contribution must still reach the owners.
+
+        ``travel_s`` is its pushes' estimated time, from a low quantile of measured throughput, so
+        pessimistic. Where it left no time, the wait was 10 ms, shorter than a training step, and
+        the member contributed nothing (a weightless zero) round after round: at 200 ms RTT one
+        peer did so in 7 consecutive rounds, and when its worker's snapshot finally came, 680
+        steps of one shard, weighted by their samples, dominated the average (final eval loss
+        1.974 against 1.832 and 1.854 for the same run's siblings; ``bench.rounds``, 2026-12-01).
+        So an owner waits at least ``SNAPSHOT_FLOOR_S``, but not past a round trip before the
+        collection closes: a contribution that then comes late is dropped by the owners, as the
+        zero would have been. A client's contribution is its proof that it follows the plan (the
+        round aborts without it), so a client never waits past the estimate.
+        """
+        left = collect_deadline - self.now()
+        wait = left - travel_s
+        if owner:
+            wait = max(wait, min(SNAPSHOT_FLOOR_S, left - (self.net.rtt_s or 0.0)))
+        return max(0.01, wait)
 
     def collect_deadline(self, r: int, now: float, nbytes: int = 0, uplink_bps: float = 0.0,
                          reduce_uplink_bps: float | None = None) -> float:

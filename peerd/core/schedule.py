@@ -68,6 +68,8 @@ class Candidate:
     steps_since: tuple[int, ...] = field(default=(), compare=False)
     # Its state was downloaded a round or two ago: it leads no round (PlanElection._order).
     newcomer: bool = field(default=False, compare=False)
+    # Its round loop starts with this round (0: running): plans of earlier rounds leave it out.
+    from_round: int = field(default=0, compare=False)
 
 
 def eligible(candidates: Iterable[Candidate], mode: str = "diloco") -> list[Candidate]:

@@ -276,7 +276,7 @@ class Diloco:
                 return RoundOutcome(False, "revision_moved")
             old_theta = self.state.theta(p)
             if in_sync:  # behind: its worker's delta is against another outer state, worth nothing here
-                snap = await self._snapshot(plan)
+                snap = await self._snapshot(plan, owner=me >= 0)
             weight = float(snap.samples) if snap is not None else 0.0
             payloads, pending = await asyncio.to_thread(self._encode_contribution, p, snap, bounds)
             if me >= 0:
@@ -366,14 +366,14 @@ class Diloco:
                     self.bridge.submit("discard", token=snap.token)
             self.inbox.prune(plan.round)
 
-    async def _snapshot(self, plan: RoundPlan) -> Snapshot | None:
+    async def _snapshot(self, plan: RoundPlan, owner: bool) -> Snapshot | None:
         """The worker's fragment for this round's contribution, or None when it does not come in time."""
         try:
             # Leave the contribution time to travel: a snapshot that comes later is useless.
             # (at least its time through this peer's own upload cap, measured or not)
             push, cap = self._push_bytes(plan), self.view.uplink_bps
             travel = self.rc.phase_s(push, cap) if self.rc.net.rtt_s is not None else self.rc.capped_s(push, cap)
-            return await self.bridge.call("snapshot", max(0.01, plan.collect_deadline - travel - self.rc.now()),
+            return await self.bridge.call("snapshot", self.rc.snapshot_wait(plan.collect_deadline, travel, owner),
                                           fragment=plan.fragment)
         except (TimeoutError, BridgeFull):
             # A busy worker (a long step, a loaded box) must not abort the round for everyone:

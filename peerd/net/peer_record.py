@@ -30,6 +30,7 @@ MAX_STEPS_PER_S = 1e6  # announced throughput above this is malformed (no inner 
 MAX_STEPS_SINCE = 1 << 40
 MAX_RECORD_FIELD_CHARS = 512
 MAX_UPLINK_BPS = 1 << 40  # far above any link; bounds what a hostile record can claim
+MAX_ROUND = 1 << 40  # a round index (Unix time / round_s) far in the future
 # Any version may carry ``dht``: the author's DHT multiaddrs, so peers dial each other's DHT nodes
 # directly (see SwarmView.knit). Readers older than this field drop such records.
 MAX_DHT_MADDRS = 4
@@ -59,6 +60,9 @@ class PeerRecord:
     uplink_bps: int = 0  # announced upload cap in bytes/s (0: none); rounds leave the slowest member time
     dht_maddrs: tuple[str, ...] = ()  # the author's DHT multiaddrs (each ending in /p2p/<peer_id>)
     newcomer: bool = False  # its state was downloaded since its last commit, a round or two ago
+    # Ready, but its round loop starts with this round (0: none pending): no plan of an earlier
+    # round may name it. Written only until that round starts.
+    from_round: int = 0
     # When the DHT copy this was read from expires (Unix time; not part of the record's value): a
     # view keeps a record that one read missed until then (peerd/net/view.py). inf: not known.
     expires: float = field(default=math.inf, compare=False)
@@ -83,6 +87,8 @@ class PeerRecord:
             value["dht"] = list(self.dht_maddrs)
         if self.newcomer:
             value["new"] = True
+        if self.from_round:
+            value["from"] = self.from_round
         return value
 
     @classmethod
@@ -109,6 +115,8 @@ class PeerRecord:
             want["dht"] = list
         if "new" in value:
             want["new"] = bool
+        if "from" in value:
+            want["from"] = int
         if set(value) != set(want) | {"v"}:
             raise ValueError("record has wrong fields")
         for key, typ in want.items():
@@ -124,13 +132,16 @@ class PeerRecord:
             raise ValueError("record oversized")
         if value["revision"] < 0 or value["step"] < 0:
             raise ValueError("record has negative counters")
+        if isinstance(value.get("from"), bool) or not 0 <= value.get("from", 0) < MAX_ROUND:
+            raise ValueError("record from (a round index) out of range")
         if isinstance(value.get("uplink_bps"), bool) or not 0 <= value.get("uplink_bps", 0) <= MAX_UPLINK_BPS:
             raise ValueError("record uplink_bps out of range")
         if not all(a.startswith(("/ip4/", "/ip6/", "/dns")) and a.endswith(f"/p2p/{value['peer_id']}")
                    for a in value.get("dht", [])):
             raise ValueError("record dht address malformed (a multiaddr ending in the author's /p2p/ id)")
-        fields = {k: value[k] for k in want if k not in ("dht", "new")}
+        fields = {k: value[k] for k in want if k not in ("dht", "new", "from")}
         fields["newcomer"] = value.get("new", False)
+        fields["from_round"] = value.get("from", 0)
         fields["fragment_hashes"] = tuple(value["fragment_hashes"])
         fields["samples_per_s"] = float(value["samples_per_s"])
         if "dht" in value:
@@ -148,4 +159,4 @@ class PeerRecord:
     def candidate(self) -> Candidate:
         """The schedule's view of this record."""
         return Candidate(self.peer_id, self.endpoint, self.revision, self.state_hash, self.ready, self.done,
-                         self.reachable, self.steps_per_s, self.steps_since or (), self.newcomer)
+                         self.reachable, self.steps_per_s, self.steps_since or (), self.newcomer, self.from_round)

@@ -71,6 +71,7 @@ class SwarmView:
         # The round driver's answer to whether this peer's state was downloaded from others a round
         # or two ago (announced: such a peer leads no round; peerd/node/election.py).
         self.newcomer: Callable[[], bool] = lambda: False
+        self.from_round: Callable[[], int] = lambda: 0  # set by the round driver (RoundDriver.start_round)
         self._dialed: dict[str, tuple[tuple[str, ...], bool, float]] = {}  # peer id -> (addresses, answered, when)
         # peer id -> (monotonic expiry, incarnation, step) of members that failed a round
         self.suspects: dict[str, tuple[float, int, int]] = {}
@@ -93,6 +94,7 @@ class SwarmView:
             steps_per_s=stats.steps_per_s if self.announce_pace else 0.0,
             steps_since=self._steps_since(stats.steps_since) if self.announce_pace else None,
             uplink_bps=self.uplink_bps, dht_maddrs=self.dht_maddrs, newcomer=self.newcomer(),
+            from_round=self.from_round(),
         )
 
     def _steps_since(self, since: tuple[int, ...]) -> tuple[int, ...]:

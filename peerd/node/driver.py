@@ -66,12 +66,29 @@ class RoundDriver:
         self.timing: dict[str, Any] = {}  # the current round's phase times (s after its start), logged with its outcome
         self.read_end = 0.0  # when this round's view read ended (plan turns count from it: RoundClock.turn)
         view.newcomer = lambda: self._newcomer(self.rc.index())
+        self.first: int | None = None  # the first round this peer takes part in (start_round)
+        view.from_round = lambda: self.first if self.first is not None and self.rc.index() < self.first else 0
         self.election = PlanElection(cfg, rounds, view, mixer, membership, inbox, offerer, self.end, self.pacing,
                                      faults, self._timed)
 
+    def start_round(self) -> int:
+        """Fix the first round this peer takes part in, now that it is synced; its record says so until then.
+
+        A peer ready a moment after a round's first half-settle sits that round out
+        (``RoundClock.first_round``). At 200 ms RTT the others read their views until about 1 s into
+        a round, saw it ready, named it in their plan, and the round aborted for want of its shards:
+        every abort of ``bench.wan_rounds --profile intercontinental`` with clock rounds was in the
+        first round with joiners. The record's ``from_round`` keeps it out of earlier rounds' plans
+        (:meth:`round`) while it stays ready for everything else (a donor to joiners, a member in
+        end-of-run checks).
+        """
+        if self.first is None:
+            self.first = self.rc.first_round(self.rc.now())
+        return self.first
+
     async def loop(self) -> None:
         """Run rounds until cancelled; a broken round is counted, never fatal."""
-        r = self.rc.first_round(self.rc.now())
+        r = self.start_round()
         if self.view.state.revision > 0:  # a joiner's download, or a checkpoint: not a commit with anyone here
             self.fetched_round = r
         while True:
@@ -130,7 +147,6 @@ class RoundDriver:
             self._keep(self._timed(view.heartbeat()))  # announce the revision it caught up to
             candidates = self._candidates(r)
         me = view.my_record().candidate()
-        elig = sch.eligible(candidates, self.mixer.mode)
         ending = self.end.look(r, me, candidates)
         if ending == "done":
             self.request_stop("done")
@@ -138,6 +154,9 @@ class RoundDriver:
         if ending == "hold":  # peers it was settled with are missing: no round among the rest (peerd/node/finish.py)
             self._count("skipped", "finishing")
             return
+        # Peers whose round loop starts later sit this round out: no plan names them (start_round).
+        candidates = [c for c in candidates if c.from_round <= r]
+        elig = sch.eligible(candidates, self.mixer.mode)
         if me not in elig:
             # Behind, or off the majority hash. A plan may still name this peer (its publisher
             # took it to have committed with it).

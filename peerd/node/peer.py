@@ -86,7 +86,8 @@ class PeerNode:
         return await self.reach.detect()
 
     async def become_ready(self) -> None:
-        """Start taking part in rounds."""
+        """Start taking part in rounds, from the round the driver's loop will start with (its record says which)."""
+        self.driver.start_round()
         self.view.ready = True
         await self.view.heartbeat()
 

@@ -148,7 +148,9 @@ def test_capped_member_is_late_not_dropped() -> None:
     ends = {(p.state.revision, p.state.state_hash()) for p in w.peers.values()}
     assert len(ends) == 1 and next(iter(ends))[0] >= 15, ends
     included, commits = _included(w)
-    assert commits >= 15 and included >= 0.9 * commits, (included, commits)
+    # 17 of 20 on seeds 1-8 (18 on half of them before peers were kept out of rounds they sit out,
+    # peerd/node/driver.py start_round; the bound was 0.9 then, met by no margin at this seed).
+    assert commits >= 15 and included >= 0.85 * commits, (included, commits)
     assert sum(w.weighted[2:]) >= 0.9 * len(w.weighted[2:]), w.weighted  # with its work: a snapshot, not a zero
     # Unannounced, the same cap gets its contribution to the large fragment dropped (about half the rounds).
     included, commits = _included(_capped_run(False))

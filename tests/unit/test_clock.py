@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.core.clock import PLAN_READ_FRACTION, RoundClock
+from peerd.core.clock import PLAN_READ_FRACTION, SNAPSHOT_FLOOR_S, RoundClock
 from tests.fakes import ManualClock
 
 
@@ -128,3 +129,14 @@ def test_candidate_turns_count_from_the_candidates_own_read_when_it_ends_late() 
     assert rc.settled_after(r, 0, late) == rc.start(r)
     assert rc.settled_after(r, 1, late) == rc.turn(r, 2, late)
     assert rc.turn(r, rc.plan_candidates, late) < rc.plan_give_up(r)
+
+
+def test_an_owner_waits_for_its_snapshot_even_when_its_push_estimate_leaves_no_time() -> None:
+    rc = _measured(t=100.0)  # rtt 0.02 s
+    assert rc.snapshot_wait(102.0, 0.5, owner=True) == pytest.approx(1.5)  # the estimate leaves time: as before
+    # A pessimistic estimate (2.5 s of pushes, 2 s left) used to leave 10 ms, less than a step.
+    assert rc.snapshot_wait(102.0, 2.5, owner=True) == pytest.approx(SNAPSHOT_FLOOR_S)
+    assert rc.snapshot_wait(102.0, 2.5, owner=False) == pytest.approx(0.01)  # a client's proof must go now
+    # Never past a round trip before the collection closes.
+    assert rc.snapshot_wait(100.1, 2.5, owner=True) == pytest.approx(0.08)
+    assert rc.snapshot_wait(99.0, 2.5, owner=True) == pytest.approx(0.01)
