@@ -158,6 +158,20 @@ def test_unset_outer_step_takes_the_measured_default_of_the_pacing() -> None:
         load_config(None, ["mixing.outer_momentum=1.0"])
 
 
+def test_a_final_round_steps_plain_whatever_the_outer_settings() -> None:
+    from types import SimpleNamespace
+
+    from peerd.core.config import DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM
+    from peerd.mixing.diloco import outer_step
+
+    cfg = load_config(None, [])
+    mid, end = SimpleNamespace(final=False), SimpleNamespace(final=True)
+    assert outer_step(mid, cfg) == (DILOCO_OUTER_LR, DILOCO_OUTER_MOMENTUM)  # type: ignore[arg-type]
+    # The run's model is the workers' average: no momentum past it, even where the outer gradient is zero.
+    assert outer_step(end, cfg) == (1.0, 0.0)  # type: ignore[arg-type]
+    assert outer_step(end, load_config(None, ["mixing.outer_lr=0.7", "mixing.outer_momentum=0.9"])) == (1.0, 0.0)  # type: ignore[arg-type]
+
+
 def test_worker_counts_steps_since_each_fragment_sync() -> None:
     worker, bridge, layout = make_worker(max_steps=40)
     worker.start()
