@@ -77,7 +77,6 @@ MAX_TRACKED = 256
 LATE_COLLECT_SHARE = 0.25  # of the time left to the deadline, for contributions to a plan taken late
 
 
-
 def outer_step(plan: RoundPlan, cfg: PeerdConfig) -> tuple[float, float]:
     """(learning rate, momentum) of a round's outer step: the configured ones, plain averaging in a final round.
 
@@ -93,6 +92,7 @@ def outer_step(plan: RoundPlan, cfg: PeerdConfig) -> tuple[float, float]:
     if plan.final:
         return 1.0, 0.0
     return cfg.effective_outer_lr, cfg.effective_outer_momentum
+
 
 class Diloco:
     """The Streaming DiLoCo mixer of one peer: rounds, shard pushes, state serving and resync."""
