@@ -118,11 +118,15 @@ def table(doc: dict[str, Any]) -> list[str]:
     lines = ["", f"### Gossip against training alone ({doc.get('peers')} daemons x {doc.get('steps')} steps, "
              "loopback)", "",
              f"One peer alone on the whole corpus: {doc.get('solo_final_eval_loss')} ({doc.get('solo_source')}). "
-             f"Gossip wall {doc.get('gossip', {}).get('wall_s')} s, load 1m "
+             f"Gossip wall {doc.get('gossip', {}).get('wall_s', 0):.0f} s, load 1m "
              f"{doc.get('gossip', {}).get('loadavg_1m_start')} → {doc.get('gossip', {}).get('loadavg_1m_end')}.", "",
              "| shard | gossip peer | shard alone | peer − alone | peer − one peer alone |", "|---|---|---|---|---|"]
+    def num(x: float | None, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
     for r in c.get("rows", []):
-        lines.append(f"| {r['shard']} | {r['gossip']} | {r['alone']} | {r['minus_alone']} | {r['minus_solo']} |")
+        lines.append(f"| {r['shard']} | {num(r['gossip'], '.4f')} | {num(r['alone'], '.4f')} | "
+                     f"{num(r['minus_alone'], '+.4f')} | {num(r['minus_solo'], '+.4f')} |")
     lines.append(f"\nCommand: `{doc.get('command', '')}`.")
     return lines
 

@@ -76,6 +76,43 @@ def run_case(target_h: int, steps: int, slow: float, workdir: Path, sets: tuple[
             "loadavg_1m_end": round(os.getloadavg()[0], 2)}
 
 
+def targets(doc: dict[str, Any], add: Any) -> None:
+    """The internet-rounds issue's H target: within 20% of ``round.target_h`` with one slow peer, no worker idle."""
+    r = doc.get("cases", {}).get("paced")
+    if not r:
+        return
+    target, dev = r.get("target_h"), r.get("deviation")
+    idle = [p.get("paced_idle_s") for p in r.get("peers", [])]
+    rates = [p.get("steps_per_s") for p in r.get("peers", [])]
+    slower = (f" ({statistics.median(rates[:-1]) / rates[-1]:.1f}x slower per step)"
+              if len(rates) > 1 and all(rates) else "")
+    name = (f"H within 20% of round.target_h={target} with one peer on {r.get('slow_factor_batch')}x batches"
+            f"{slower}, no worker idle")
+    if dev is None or any(x is None for x in idle):
+        add(name, None, None, "a peer reported no H or no idle time")
+        return
+    add(name, dev, abs(dev) <= 0.2 and max(idle) == 0,
+        f"median peer's H {r['median_peer_h']} ({dev:+.1%}); worker idle {max(idle)} s at most")
+
+
+def table(doc: dict[str, Any]) -> list[str]:
+    """Markdown rows: each peer's H, rate and idle time in the paced case."""
+    r = doc.get("cases", {}).get("paced")
+    if not r:
+        return []
+    lines = ["", f"### Work pacing with one slow peer (4 daemons, loopback, round.target_h={r.get('target_h')})", "",
+             "| peer | steps | steps/s | H mean (min–max) | worker idle s | rounds committed / held / aborted |",
+             "|---|---|---|---|---|---|"]
+    for p in r.get("peers", []):
+        rate = p.get("steps_per_s")
+        lines.append(f"| {p['index']} | {p.get('steps')} | {'n/a' if rate is None else f'{rate:.1f}'} | "
+                     f"{p.get('h_mean')} ({p.get('h_min')}–{p.get('h_max')}) | {p.get('paced_idle_s')} | "
+                     f"{p.get('rounds_committed')} / {p.get('rounds_held')} / {p.get('rounds_aborted')} |")
+    lines.append(f"\nMedian peer's H {r.get('median_peer_h')} ({r.get('deviation')}); load 1m "
+                 f"{r.get('loadavg_1m_start')} → {r.get('loadavg_1m_end')}. Command: `{doc.get('command', '')}`.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the cases, write the results, print a line per case."""
     ap = argparse.ArgumentParser(prog="python -m bench.paced_real", description=__doc__,

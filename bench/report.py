@@ -100,6 +100,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         from bench import gossip_real
 
         gossip_real.targets(r["gossip"], add)
+    if r.get("paced", {}).get("cases"):
+        from bench import paced_real
+
+        paced_real.targets(r["paced"], add)
     return out
 
 
@@ -252,6 +256,10 @@ def table(r: dict[str, Any]) -> str:
         from bench import gossip_real
 
         lines += gossip_real.table(r["gossip"])
+    if r.get("paced", {}).get("cases"):
+        from bench import paced_real
+
+        lines += paced_real.table(r["paced"])
     lines.append("\nPlots: " + ", ".join(f"[{p}](bench/results/{p})" for p in r.get("plots", [])))
     return "\n".join(lines)
 

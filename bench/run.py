@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 SECTIONS = ("codec", "transport", "convergence", "utilization", "scaling", "rounds", "frontier", "race", "defaults",
-            "gossip")
+            "gossip", "paced")
 PLANS: dict[str, dict[str, Any]] = {
     "quick": {"codec_repeats": 3, "transport_repeats": 3, "conv_peers": 2, "conv_steps": 200,
               "util_steps": 300, "util_repeats": 1, "scale_sizes": (2, 4, 8), "scale_steps": 300,
@@ -167,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         r["gossip"] = gossip_real.run(plan["gossip_peers"], plan["gossip_steps"], [], work / "gossip")
         r["gossip"]["command"] = cmd("gossip")
         stamp("gossip", started)
+    if "paced" in only:
+        from bench import paced_real
+
+        started = time.monotonic()
+        r["paced"] = {"command": cmd("paced"), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "cases": {"paced": paced_real.run_case(200, 1500, 3.0, work / "paced")}}
+        stamp("paced", started)
     r["meta"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     r["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -209,9 +209,12 @@ class RoundClock:
         steps of one shard, weighted by their samples, dominated the average (final eval loss
         1.974 against 1.832 and 1.854 for the same run's siblings; ``bench.rounds``, 2026-12-01).
         So an owner waits at least ``SNAPSHOT_FLOOR_S``, but not past a round trip before the
-        collection closes: a contribution that then comes late is dropped by the owners, as the
-        zero would have been. A client's contribution is its proof that it follows the plan (the
-        round aborts without it), so a client never waits past the estimate.
+        collection closes. The price: where the estimate was right, the contribution comes late
+        and owners drop it, and the member's progress on those shards is lost at the merge
+        (a zero would have rebased and kept it). The streak was seen once in 120 peer-runs, so
+        neither effect has been measured in the field. A client's contribution is its proof
+        that it follows the plan (the round aborts without it), so a client never waits past
+        the estimate.
         """
         left = collect_deadline - self.now()
         wait = left - travel_s

@@ -221,3 +221,21 @@ def test_gossip_real_compares_each_peer_with_its_shard_and_with_one_peer_alone()
     assert sum("| 1 |" in line for line in gossip_real.table(doc)) == 1
     gossip_real.targets({"peers": 3, "error": "boom"}, lambda *a: got.append(a))
     assert got[-1][2] is None and "boom" in got[-1][3]
+
+
+def test_paced_real_target_needs_h_within_20_percent_and_no_idle_worker() -> None:
+    from bench import paced_real
+
+    def doc(dev: float, idle: float) -> dict[str, object]:
+        peers = [{"index": i, "steps": 1500, "steps_per_s": 15.0, "h_mean": 200.0, "h_min": 150, "h_max": 250,
+                  "paced_idle_s": idle if i == 3 else 0.0, "rounds_committed": 17, "rounds_held": 1,
+                  "rounds_aborted": 0} for i in range(4)]
+        return {"command": "python -m bench.paced_real --only paced",
+                "cases": {"paced": {"target_h": 200, "median_peer_h": 200 * (1 + dev), "deviation": dev,
+                                    "slow_factor_batch": 3.0, "peers": peers}}}
+
+    got: list[tuple[str, object, object, str]] = []
+    for d in (doc(0.05, 0.0), doc(-0.25, 0.0), doc(0.05, 1.5)):
+        paced_real.targets(d, lambda *a: got.append(a))
+    assert [ok for _, _, ok, _ in got] == [True, False, False]
+    assert any("| 3 | 1500 | 15.0 | 200.0 (150–250) | 1.5 |" in line for line in paced_real.table(doc(0.05, 1.5)))
