@@ -32,6 +32,7 @@ from typing import Any
 
 from bench import defaults_real
 from bench.launch import PeerSpec, run_peers
+from bench.report import _num
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gossip_real.json"
@@ -76,8 +77,8 @@ def run(peers: int, steps: int, sets: list[str], workdir: Path, solo_cached: boo
     print(f"bench: gossip_real, {peers} shards alone ...", file=sys.stderr, flush=True)
     load0 = os.getloadavg()[0]
     specs = [PeerSpec(run_id=f"alone-{i}", bootstrap_from=None) for i in range(peers)]
-    a = run_peers(specs, [*[s for s in sets if not s.startswith(("round.", "mixing."))]], steps,
-                  workdir / "alone", timeout_s)
+    a = run_peers(specs, [s for s in sets if not s.startswith(("round.", "mixing."))], steps, workdir / "alone",
+                  timeout_s)
     doc["alone"] = {"wall_s": a["wall_s"], "loadavg_1m_start": round(load0, 2),
                     "loadavg_1m_end": round(os.getloadavg()[0], 2),
                     "losses": _losses(a), "exits": [p.get("exit") for p in a["peers"]]}
@@ -121,12 +122,9 @@ def table(doc: dict[str, Any]) -> list[str]:
              f"Gossip wall {doc.get('gossip', {}).get('wall_s', 0):.0f} s, load 1m "
              f"{doc.get('gossip', {}).get('loadavg_1m_start')} → {doc.get('gossip', {}).get('loadavg_1m_end')}.", "",
              "| shard | gossip peer | shard alone | peer − alone | peer − one peer alone |", "|---|---|---|---|---|"]
-    def num(x: float | None, spec: str) -> str:
-        return "n/a" if x is None else format(x, spec)
-
     for r in c.get("rows", []):
-        lines.append(f"| {r['shard']} | {num(r['gossip'], '.4f')} | {num(r['alone'], '.4f')} | "
-                     f"{num(r['minus_alone'], '+.4f')} | {num(r['minus_solo'], '+.4f')} |")
+        lines.append(f"| {r['shard']} | {_num(r['gossip'], '.4f')} | {_num(r['alone'], '.4f')} | "
+                     f"{_num(r['minus_alone'], '+.4f')} | {_num(r['minus_solo'], '+.4f')} |")
     lines.append(f"\nCommand: `{doc.get('command', '')}`.")
     return lines
 
